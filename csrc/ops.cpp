@@ -1,0 +1,42 @@
+// Every schema of the ssrvg operator library, defined once.
+//
+// Kernels register per dispatch key next to their op: csrc/<op>/<op>_cpu.cpp (CPU) and
+// csrc/<op>/<op>_cuda.cu (CUDA, compiled only in CUDA builds). The Python wrappers in
+// ssrvg_ext/ops/ add fake (meta) kernels and autograd formulas.
+//
+// RLE batches are three tensors: `counts` (int64, all run lengths of all masks concatenated),
+// `offsets` (int64, N+1: mask i owns counts[offsets[i]:offsets[i+1]]) and, where sizes vary,
+// `sizes` (int64, (N, 2) rows of (H, W)). See DESIGN.md section 4.3 for the exact semantics.
+
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing ssrvg_ext._C runs the static registrations below; it needs a module init.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(ssrvg, m) {
+  // ---- COCO run-length encoding (csrc/rle) ----
+  // masks (N, H, W) uint8/bool, row-major; pixels are read column-major as COCO does.
+  m.def("rle_encode(Tensor masks) -> (Tensor counts, Tensor offsets)");
+  // All masks share one size; returns (N, h, w) uint8 on the device of `counts`.
+  m.def("rle_decode(Tensor counts, Tensor offsets, int h, int w) -> Tensor");
+  // COCO compressed strings: chars (uint8, concatenated) with char_offsets (N+1).
+  m.def("rle_to_string(Tensor counts, Tensor offsets) -> (Tensor chars, Tensor char_offsets)");
+  m.def("rle_from_string(Tensor chars, Tensor char_offsets, Tensor sizes) -> (Tensor counts, Tensor offsets)");
+  // Validates that every mask's counts are non-negative and sum to H*W.
+  m.def("rle_check(Tensor counts, Tensor offsets, Tensor sizes) -> ()");
+  m.def("rle_area(Tensor counts, Tensor offsets) -> Tensor");
+  // (N, 4) float64 [x, y, w, h], pycocotools' rleToBbox.
+  m.def("rle_to_bbox(Tensor counts, Tensor offsets, Tensor sizes) -> Tensor");
+  // Union (or intersection) of all N masks into one; returns its counts.
+  m.def("rle_merge(Tensor counts, Tensor offsets, Tensor sizes, bool intersect) -> Tensor");
+  // (D, G) float64 IoU matrix with pycocotools' rules (bbox pre-filter, -1 on size mismatch, crowd).
+  m.def(
+      "rle_iou(Tensor dt_counts, Tensor dt_offsets, Tensor dt_sizes, Tensor gt_counts, "
+      "Tensor gt_offsets, Tensor gt_sizes, Tensor iscrowd) -> Tensor");
+  // Pairwise IoU of binary masks (N, H, W) x (M, H, W) -> (N, M) float64, same numbers as rle_iou.
+  m.def("mask_iou(Tensor a, Tensor b, Tensor iscrowd) -> Tensor");
+}

@@ -1,0 +1,545 @@
+// CPU kernels of the COCO RLE ops (schemas in csrc/ops.cpp; semantics in DESIGN.md 4.3).
+// Each loop mirrors pycocotools' maskApi.c so that results are identical, including its quirks
+// (the bbox of a run spanning columns, zero-length runs), with 64-bit counts and every read
+// bounds-checked.
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "rle.h"
+
+namespace ssrvg {
+namespace rle {
+namespace {
+
+struct Rle {
+  const int64_t* cnts;
+  int64_t m;
+  int64_t h, w;
+};
+
+// Validates counts/offsets/sizes fully: non-negative sizes and counts, counts summing to H*W.
+void check_rles(const at::Tensor& counts, const at::Tensor& offsets, const at::Tensor& sizes) {
+  check_offsets_cpu(counts, offsets);
+  const int64_t n = offsets.numel() - 1;
+  check_sizes(sizes, n);
+  const int64_t* c = counts.data_ptr<int64_t>();
+  const int64_t* o = offsets.data_ptr<int64_t>();
+  const int64_t* s = sizes.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t h = s[2 * i], w = s[2 * i + 1];
+    TORCH_CHECK_VALUE(h >= 0 && w >= 0, "RLE ", i, ": size must be non-negative; got [", h, ", ",
+                      w, "]");
+    TORCH_CHECK_VALUE(o[i + 1] > o[i], "RLE ", i, ": counts are empty (a valid RLE has at least one)");
+    int64_t total = 0;
+    for (int64_t j = o[i]; j < o[i + 1]; ++j) {
+      TORCH_CHECK_VALUE(c[j] >= 0, "RLE ", i, ": count ", j - o[i], " is negative (", c[j], ")");
+      total += c[j];
+      TORCH_CHECK_VALUE(total <= h * w, "RLE ", i, ": counts overrun the ", h, "x", w,
+                        " mask (they sum past ", h * w, ")");
+    }
+    TORCH_CHECK_VALUE(total == h * w, "RLE ", i, ": counts sum to ", total, " but the ", h, "x",
+                      w, " mask has ", h * w, " pixels");
+  }
+}
+
+std::vector<Rle> view_rles(const at::Tensor& counts, const at::Tensor& offsets,
+                           const at::Tensor& sizes) {
+  const int64_t n = offsets.numel() - 1;
+  const int64_t* c = counts.data_ptr<int64_t>();
+  const int64_t* o = offsets.data_ptr<int64_t>();
+  const int64_t* s = sizes.data_ptr<int64_t>();
+  std::vector<Rle> r(n);
+  for (int64_t i = 0; i < n; ++i) r[i] = Rle{c + o[i], o[i + 1] - o[i], s[2 * i], s[2 * i + 1]};
+  return r;
+}
+
+// Concatenates per-mask vectors into (values, offsets).
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> pack(const std::vector<std::vector<T>>& parts,
+                                        at::ScalarType dtype) {
+  const int64_t n = static_cast<int64_t>(parts.size());
+  at::Tensor offsets = at::empty({n + 1}, at::kLong);
+  int64_t* o = offsets.data_ptr<int64_t>();
+  o[0] = 0;
+  for (int64_t i = 0; i < n; ++i) o[i + 1] = o[i] + static_cast<int64_t>(parts[i].size());
+  at::Tensor values = at::empty({o[n]}, dtype);
+  T* v = static_cast<T*>(values.data_ptr());
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) std::copy(parts[i].begin(), parts[i].end(), v + o[i]);
+  });
+  return {values, offsets};
+}
+
+// ---------------------------------------------------------------------------------------------
+std::tuple<at::Tensor, at::Tensor> rle_encode_cpu(const at::Tensor& masks_in) {
+  check_masks(masks_in, "masks");
+  const at::Tensor masks = masks_in.contiguous();
+  const int64_t n = masks.size(0), h = masks.size(1), w = masks.size(2);
+  const uint8_t* data = static_cast<const uint8_t*>(masks.data_ptr());
+  std::vector<std::vector<int64_t>> runs(n);
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const uint8_t* d = data + i * h * w;
+      std::vector<int64_t>& out = runs[i];
+      out.reserve(64);
+      bool prev = false;
+      int64_t run = 0;
+      for (int64_t x = 0; x < w; ++x) {
+        const uint8_t* col = d + x;
+        for (int64_t y = 0; y < h; ++y) {
+          const bool v = col[y * w] != 0;
+          if (v != prev) {
+            out.push_back(run);
+            run = 0;
+            prev = v;
+          }
+          ++run;
+        }
+      }
+      out.push_back(run);
+    }
+  });
+  return pack(runs, at::kLong);
+}
+
+at::Tensor rle_decode_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_in, int64_t h,
+                          int64_t w) {
+  const at::Tensor counts = counts_in.contiguous(), offsets = offsets_in.contiguous();
+  check_offsets_cpu(counts, offsets);
+  const int64_t n = offsets.numel() - 1;
+  TORCH_CHECK_VALUE(h >= 0 && w >= 0, "rle_decode: size must be non-negative; got [", h, ", ", w,
+                    "]");
+  at::Tensor sizes = at::empty({n, 2}, at::kLong);
+  sizes.select(1, 0).fill_(h);
+  sizes.select(1, 1).fill_(w);
+  check_rles(counts, offsets, sizes);
+  at::Tensor out = at::zeros({n, h, w}, at::kByte);
+  uint8_t* o = out.data_ptr<uint8_t>();
+  const std::vector<Rle> r = view_rles(counts, offsets, sizes);
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      uint8_t* d = o + i * h * w;
+      int64_t k = 0;
+      for (int64_t j = 0; j < r[i].m; ++j) {
+        const int64_t c = r[i].cnts[j];
+        if (j % 2 == 1 && c > 0) {
+          int64_t y = k % h, x = k / h;
+          for (int64_t t = 0; t < c; ++t) {
+            d[y * w + x] = 1;
+            if (++y == h) {
+              y = 0;
+              ++x;
+            }
+          }
+        }
+        k += c;
+      }
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> rle_to_string_cpu(const at::Tensor& counts_in,
+                                                     const at::Tensor& offsets_in) {
+  const at::Tensor counts = counts_in.contiguous(), offsets = offsets_in.contiguous();
+  check_offsets_cpu(counts, offsets);
+  const int64_t n = offsets.numel() - 1;
+  const int64_t* c = counts.data_ptr<int64_t>();
+  const int64_t* o = offsets.data_ptr<int64_t>();
+  std::vector<std::vector<uint8_t>> strs(n);
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t* cn = c + o[i];
+      const int64_t m = o[i + 1] - o[i];
+      std::vector<uint8_t>& s = strs[i];
+      s.reserve(m * 2);
+      for (int64_t j = 0; j < m; ++j) {
+        int64_t x = cn[j];
+        if (j > 2) x -= cn[j - 2];
+        bool more = true;
+        while (more) {
+          uint8_t ch = static_cast<uint8_t>(x & 0x1f);
+          x >>= 5;  // arithmetic shift on int64
+          more = (ch & 0x10) ? x != -1 : x != 0;
+          if (more) ch |= 0x20;
+          s.push_back(static_cast<uint8_t>(ch + 48));
+        }
+      }
+    }
+  });
+  return pack(strs, at::kByte);
+}
+
+std::tuple<at::Tensor, at::Tensor> rle_from_string_cpu(const at::Tensor& chars_in,
+                                                       const at::Tensor& char_offsets_in,
+                                                       const at::Tensor& sizes_in) {
+  TORCH_CHECK_TYPE(chars_in.scalar_type() == at::kByte, "chars must be uint8; got ",
+                   chars_in.scalar_type());
+  TORCH_CHECK_VALUE(chars_in.dim() == 1, "chars must be 1-D; got shape ", chars_in.sizes());
+  const at::Tensor chars = chars_in.contiguous(), char_offsets = char_offsets_in.contiguous();
+  const at::Tensor sizes = sizes_in.contiguous();
+  check_int64_1d(char_offsets, "char_offsets");
+  const int64_t n = char_offsets.numel() - 1;
+  TORCH_CHECK_VALUE(n >= 0, "char_offsets must have N+1 >= 1 entries");
+  check_sizes(sizes, n);
+  const int64_t* co = char_offsets.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(co[0] == 0 && co[n] == chars.numel(),
+                    "char_offsets must run from 0 to the number of chars (", chars.numel(), ")");
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK_VALUE(co[i + 1] >= co[i], "char_offsets must be non-decreasing at ", i + 1);
+  const uint8_t* ch = chars.data_ptr<uint8_t>();
+  const int64_t* sz = sizes.data_ptr<int64_t>();
+  std::vector<std::vector<int64_t>> cnts(n);
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t h = sz[2 * i], w = sz[2 * i + 1];
+      TORCH_CHECK_VALUE(h >= 0 && w >= 0, "RLE ", i, ": size must be non-negative; got [", h,
+                        ", ", w, "]");
+      std::vector<int64_t>& out = cnts[i];
+      int64_t p = co[i];
+      const int64_t end = co[i + 1];
+      int64_t total = 0;
+      while (p < end) {
+        int64_t x = 0;
+        int k = 0;
+        bool more = true;
+        while (more) {
+          TORCH_CHECK_VALUE(p < end, "RLE ", i, ": compressed counts end in the middle of a number");
+          const int c = static_cast<int>(ch[p]) - 48;
+          TORCH_CHECK_VALUE(c >= 0 && c < 64, "RLE ", i, ": invalid character ",
+                            static_cast<int>(ch[p]), " at position ", p - co[i],
+                            " (COCO strings use '0'..'o')");
+          TORCH_CHECK_VALUE(k < 12, "RLE ", i, ": a count is too long (more than 12 groups)");
+          x |= static_cast<int64_t>(c & 0x1f) << (5 * k);
+          more = (c & 0x20) != 0;
+          ++p;
+          ++k;
+          if (!more && (c & 0x10)) x |= static_cast<int64_t>(-1) * (int64_t(1) << (5 * k));
+        }
+        const int64_t m = static_cast<int64_t>(out.size());
+        if (m > 2) x += out[m - 2];
+        TORCH_CHECK_VALUE(x >= 0, "RLE ", i, ": count ", m, " decodes to a negative value (", x,
+                          ")");
+        total += x;
+        TORCH_CHECK_VALUE(total <= h * w, "RLE ", i, ": counts overrun the ", h, "x", w,
+                          " mask (they sum past ", h * w, ")");
+        out.push_back(x);
+      }
+      TORCH_CHECK_VALUE(!out.empty() || h * w == 0,
+                        "RLE ", i, ": counts string is empty but the mask has ", h * w, " pixels");
+      TORCH_CHECK_VALUE(total == h * w, "RLE ", i, ": counts sum to ", total, " but the ", h, "x",
+                        w, " mask has ", h * w, " pixels");
+      if (out.empty()) out.push_back(0);  // pycocotools writes "0" for a 0-pixel mask
+    }
+  });
+  return pack(cnts, at::kLong);
+}
+
+void rle_check_cpu(const at::Tensor& counts, const at::Tensor& offsets, const at::Tensor& sizes) {
+  check_rles(counts.contiguous(), offsets.contiguous(), sizes.contiguous());
+}
+
+at::Tensor rle_area_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_in) {
+  const at::Tensor counts = counts_in.contiguous(), offsets = offsets_in.contiguous();
+  check_offsets_cpu(counts, offsets);
+  const int64_t n = offsets.numel() - 1;
+  const int64_t* c = counts.data_ptr<int64_t>();
+  const int64_t* o = offsets.data_ptr<int64_t>();
+  at::Tensor out = at::empty({n}, at::kLong);
+  int64_t* a = out.data_ptr<int64_t>();
+  at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      int64_t s = 0;
+      for (int64_t j = o[i] + 1; j < o[i + 1]; j += 2) s += c[j];
+      a[i] = s;
+    }
+  });
+  return out;
+}
+
+// pycocotools' rleToBbox for one RLE.
+void bbox_of(const Rle& r, double* bb) {
+  const int64_t m = (r.m / 2) * 2;
+  if (m == 0 || r.h == 0) {
+    bb[0] = bb[1] = bb[2] = bb[3] = 0;
+    return;
+  }
+  const int64_t h = r.h;
+  int64_t xs = r.w, ys = r.h, xe = 0, ye = 0, cc = 0, xp = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    cc += r.cnts[j];
+    const int64_t t = cc - j % 2;
+    const int64_t y = t % h, x = (t - y) / h;
+    if (j % 2 == 0) {
+      xp = x;
+    } else if (xp < x) {
+      ys = 0;
+      ye = h - 1;
+    }
+    xs = std::min(xs, x);
+    xe = std::max(xe, x);
+    ys = std::min(ys, y);
+    ye = std::max(ye, y);
+  }
+  bb[0] = static_cast<double>(xs);
+  bb[2] = static_cast<double>(xe - xs + 1);
+  bb[1] = static_cast<double>(ys);
+  bb[3] = static_cast<double>(ye - ys + 1);
+}
+
+at::Tensor rle_to_bbox_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_in,
+                           const at::Tensor& sizes_in) {
+  const at::Tensor counts = counts_in.contiguous(), offsets = offsets_in.contiguous(),
+                   sizes = sizes_in.contiguous();
+  check_rles(counts, offsets, sizes);
+  const std::vector<Rle> r = view_rles(counts, offsets, sizes);
+  const int64_t n = static_cast<int64_t>(r.size());
+  at::Tensor out = at::empty({n, 4}, at::kDouble);
+  double* bb = out.data_ptr<double>();
+  at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) bbox_of(r[i], bb + 4 * i);
+  });
+  return out;
+}
+
+at::Tensor rle_merge_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_in,
+                         const at::Tensor& sizes_in, bool intersect) {
+  const at::Tensor counts = counts_in.contiguous(), offsets = offsets_in.contiguous(),
+                   sizes = sizes_in.contiguous();
+  check_rles(counts, offsets, sizes);
+  const std::vector<Rle> r = view_rles(counts, offsets, sizes);
+  const int64_t n = static_cast<int64_t>(r.size());
+  TORCH_CHECK_VALUE(n >= 1, "rle_merge needs at least one RLE");
+  for (int64_t i = 1; i < n; ++i) {
+    TORCH_CHECK_VALUE(r[i].h == r[0].h && r[i].w == r[0].w, "rle_merge: RLE ", i, " has size [",
+                      r[i].h, ", ", r[i].w, "] but RLE 0 has [", r[0].h, ", ", r[0].w, "]");
+  }
+  std::vector<int64_t> acc(r[0].cnts, r[0].cnts + r[0].m), next;
+  for (int64_t i = 1; i < n; ++i) {
+    const Rle& B = r[i];
+    next.clear();
+    const int64_t am = static_cast<int64_t>(acc.size());
+    int64_t ca = acc[0], cb = B.cnts[0], a = 1, bi = 1, cc = 0, ct = 1;
+    bool v = false, va = false, vb = false;
+    while (ct > 0) {
+      const int64_t c = std::min(ca, cb);
+      cc += c;
+      ct = 0;
+      ca -= c;
+      if (!ca && a < am) {
+        ca = acc[a++];
+        va = !va;
+      }
+      ct += ca;
+      cb -= c;
+      if (!cb && bi < B.m) {
+        cb = B.cnts[bi++];
+        vb = !vb;
+      }
+      ct += cb;
+      const bool vp = v;
+      v = intersect ? (va && vb) : (va || vb);
+      if (v != vp || ct == 0) {
+        next.push_back(cc);
+        cc = 0;
+      }
+    }
+    acc.swap(next);
+  }
+  at::Tensor out = at::empty({static_cast<int64_t>(acc.size())}, at::kLong);
+  std::copy(acc.begin(), acc.end(), out.data_ptr<int64_t>());
+  return out;
+}
+
+// Intersection of two same-size RLEs, pycocotools' rleIou inner loop.
+int64_t rle_intersection(const Rle& A, const Rle& B) {
+  int64_t ca = A.cnts[0], cb = B.cnts[0], a = 1, b = 1, i = 0, ct = 1;
+  bool va = false, vb = false;
+  while (ct > 0) {
+    const int64_t c = std::min(ca, cb);
+    if (va && vb) i += c;
+    ct = 0;
+    ca -= c;
+    if (!ca && a < A.m) {
+      ca = A.cnts[a++];
+      va = !va;
+    }
+    ct += ca;
+    cb -= c;
+    if (!cb && b < B.m) {
+      cb = B.cnts[b++];
+      vb = !vb;
+    }
+    ct += cb;
+  }
+  return i;
+}
+
+int64_t area_of(const Rle& r) {
+  int64_t s = 0;
+  for (int64_t j = 1; j < r.m; j += 2) s += r.cnts[j];
+  return s;
+}
+
+at::Tensor rle_iou_cpu(const at::Tensor& dc, const at::Tensor& doff, const at::Tensor& dsz,
+                       const at::Tensor& gc, const at::Tensor& goff, const at::Tensor& gsz,
+                       const at::Tensor& iscrowd_in) {
+  const at::Tensor dcc = dc.contiguous(), doc = doff.contiguous(), dsc = dsz.contiguous();
+  const at::Tensor gcc = gc.contiguous(), goc = goff.contiguous(), gsc = gsz.contiguous();
+  check_rles(dcc, doc, dsc);
+  check_rles(gcc, goc, gsc);
+  const std::vector<Rle> dt = view_rles(dcc, doc, dsc), gt = view_rles(gcc, goc, gsc);
+  const int64_t m = static_cast<int64_t>(dt.size()), n = static_cast<int64_t>(gt.size());
+  check_iscrowd(iscrowd_in, n);
+  const at::Tensor iscrowd = iscrowd_in.to(at::kByte).contiguous();
+  const uint8_t* crowd = iscrowd.numel() ? iscrowd.data_ptr<uint8_t>() : nullptr;
+  std::vector<double> db(4 * m), gb(4 * n);
+  std::vector<int64_t> darea(m);
+  for (int64_t d = 0; d < m; ++d) {
+    bbox_of(dt[d], db.data() + 4 * d);
+    darea[d] = area_of(dt[d]);
+  }
+  for (int64_t g = 0; g < n; ++g) bbox_of(gt[g], gb.data() + 4 * g);
+  at::Tensor out = at::zeros({m, n}, at::kDouble);
+  double* o = out.data_ptr<double>();
+  at::parallel_for(0, m, 1, [&](int64_t b, int64_t e) {
+    for (int64_t d = b; d < e; ++d) {
+      const double* D = db.data() + 4 * d;
+      const double da = D[2] * D[3];
+      for (int64_t g = 0; g < n; ++g) {
+        const double* G = gb.data() + 4 * g;
+        const bool is_crowd = crowd != nullptr && crowd[g];
+        // Bounding-box pre-filter (bbIou): no overlap -> 0 and no exact computation.
+        const double bw = std::min(D[2] + D[0], G[2] + G[0]) - std::max(D[0], G[0]);
+        if (bw <= 0) continue;
+        const double bh = std::min(D[3] + D[1], G[3] + G[1]) - std::max(D[1], G[1]);
+        if (bh <= 0) continue;
+        const double bi = bw * bh;
+        const double bu = is_crowd ? da : da + G[2] * G[3] - bi;
+        if (!(bi / bu > 0)) continue;
+        if (dt[d].h != gt[g].h || dt[d].w != gt[g].w) {
+          o[d * n + g] = -1;
+          continue;
+        }
+        const int64_t inter = rle_intersection(dt[d], gt[g]);
+        int64_t uni;
+        if (inter == 0) {
+          uni = 1;
+        } else if (is_crowd) {
+          uni = darea[d];
+        } else {
+          uni = darea[d] + area_of(gt[g]) - inter;
+        }
+        o[d * n + g] = static_cast<double>(inter) / static_cast<double>(uni);
+      }
+    }
+  });
+  return out;
+}
+
+// ---- pairwise IoU straight from masks: bit-packed rows + bounding-box pruning ----
+struct Packed {
+  std::vector<uint64_t> words;  // (N, H, wpr)
+  std::vector<int64_t> area;
+  std::vector<int64_t> box;  // (N, 4): y0, y1, w0, w1 (inclusive rows, inclusive word columns)
+  int64_t wpr;
+};
+
+Packed pack_masks(const at::Tensor& masks) {
+  const int64_t n = masks.size(0), h = masks.size(1), w = masks.size(2);
+  Packed p;
+  p.wpr = (w + 63) / 64;
+  p.words.assign(static_cast<size_t>(n * h * p.wpr), 0);
+  p.area.assign(n, 0);
+  p.box.assign(4 * n, 0);
+  const uint8_t* data = static_cast<const uint8_t*>(masks.data_ptr());
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      int64_t area = 0, y0 = h, y1 = -1, w0 = p.wpr, w1 = -1;
+      for (int64_t y = 0; y < h; ++y) {
+        const uint8_t* row = data + (i * h + y) * w;
+        uint64_t* out = p.words.data() + (i * h + y) * p.wpr;
+        for (int64_t k = 0; k < p.wpr; ++k) {
+          uint64_t word = 0;
+          const int64_t x_end = std::min<int64_t>(64, w - 64 * k);
+          for (int64_t x = 0; x < x_end; ++x) word |= uint64_t(row[64 * k + x] != 0) << x;
+          out[k] = word;
+          if (word) {
+            area += __builtin_popcountll(word);
+            y0 = std::min(y0, y);
+            y1 = y;
+            w0 = std::min(w0, k);
+            w1 = std::max(w1, k);
+          }
+        }
+      }
+      p.area[i] = area;
+      int64_t* bx = p.box.data() + 4 * i;
+      bx[0] = y0, bx[1] = y1, bx[2] = w0, bx[3] = w1;
+    }
+  });
+  return p;
+}
+
+at::Tensor mask_iou_cpu(const at::Tensor& a_in, const at::Tensor& b_in,
+                        const at::Tensor& iscrowd_in) {
+  check_masks(a_in, "a");
+  check_masks(b_in, "b");
+  check_same_hw(a_in, b_in);
+  check_iscrowd(iscrowd_in, b_in.size(0));
+  const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  const at::Tensor iscrowd = iscrowd_in.to(at::kByte).contiguous();
+  const uint8_t* crowd = iscrowd.numel() ? iscrowd.data_ptr<uint8_t>() : nullptr;
+  const int64_t n = a.size(0), m = b.size(0), h = a.size(1);
+  const Packed pa = pack_masks(a), pb = pack_masks(b);
+  const int64_t wpr = pa.wpr;
+  at::Tensor out = at::zeros({n, m}, at::kDouble);
+  double* o = out.data_ptr<double>();
+  at::parallel_for(0, n, 1, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) {
+      const int64_t* A = pa.box.data() + 4 * i;
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t* B = pb.box.data() + 4 * j;
+        const int64_t y0 = std::max(A[0], B[0]), y1 = std::min(A[1], B[1]);
+        const int64_t k0 = std::max(A[2], B[2]), k1 = std::min(A[3], B[3]);
+        if (y0 > y1 || k0 > k1) continue;  // disjoint boxes: intersection is 0
+        int64_t inter = 0;
+        for (int64_t y = y0; y <= y1; ++y) {
+          const uint64_t* ra = pa.words.data() + (i * h + y) * wpr;
+          const uint64_t* rb = pb.words.data() + (j * h + y) * wpr;
+          for (int64_t k = k0; k <= k1; ++k) inter += __builtin_popcountll(ra[k] & rb[k]);
+        }
+        if (inter == 0) continue;
+        const bool is_crowd = crowd != nullptr && crowd[j];
+        const int64_t uni = is_crowd ? pa.area[i] : pa.area[i] + pb.area[j] - inter;
+        o[i * m + j] = static_cast<double>(inter) / static_cast<double>(uni);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssrvg, CPU, m) {
+  m.impl("rle_encode", &rle_encode_cpu);
+  m.impl("rle_decode", &rle_decode_cpu);
+  m.impl("rle_to_string", &rle_to_string_cpu);
+  m.impl("rle_from_string", &rle_from_string_cpu);
+  m.impl("rle_check", &rle_check_cpu);
+  m.impl("rle_area", &rle_area_cpu);
+  m.impl("rle_to_bbox", &rle_to_bbox_cpu);
+  m.impl("rle_merge", &rle_merge_cpu);
+  m.impl("rle_iou", &rle_iou_cpu);
+  m.impl("mask_iou", &mask_iou_cpu);
+}
+
+}  // namespace rle
+}  // namespace ssrvg

@@ -1,0 +1,173 @@
+"""Builds ssrvg_ext._C, the C++/CUDA operator library.
+
+Install with ``pip install -e . --no-build-isolation`` (build isolation would pull a second torch
+into the build). Environment switches:
+
+  FORCE_CUDA=1 / FORCE_CUDA=0   build the CUDA kernels / build CPU-only, whatever is found
+  CUDA_HOME                     the CUDA toolkit to use (else: a pip ``nvidia/cu<major>`` toolkit
+                                matching torch, ``nvcc`` on PATH, /usr/local/cuda)
+  TORCH_CUDA_ARCH_LIST          e.g. "9.0" or "8.0;9.0" (default: the local GPUs, else "9.0")
+  MAX_JOBS                      parallel compile jobs (ninja)
+  NVCC_FLAGS                    extra nvcc flags, space separated
+  DEBUG=1                       -O0 -g (and -G -lineinfo for CUDA)
+"""
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+from setuptools import find_packages, setup
+
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def log(msg):
+    print(f"[ssrvg_ext setup] {msg}", flush=True)
+
+
+def nvcc_version(cuda_home):
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    if not os.path.exists(nvcc):
+        return None
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def candidate_cuda_homes(torch_cuda):
+    if os.environ.get("CUDA_HOME"):
+        yield os.environ["CUDA_HOME"]
+    if os.environ.get("CUDA_PATH"):
+        yield os.environ["CUDA_PATH"]
+    major = torch_cuda.split(".")[0]
+    yield os.path.join(sysconfig.get_paths()["purelib"], "nvidia", f"cu{major}")
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        yield os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    yield "/usr/local/cuda"
+
+
+def find_cuda_home():
+    """The first toolkit whose nvcc matches torch's CUDA (same major, minor not older)."""
+    torch_cuda = torch.version.cuda
+    if not torch_cuda:
+        return None, "this torch build has no CUDA"
+    want = tuple(int(v) for v in torch_cuda.split(".")[:2])
+    seen = []
+    for home in candidate_cuda_homes(torch_cuda):
+        ver = nvcc_version(home)
+        if ver is None:
+            continue
+        seen.append(f"{home} (nvcc {ver[0]}.{ver[1]})")
+        if ver[0] == want[0] and ver[1] >= want[1]:
+            return home, f"nvcc {ver[0]}.{ver[1]} at {home} matches torch CUDA {torch_cuda}"
+    return None, f"no nvcc matching torch CUDA {torch_cuda}; found: {', '.join(seen) or 'none'}"
+
+
+def decide_cuda():
+    force = os.environ.get("FORCE_CUDA", "")
+    home, why = find_cuda_home()
+    if force == "0":
+        return None, "FORCE_CUDA=0: CPU-only build"
+    if force == "1":
+        if home is None:
+            sys.exit(f"FORCE_CUDA=1 but {why}. Set CUDA_HOME to a toolkit matching torch.")
+        return home, f"FORCE_CUDA=1: {why}"
+    if home is None:
+        return None, f"CPU-only build: {why} (set FORCE_CUDA=1 with CUDA_HOME to insist)"
+    return home, why
+
+
+def cudart_link_dir(cuda_home):
+    """pip toolkits ship libcudart.so.N without the libcudart.so link name; make one in build/."""
+    for sub in ("lib64", "lib"):
+        if os.path.exists(os.path.join(cuda_home, sub, "libcudart.so")):
+            return os.path.join(cuda_home, sub)
+    found = sorted(glob.glob(os.path.join(cuda_home, "lib*", "libcudart.so.*")))
+    if not found:
+        return None
+    link_dir = os.path.join(ROOT, "build", "cudart_link")
+    os.makedirs(link_dir, exist_ok=True)
+    link = os.path.join(link_dir, "libcudart.so")
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink(found[0], link)
+    return link_dir
+
+
+CUDA_HOME, REASON = decide_cuda()
+if CUDA_HOME:
+    os.environ["CUDA_HOME"] = CUDA_HOME  # read by torch.utils.cpp_extension at import
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+DEBUG = os.environ.get("DEBUG", "0") == "1"
+log(REASON)
+
+
+def extension():
+    sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cpp"), recursive=True))]
+    cuda_sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True))]
+    cxx = ["-O0", "-g"] if DEBUG else ["-O3"]
+    cxx += ["-fopenmp"] if sys.platform != "darwin" else []  # torch.utils.cpp_extension picks -std
+    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"] if sys.platform != "darwin" else [])
+    if not CUDA_HOME:
+        return CppExtension("ssrvg_ext._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
+    nvcc = ["-O0", "-G", "-lineinfo"] if DEBUG else ["-O3", "-lineinfo"]
+    nvcc += ["--expt-relaxed-constexpr"]
+    nvcc += os.environ.get("NVCC_FLAGS", "").split()
+    link_dir = cudart_link_dir(CUDA_HOME)
+    if link_dir:
+        kwargs["library_dirs"] = [link_dir]
+    log(f"CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(local GPUs)')}: {', '.join(cuda_sources)}")
+    return CUDAExtension("ssrvg_ext._C", sources + cuda_sources,
+                         extra_compile_args={"cxx": cxx + ["-DSSRVG_WITH_CUDA"], "nvcc": nvcc}, **kwargs)
+
+
+def write_build_info():
+    """Facts `python -m ssrvg_ext.info` prints; generated, not tracked."""
+    compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    try:
+        compiler_version = subprocess.run(compiler.split() + ["--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        compiler_version = compiler
+    info = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_build": bool(CUDA_HOME),
+        "cuda_home": CUDA_HOME,
+        "nvcc": ".".join(map(str, nvcc_version(CUDA_HOME))) if CUDA_HOME else None,
+        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if CUDA_HOME else None,
+        "cxx": compiler_version,
+        "debug": DEBUG,
+        "decision": REASON,
+    }
+    with open(os.path.join(ROOT, "ssrvg_ext", "_build_info.json"), "w") as f:
+        json.dump(info, f, indent=2)
+
+
+write_build_info()
+
+setup(
+    name="ssrvg_ext",
+    version="0.1.0",
+    description="Referring expression grounding (box + mask) with C++/CUDA kernels for PyTorch",
+    packages=find_packages(include=["ssrvg_ext", "ssrvg_ext.*"]),
+    package_data={"ssrvg_ext": ["_build_info.json"]},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.9",
+    install_requires=["torch", "numpy", "pycocotools", "pyyaml", "pillow", "tqdm"],
+)

@@ -1,0 +1,76 @@
+"""Loads the compiled operator library once and tells the ops whether to use it.
+
+Every op wrapper asks :func:`use_compiled` with the op name and the device of its inputs. It
+answers True when ``_C`` is loaded and registers a kernel for that device; otherwise the wrapper
+runs the pure-PyTorch reference, and the first such fallback of each kind warns once, saying why.
+``SSRVG_REQUIRE_EXT=1`` makes a missing library or kernel an error instead. Tests and the
+compiled-vs-reference comparisons flip all ops at once with :func:`force_reference`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+
+import torch
+
+_LOAD_ERROR: str | None = None
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.ssrvg.*)
+except ImportError as e:  # not built, or built against another torch
+    _LOAD_ERROR = f"{type(e).__name__}: {e}"
+
+AVAILABLE = _LOAD_ERROR is None
+_state = threading.local()
+_warned: set[str] = set()
+
+
+def require_ext() -> bool:
+    return os.environ.get("SSRVG_REQUIRE_EXT", "0") == "1"
+
+
+if not AVAILABLE:
+    _msg = (f"ssrvg_ext: the compiled ops could not be loaded ({_LOAD_ERROR}); every op falls back "
+            "to its slow pure-PyTorch reference. Rebuild with `pip install -e . --no-build-isolation`.")
+    if require_ext():
+        raise ImportError(_msg + " (SSRVG_REQUIRE_EXT=1)")
+    warnings.warn(_msg, RuntimeWarning, stacklevel=2)
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether ``ssrvg::<op>`` has a compiled kernel for ``device_type`` ('cpu', 'cuda')."""
+    if not AVAILABLE:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"ssrvg::{op}", key)
+
+
+def use_compiled(op: str, device: torch.device | str) -> bool:
+    """True to call ``torch.ops.ssrvg.<op>``; False to run the reference (warning once why)."""
+    if getattr(_state, "reference", False):
+        return False
+    device_type = torch.device(device).type
+    if device_type == "meta" and AVAILABLE:
+        return True
+    if has_kernel(op, device_type):
+        return True
+    why = _LOAD_ERROR if not AVAILABLE else f"this build has no {device_type} kernel for ssrvg::{op}"
+    if require_ext():
+        raise RuntimeError(f"ssrvg_ext: {why} and SSRVG_REQUIRE_EXT=1")
+    if AVAILABLE and (op, device_type) not in _warned:
+        _warned.add((op, device_type))
+        warnings.warn(f"ssrvg_ext: {why}; using the pure-PyTorch reference.", RuntimeWarning, stacklevel=3)
+    return False
+
+
+@contextlib.contextmanager
+def force_reference(enabled: bool = True):
+    """Within this block every ssrvg op runs its pure-PyTorch reference (this thread only)."""
+    old = getattr(_state, "reference", False)
+    _state.reference = enabled
+    try:
+        yield
+    finally:
+        _state.reference = old

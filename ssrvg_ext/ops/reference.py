@@ -1,0 +1,229 @@
+"""Pure-PyTorch (and pure-Python) references of every ssrvg op.
+
+Each function has the signature of its op in csrc/ops.cpp. They are the test oracles for the
+compiled kernels and the fallback when the compiled library is missing: slow, simple, and written
+straight from the semantics in DESIGN.md rather than from the kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# =============================================================================================
+# COCO RLE (DESIGN.md 4.3)
+
+
+def _offsets_ok(counts: torch.Tensor, offsets: torch.Tensor) -> list[int]:
+    if counts.dtype != torch.int64 or offsets.dtype != torch.int64:
+        raise TypeError(f"counts and offsets must be int64; got {counts.dtype} and {offsets.dtype}")
+    o = offsets.tolist()
+    if len(o) < 1 or o[0] != 0 or o[-1] != counts.numel() or any(b < a for a, b in zip(o, o[1:])):
+        raise ValueError("offsets must run non-decreasing from 0 to the number of counts")
+    return o
+
+
+def _split(counts: torch.Tensor, offsets: torch.Tensor) -> list[list[int]]:
+    o = _offsets_ok(counts, offsets)
+    c = counts.tolist()
+    return [c[o[i]:o[i + 1]] for i in range(len(o) - 1)]
+
+
+def rle_check(counts: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor) -> None:
+    for i, (cn, (h, w)) in enumerate(zip(_split(counts, offsets), sizes.tolist())):
+        if h < 0 or w < 0:
+            raise ValueError(f"RLE {i}: size must be non-negative; got [{h}, {w}]")
+        if not cn:
+            raise ValueError(f"RLE {i}: counts are empty (a valid RLE has at least one)")
+        if min(cn) < 0:
+            raise ValueError(f"RLE {i}: a count is negative")
+        if sum(cn) != h * w:
+            raise ValueError(f"RLE {i}: counts sum to {sum(cn)} but the {h}x{w} mask has {h * w} pixels")
+
+
+def _pack_lists(parts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    counts = torch.tensor([v for p in parts for v in p], dtype=torch.int64)
+    offsets = torch.tensor([0] + [len(p) for p in parts], dtype=torch.int64).cumsum(0)
+    return counts, offsets
+
+
+def rle_encode(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if masks.dtype not in (torch.uint8, torch.bool):
+        raise TypeError(f"masks must be a uint8 or bool tensor; got {masks.dtype}")
+    if masks.dim() != 3:
+        raise ValueError(f"masks must have shape (N, H, W); got {tuple(masks.shape)}")
+    n, h, w = masks.shape
+    parts = []
+    for i in range(n):
+        flat = (masks[i] != 0).t().reshape(-1)  # column-major pixel order
+        change = torch.nonzero(flat[1:] != flat[:-1]).reshape(-1) + 1
+        if flat.numel() and bool(flat[0]):
+            change = torch.cat([change.new_zeros(1), change])
+        edges = torch.cat([change.new_zeros(1), change, change.new_full((1,), h * w)])
+        parts.append(torch.diff(edges).cpu())
+    counts = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+    offsets = torch.tensor([0] + [len(p) for p in parts], dtype=torch.int64).cumsum(0)
+    return counts.to(masks.device), offsets.to(masks.device)
+
+
+def rle_decode(counts: torch.Tensor, offsets: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    device = counts.device
+    counts, offsets = counts.cpu(), offsets.cpu()
+    n = offsets.numel() - 1
+    rle_check(counts, offsets, torch.tensor([[h, w]] * n, dtype=torch.int64).reshape(-1, 2))
+    out = torch.zeros(n, h, w, dtype=torch.uint8)
+    for i, cn in enumerate(_split(counts, offsets)):
+        c = torch.tensor(cn, dtype=torch.int64)
+        values = (torch.arange(len(cn)) % 2).to(torch.uint8)
+        out[i] = torch.repeat_interleave(values, c).reshape(w, h).t()
+    return out.to(device)
+
+
+def rle_to_string(counts: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    strings = []
+    for cn in _split(counts, offsets):
+        s = bytearray()
+        for i, x in enumerate(cn):
+            if i > 2:
+                x -= cn[i - 2]
+            more = True
+            while more:
+                c = x & 0x1F
+                x >>= 5  # Python's >> on ints is arithmetic
+                more = (x != -1) if (c & 0x10) else (x != 0)
+                if more:
+                    c |= 0x20
+                s.append(c + 48)
+        strings.append(list(s))
+    chars, char_offsets = _pack_lists(strings)
+    return chars.to(torch.uint8), char_offsets
+
+
+def rle_from_string(chars: torch.Tensor, char_offsets: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if chars.dtype != torch.uint8:
+        raise TypeError(f"chars must be uint8; got {chars.dtype}")
+    o = _offsets_ok(chars.to(torch.int64), char_offsets)
+    data = chars.tolist()
+    parts = []
+    for i, (h, w) in enumerate(sizes.tolist()):
+        if h < 0 or w < 0:
+            raise ValueError(f"RLE {i}: size must be non-negative; got [{h}, {w}]")
+        cn, p, end = [], o[i], o[i + 1]
+        while p < end:
+            x = k = 0
+            more = True
+            while more:
+                if p >= end:
+                    raise ValueError(f"RLE {i}: compressed counts end in the middle of a number")
+                c = data[p] - 48
+                if not 0 <= c < 64:
+                    raise ValueError(f"RLE {i}: invalid character {data[p]} at position {p - o[i]}")
+                if k >= 12:
+                    raise ValueError(f"RLE {i}: a count is too long (more than 12 groups)")
+                x |= (c & 0x1F) << (5 * k)
+                more = bool(c & 0x20)
+                p += 1
+                k += 1
+                if not more and (c & 0x10):
+                    x |= -1 << (5 * k)
+            if len(cn) > 2:
+                x += cn[-2]
+            if x < 0:
+                raise ValueError(f"RLE {i}: count {len(cn)} decodes to a negative value ({x})")
+            cn.append(x)
+            if sum(cn) > h * w:
+                raise ValueError(f"RLE {i}: counts overrun the {h}x{w} mask")
+        if sum(cn) != h * w:
+            raise ValueError(f"RLE {i}: counts sum to {sum(cn)} but the {h}x{w} mask has {h * w} pixels")
+        parts.append(cn or [0])
+    return _pack_lists(parts)
+
+
+def rle_area(counts: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([sum(cn[1::2]) for cn in _split(counts, offsets)], dtype=torch.int64)
+
+
+def _bbox(cn: list[int], h: int, w: int) -> list[float]:
+    m = (len(cn) // 2) * 2
+    if m == 0 or h == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    xs, ys, xe, ye, cc, xp = w, h, 0, 0, 0, 0
+    for j in range(m):
+        cc += cn[j]
+        t = cc - j % 2
+        y, x = t % h, t // h
+        if j % 2 == 0:
+            xp = x
+        elif xp < x:  # a run of ones crossing a column spans every row
+            ys, ye = 0, h - 1
+        xs, xe, ys, ye = min(xs, x), max(xe, x), min(ys, y), max(ye, y)
+    return [float(xs), float(ys), float(xe - xs + 1), float(ye - ys + 1)]
+
+
+def rle_to_bbox(counts: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    rle_check(counts, offsets, sizes)
+    boxes = [_bbox(cn, h, w) for cn, (h, w) in zip(_split(counts, offsets), sizes.tolist())]
+    return torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+
+
+def _decode_one(cn: list[int]) -> torch.Tensor:
+    """Column-major flat bool mask of one RLE."""
+    values = (torch.arange(len(cn)) % 2).bool()
+    return torch.repeat_interleave(values, torch.tensor(cn, dtype=torch.int64))
+
+
+def rle_merge(counts: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor, intersect: bool) -> torch.Tensor:
+    rle_check(counts, offsets, sizes)
+    parts, s = _split(counts, offsets), sizes.tolist()
+    if not parts:
+        raise ValueError("rle_merge needs at least one RLE")
+    if any(sz != s[0] for sz in s):
+        raise ValueError(f"rle_merge: all RLEs must have one size; got {s}")
+    flat = _decode_one(parts[0])
+    for cn in parts[1:]:
+        flat = (flat & _decode_one(cn)) if intersect else (flat | _decode_one(cn))
+    h, w = s[0]
+    return rle_encode(flat.reshape(w, h).t().unsqueeze(0).to(torch.uint8))[0]
+
+
+def rle_iou(dc, do, ds, gc, go, gs, iscrowd) -> torch.Tensor:
+    rle_check(dc, do, ds)
+    rle_check(gc, go, gs)
+    dts, gts = _split(dc, do), _split(gc, go)
+    dsz, gsz = ds.tolist(), gs.tolist()
+    crowd = iscrowd.tolist() if iscrowd.numel() else [0] * len(gts)
+    out = torch.zeros(len(dts), len(gts), dtype=torch.float64)
+    for d, (dcn, (dh, dw)) in enumerate(zip(dts, dsz)):
+        D = _bbox(dcn, dh, dw)
+        for g, (gcn, (gh, gw)) in enumerate(zip(gts, gsz)):
+            G = _bbox(gcn, gh, gw)
+            bw = min(D[0] + D[2], G[0] + G[2]) - max(D[0], G[0])
+            bh = min(D[1] + D[3], G[1] + G[3]) - max(D[1], G[1])
+            if bw <= 0 or bh <= 0:
+                continue  # boxes do not overlap: 0, as pycocotools' bbox pre-filter
+            if (dh, dw) != (gh, gw):
+                out[d, g] = -1.0
+                continue
+            a, b = _decode_one(dcn), _decode_one(gcn)
+            inter = int((a & b).sum())
+            if inter == 0:
+                continue
+            union = int(a.sum()) if crowd[g] else int((a | b).sum())
+            out[d, g] = inter / union
+    return out
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor, iscrowd: torch.Tensor) -> torch.Tensor:
+    for name, t in (("a", a), ("b", b)):
+        if t.dtype not in (torch.uint8, torch.bool):
+            raise TypeError(f"{name} must be a uint8 or bool tensor; got {t.dtype}")
+        if t.dim() != 3:
+            raise ValueError(f"{name} must have shape (N, H, W); got {tuple(t.shape)}")
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"mask_iou: a and b must have the same (H, W); got {tuple(a.shape)} and {tuple(b.shape)}")
+    fa, fb = (a != 0).flatten(1).double(), (b != 0).flatten(1).double()  # exact below 2**53 pixels
+    inter = torch.cat([fa[i:i + 64] @ fb.t() for i in range(0, fa.shape[0], 64)]) if fa.shape[0] else fa.new_zeros(0, fb.shape[0])
+    area_a, area_b = fa.sum(1, keepdim=True), fb.sum(1).unsqueeze(0)
+    union = area_a + area_b - inter
+    if iscrowd.numel():
+        union = torch.where(iscrowd.to(a.device).bool().unsqueeze(0), area_a.expand_as(union), union)
+    return torch.where(inter > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
