@@ -15,8 +15,6 @@ into the build). Environment switches:
 import glob
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -26,57 +24,17 @@ from setuptools import find_packages, setup
 import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from cuda_toolkit import find_cuda_home, nvcc_version  # noqa: E402
 
 
 def log(msg):
     print(f"[ssrvg_ext setup] {msg}", flush=True)
 
 
-def nvcc_version(cuda_home):
-    nvcc = os.path.join(cuda_home, "bin", "nvcc")
-    if not os.path.exists(nvcc):
-        return None
-    try:
-        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    m = re.search(r"release (\d+)\.(\d+)", out)
-    return (int(m.group(1)), int(m.group(2))) if m else None
-
-
-def candidate_cuda_homes(torch_cuda):
-    if os.environ.get("CUDA_HOME"):
-        yield os.environ["CUDA_HOME"]
-    if os.environ.get("CUDA_PATH"):
-        yield os.environ["CUDA_PATH"]
-    major = torch_cuda.split(".")[0]
-    yield os.path.join(sysconfig.get_paths()["purelib"], "nvidia", f"cu{major}")
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        yield os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    yield "/usr/local/cuda"
-
-
-def find_cuda_home():
-    """The first toolkit whose nvcc matches torch's CUDA (same major, minor not older)."""
-    torch_cuda = torch.version.cuda
-    if not torch_cuda:
-        return None, "this torch build has no CUDA"
-    want = tuple(int(v) for v in torch_cuda.split(".")[:2])
-    seen = []
-    for home in candidate_cuda_homes(torch_cuda):
-        ver = nvcc_version(home)
-        if ver is None:
-            continue
-        seen.append(f"{home} (nvcc {ver[0]}.{ver[1]})")
-        if ver[0] == want[0] and ver[1] >= want[1]:
-            return home, f"nvcc {ver[0]}.{ver[1]} at {home} matches torch CUDA {torch_cuda}"
-    return None, f"no nvcc matching torch CUDA {torch_cuda}; found: {', '.join(seen) or 'none'}"
-
-
 def decide_cuda():
     force = os.environ.get("FORCE_CUDA", "")
-    home, why = find_cuda_home()
+    home, why = find_cuda_home(torch.version.cuda)
     if force == "0":
         return None, "FORCE_CUDA=0: CPU-only build"
     if force == "1":

@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmark scripts: timing with warm-up and synchronisation, inputs."""
+
+import statistics
+import time
+
+import torch
+
+
+def timeit(fn, repeat=5, warmup=1, device=None):
+    """Median wall time of fn() in seconds, synchronising CUDA around each call."""
+    sync = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def object_masks(n, h, w, seed=0):
+    """Object-like binary masks: ellipses and rectangles of random position and size, uint8."""
+    g = torch.Generator().manual_seed(seed)
+    ys = torch.arange(h).view(1, h, 1).float()
+    xs = torch.arange(w).view(1, 1, w).float()
+    cy, cx = torch.rand(n, 1, 1, generator=g) * h, torch.rand(n, 1, 1, generator=g) * w
+    ry = torch.rand(n, 1, 1, generator=g) * h / 4 + 4
+    rx = torch.rand(n, 1, 1, generator=g) * w / 4 + 4
+    ell = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
+    rect = ((ys - cy).abs() <= ry) & ((xs - cx).abs() <= rx)
+    return torch.where(torch.rand(n, 1, 1, generator=g) < 0.5, ell, rect).to(torch.uint8)
+
+
+def device_name():
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({torch.get_num_threads()} threads)"
