@@ -39,4 +39,19 @@ TORCH_LIBRARY(ssrvg, m) {
       "Tensor gt_offsets, Tensor gt_sizes, Tensor iscrowd) -> Tensor");
   // Pairwise IoU of binary masks (N, H, W) x (M, H, W) -> (N, M) float64, same numbers as rle_iou.
   m.def("mask_iou(Tensor a, Tensor b, Tensor iscrowd) -> Tensor");
+
+  // ---- fused upsampled mask loss (csrc/mask_loss) ----
+  // logits (B, h, w) float, targets (B, H, W) uint8/bool, valid (B, H, W) or None. Returns (B, 5)
+  // per-mask sums over valid pixels of [p*t, p, t, BCE, focal(alpha, gamma)] where
+  // p = sigmoid(bilinear_upsample(logits, (H, W), align_corners=False)). float32 (float64 for
+  // float64 logits).
+  m.def("upsampled_mask_sums(Tensor logits, Tensor targets, Tensor? valid, float alpha, float gamma) -> Tensor");
+  m.def(
+      "upsampled_mask_sums_backward(Tensor grad, Tensor logits, Tensor targets, Tensor? valid, float alpha, "
+      "float gamma) -> Tensor");
+  // Inference: logits (B, h, w) of a padded (in_h, in_w) input -> upsample to the input, keep the
+  // top-left (crop_h, crop_w), resize to (out_h, out_w), logit > threshold -> uint8 (B, out_h, out_w).
+  m.def(
+      "mask_postprocess(Tensor logits, int in_h, int in_w, int crop_h, int crop_w, int out_h, int out_w, "
+      "float threshold) -> Tensor");
 }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import warnings
 
 import torch
@@ -23,8 +22,8 @@ except ImportError as e:  # not built, or built against another torch
     _LOAD_ERROR = f"{type(e).__name__}: {e}"
 
 AVAILABLE = _LOAD_ERROR is None
-_state = threading.local()
-_warned: set[str] = set()
+_force_reference = False
+_warned: set[tuple[str, str]] = set()
 
 
 def require_ext() -> bool:
@@ -39,22 +38,32 @@ if not AVAILABLE:
     warnings.warn(_msg, RuntimeWarning, stacklevel=2)
 
 
+def _kernel_table() -> dict[tuple[str, str], bool]:
+    """(op, device type) -> has a compiled kernel; read once (registrations happen when _C loads),
+    so that the per-call lookup is a dict access that torch.compile can trace."""
+    if not AVAILABLE:
+        return {}
+    ops = [str(n).split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if str(n).startswith("ssrvg::")]
+    return {(op, dev): torch._C._dispatch_has_kernel_for_dispatch_key(f"ssrvg::{op}", key)
+            for op in ops for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))}
+
+
+_KERNELS = _kernel_table()
+
+
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether ``ssrvg::<op>`` has a compiled kernel for ``device_type`` ('cpu', 'cuda')."""
-    if not AVAILABLE:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"ssrvg::{op}", key)
+    return _KERNELS.get((op, device_type), False)
 
 
 def use_compiled(op: str, device: torch.device | str) -> bool:
     """True to call ``torch.ops.ssrvg.<op>``; False to run the reference (warning once why)."""
-    if getattr(_state, "reference", False):
+    if _force_reference:
         return False
     device_type = torch.device(device).type
     if device_type == "meta" and AVAILABLE:
         return True
-    if has_kernel(op, device_type):
+    if _KERNELS.get((op, device_type), False):
         return True
     why = _LOAD_ERROR if not AVAILABLE else f"this build has no {device_type} kernel for ssrvg::{op}"
     if require_ext():
@@ -67,10 +76,12 @@ def use_compiled(op: str, device: torch.device | str) -> bool:
 
 @contextlib.contextmanager
 def force_reference(enabled: bool = True):
-    """Within this block every ssrvg op runs its pure-PyTorch reference (this thread only)."""
-    old = getattr(_state, "reference", False)
-    _state.reference = enabled
+    """Within this block every ssrvg op runs its pure-PyTorch reference (process-wide switch, for
+    tests and compiled-vs-reference comparisons)."""
+    global _force_reference
+    old = _force_reference
+    _force_reference = enabled
     try:
         yield
     finally:
-        _state.reference = old
+        _force_reference = old

@@ -18,10 +18,7 @@ def build_info() -> dict:
 
 
 def registered_ops() -> list[str]:
-    if not extension.AVAILABLE:
-        return []
-    names = [str(n) for n in torch._C._dispatch_get_all_op_names() if str(n).startswith("ssrvg::")]
-    return sorted(n.split("::", 1)[1] for n in names)
+    return sorted({op for op, _ in extension._KERNELS})
 
 
 def main() -> int:

@@ -23,3 +23,10 @@ def register_fake(op: str):
             torch.library.register_fake(f"ssrvg::{op}")(fn)
         return fn
     return wrap
+
+
+def register_autograd(op: str, backward, setup_context):
+    """``torch.library.register_autograd`` for ``ssrvg::<op>``, a no-op when ``_C`` is not loaded
+    (the references are differentiable through plain autograd)."""
+    if extension.AVAILABLE:
+        torch.library.register_autograd(f"ssrvg::{op}", backward, setup_context=setup_context)

@@ -8,6 +8,7 @@ straight from the semantics in DESIGN.md rather than from the kernels.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 # =============================================================================================
 # COCO RLE (DESIGN.md 4.3)
@@ -227,3 +228,47 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor, iscrowd: torch.Tensor) -> torch.T
     if iscrowd.numel():
         union = torch.where(iscrowd.to(a.device).bool().unsqueeze(0), area_a.expand_as(union), union)
     return torch.where(inter > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
+
+
+# =============================================================================================
+# Fused upsampled mask loss (DESIGN.md 4.2): the unfused computation
+
+
+def _math_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def upsampled_mask_sums(logits, targets, valid, alpha: float, gamma: float) -> torch.Tensor:
+    if logits.dim() != 3 or targets.dim() != 3 or logits.shape[0] != targets.shape[0]:
+        raise ValueError(f"logits (B, h, w) and targets (B, H, W) must share B; got {tuple(logits.shape)} "
+                         f"and {tuple(targets.shape)}")
+    if targets.dtype not in (torch.uint8, torch.bool):
+        raise TypeError(f"targets must be uint8 or bool (binary masks); got {targets.dtype}")
+    z = F.interpolate(logits.to(_math_dtype(logits)).unsqueeze(1), size=tuple(targets.shape[1:]),
+                      mode="bilinear", align_corners=False).squeeze(1)
+    t = targets.to(z.dtype)
+    v = valid.to(z.dtype) if valid is not None else torch.ones_like(t)
+    p = torch.sigmoid(z)
+    bce = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    focal = bce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        focal = focal * (alpha * t + (1 - alpha) * (1 - t))
+    terms = [p * t, p, t, bce, focal]
+    return torch.stack([(x * v).flatten(1).sum(1) for x in terms], 1)
+
+
+def upsampled_mask_sums_backward(grad, logits, targets, valid, alpha: float, gamma: float) -> torch.Tensor:
+    with torch.enable_grad():
+        x = logits.detach().requires_grad_(True)
+        sums = upsampled_mask_sums(x, targets, valid, alpha, gamma)
+        (g,) = torch.autograd.grad(sums, x, grad.to(sums.dtype))
+    return g
+
+
+def mask_postprocess(logits, in_h: int, in_w: int, crop_h: int, crop_w: int, out_h: int, out_w: int,
+                     threshold: float) -> torch.Tensor:
+    z = F.interpolate(logits.to(_math_dtype(logits)).unsqueeze(1), size=(in_h, in_w), mode="bilinear",
+                      align_corners=False)[..., :crop_h, :crop_w]
+    z = F.interpolate(z, size=(out_h, out_w), mode="bilinear", align_corners=False).squeeze(1)
+    return (z > threshold).to(torch.uint8)

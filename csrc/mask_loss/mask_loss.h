@@ -1,0 +1,152 @@
+// Per-pixel math of the fused upsampled mask loss, shared by the CPU and CUDA kernels.
+//
+// z(Y, X) = bilinear upsampling of low-res logits (h, w) to (H, W), align_corners=False, exactly
+// PyTorch's source-index rule: src = max(scale * (dst + 0.5) - 0.5, 0), scale = in / out,
+// i0 = floor(src), i1 = i0 + (i0 < in - 1), lambda = src - i0.
+// The kernels return, per mask, the sums over valid pixels of
+//   [p*t, p, t, BCE(z, t), focal(z, t; alpha, gamma)]    with p = sigmoid(z)
+// and their backward gathers dL/dz into the low-res logits without atomics.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace ssrvg {
+namespace mask_loss {
+
+constexpr int kSums = 5;  // p*t, p, t, bce, focal
+
+template <typename T>
+struct Lerp {
+  int64_t i0, i1;
+  T l1;  // weight of i1; weight of i0 is 1 - l1
+};
+
+// PyTorch's align_corners=False source index for output index `dst` (scale = in / out).
+template <typename T>
+C10_HOST_DEVICE inline Lerp<T> source_index(int64_t dst, T scale, int64_t in) {
+  T src = scale * (static_cast<T>(dst) + static_cast<T>(0.5)) - static_cast<T>(0.5);
+  if (src < 0) src = 0;
+  int64_t i0 = static_cast<int64_t>(src);
+  if (i0 > in - 1) i0 = in - 1;
+  const int64_t i1 = i0 + (i0 < in - 1 ? 1 : 0);
+  T l1 = src - static_cast<T>(i0);
+  if (l1 > 1) l1 = 1;
+  return {i0, i1, l1};
+}
+
+// Output rows [first, last] whose bilinear taps touch input row i (the taps i0, i1 of dst are
+// non-decreasing in dst, so the set is one contiguous range). Binary search over `out` rows.
+template <typename T>
+C10_HOST_DEVICE inline void output_range(int64_t i, T scale, int64_t in, int64_t out, int64_t* first,
+                                         int64_t* last) {
+  // first dst with i1(dst) >= i
+  int64_t lo = 0, hi = out;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (source_index<T>(mid, scale, in).i1 >= i) hi = mid; else lo = mid + 1;
+  }
+  *first = lo;
+  // first dst with i0(dst) > i
+  lo = 0, hi = out;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (source_index<T>(mid, scale, in).i0 > i) hi = mid; else lo = mid + 1;
+  }
+  *last = lo - 1;
+}
+
+// Weight with which output index dst (taps l) reads input index i.
+template <typename T>
+C10_HOST_DEVICE inline T tap_weight(const Lerp<T>& l, int64_t i) {
+  T w = 0;
+  if (l.i0 == i) w += static_cast<T>(1) - l.l1;
+  if (l.i1 == i) w += l.l1;
+  return w;
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T sigmoid(T z) {
+  return static_cast<T>(1) / (static_cast<T>(1) + ::exp(-z));
+}
+
+// Stable BCE with logits: max(z, 0) - z t + log(1 + exp(-|z|)).
+template <typename T>
+C10_HOST_DEVICE inline T bce(T z, T t) {
+  return (z > 0 ? z : static_cast<T>(0)) - z * t + ::log1p(::exp(-::fabs(z)));
+}
+
+// Sigmoid focal loss (as torchvision's sigmoid_focal_loss): alpha_t * bce * (1 - p_t)^gamma,
+// alpha < 0 disables the alpha weighting.
+template <typename T>
+C10_HOST_DEVICE inline T alpha_t(T t, T alpha) {
+  return alpha >= 0 ? alpha * t + (static_cast<T>(1) - alpha) * (static_cast<T>(1) - t) : static_cast<T>(1);
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T focal(T z, T p, T t, T alpha, T gamma) {
+  const T q = static_cast<T>(1) - (p * t + (static_cast<T>(1) - p) * (static_cast<T>(1) - t));
+  const T mod = gamma == 0 ? static_cast<T>(1) : ::pow(q, gamma);
+  return alpha_t(t, alpha) * bce(z, t) * mod;
+}
+
+// d/dz of the five sums weighted by g[0..4] (g[2], for sum t, has no z dependence).
+template <typename T>
+C10_HOST_DEVICE inline T dsums_dz(T z, T t, const T* g, T alpha, T gamma) {
+  const T p = sigmoid(z);
+  const T dp = p * (static_cast<T>(1) - p);
+  T d = g[0] * t * dp + g[1] * dp + g[3] * (p - t);
+  if (g[4] != 0) {
+    const T q = static_cast<T>(1) - (p * t + (static_cast<T>(1) - p) * (static_cast<T>(1) - t));
+    const T dq = -dp * (static_cast<T>(2) * t - static_cast<T>(1));
+    const T mod = gamma == 0 ? static_cast<T>(1) : ::pow(q, gamma);
+    T dmod = 0;
+    if (gamma != 0 && q > 0) dmod = gamma * ::pow(q, gamma - static_cast<T>(1)) * dq;
+    d += g[4] * alpha_t(t, alpha) * ((p - t) * mod + bce(z, t) * dmod);
+  }
+  return d;
+}
+
+inline void check_inputs(const at::Tensor& logits, const at::Tensor& targets,
+                         const c10::optional<at::Tensor>& valid) {
+  TORCH_CHECK_VALUE(logits.dim() == 3, "logits must have shape (B, h, w); got ", logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
+                   "logits must be float64/float32/float16/bfloat16; got ", logits.scalar_type());
+  TORCH_CHECK_VALUE(targets.dim() == 3, "targets must have shape (B, H, W); got ", targets.sizes());
+  TORCH_CHECK_TYPE(targets.scalar_type() == at::kByte || targets.scalar_type() == at::kBool,
+                   "targets must be uint8 or bool (binary masks); got ", targets.scalar_type());
+  TORCH_CHECK_VALUE(logits.size(0) == targets.size(0), "logits and targets must have the same batch size; got ",
+                    logits.size(0), " and ", targets.size(0));
+  TORCH_CHECK_VALUE(logits.size(1) > 0 && logits.size(2) > 0, "logits must have h, w >= 1; got ",
+                    logits.sizes());
+  TORCH_CHECK_VALUE(targets.size(1) > 0 && targets.size(2) > 0, "targets must have H, W >= 1; got ",
+                    targets.sizes());
+  TORCH_CHECK_VALUE(logits.device() == targets.device(), "logits and targets must be on one device; got ",
+                    logits.device(), " and ", targets.device());
+  if (valid.has_value()) {
+    const at::Tensor& v = *valid;
+    TORCH_CHECK_TYPE(v.scalar_type() == at::kByte || v.scalar_type() == at::kBool,
+                     "valid must be uint8 or bool; got ", v.scalar_type());
+    TORCH_CHECK_VALUE(v.sizes() == targets.sizes(), "valid must have the shape of targets ", targets.sizes(),
+                      "; got ", v.sizes());
+    TORCH_CHECK_VALUE(v.device() == targets.device(), "valid must be on the device of targets");
+  }
+}
+
+inline void check_postprocess(const at::Tensor& logits, int64_t in_h, int64_t in_w, int64_t crop_h,
+                              int64_t crop_w, int64_t out_h, int64_t out_w) {
+  TORCH_CHECK_VALUE(logits.dim() == 3 && logits.size(1) > 0 && logits.size(2) > 0,
+                    "logits must have shape (B, h, w) with h, w >= 1; got ", logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), "logits must be floating point; got ",
+                   logits.scalar_type());
+  TORCH_CHECK_VALUE(in_h > 0 && in_w > 0, "input size must be positive; got ", in_h, "x", in_w);
+  TORCH_CHECK_VALUE(crop_h > 0 && crop_w > 0 && crop_h <= in_h && crop_w <= in_w, "crop ", crop_h, "x",
+                    crop_w, " must be positive and fit the ", in_h, "x", in_w, " input");
+  TORCH_CHECK_VALUE(out_h > 0 && out_w > 0, "output size must be positive; got ", out_h, "x", out_w);
+}
+
+}  // namespace mask_loss
+}  // namespace ssrvg

@@ -1,0 +1,245 @@
+// CUDA kernels of the fused upsampled mask loss and of the fused inference path (mask_loss.h).
+//
+// Forward: a fixed number of blocks per mask (set by the shape only) accumulate the five sums in
+// float32 registers, reduce with warp shuffles, and write per-block partials; a second kernel adds
+// them in double in a fixed order. No atomics: bit-identical from run to run.
+// Backward: thread per (b, Y, j) gathers dL/dz along x into R (B, H, w); thread per (b, i, j)
+// gathers R along y. Nothing of size H x W is allocated.
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "mask_loss.h"
+
+namespace ssrvg {
+namespace mask_loss {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kPixelsPerThread = 16;
+constexpr int kMaxBlocksPerMask = 512;
+
+template <typename scalar_t, typename T>
+__device__ inline T interp(const scalar_t* v, int64_t w, const Lerp<T>& ly, const Lerp<T>& lx) {
+  const T hy0 = T(1) - ly.l1, hx0 = T(1) - lx.l1;
+  const T v00 = static_cast<T>(v[ly.i0 * w + lx.i0]), v01 = static_cast<T>(v[ly.i0 * w + lx.i1]);
+  const T v10 = static_cast<T>(v[ly.i1 * w + lx.i0]), v11 = static_cast<T>(v[ly.i1 * w + lx.i1]);
+  return hy0 * (hx0 * v00 + lx.l1 * v01) + ly.l1 * (hx0 * v10 + lx.l1 * v11);
+}
+
+template <typename T>
+__device__ inline T warp_sum(T v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <typename scalar_t>
+__global__ void sums_kernel(const scalar_t* __restrict__ logits, const uint8_t* __restrict__ targets,
+                            const uint8_t* __restrict__ valid, int64_t h, int64_t w, int64_t H, int64_t W,
+                            float alpha, float gamma, int blocks_per_mask, at::opmath_type<scalar_t>* __restrict__ partials) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t b = blockIdx.y;
+  const int64_t HW = H * W;
+  const T sy = static_cast<T>(h) / static_cast<T>(H), sx = static_cast<T>(w) / static_cast<T>(W);
+  const scalar_t* v = logits + b * h * w;
+  const uint8_t* tg = targets + b * HW;
+  const uint8_t* vd = valid ? valid + b * HW : nullptr;
+  T acc[kSums] = {0, 0, 0, 0, 0};
+  const T a = alpha, g = gamma;
+  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < HW; k += (int64_t)blocks_per_mask * blockDim.x) {
+    if (vd && !vd[k]) continue;
+    const int64_t Y = k / W, X = k % W;
+    const T z = interp<scalar_t, T>(v, w, source_index<T>(Y, sy, h), source_index<T>(X, sx, w));
+    const T t = tg[k] ? T(1) : T(0);
+    const T p = sigmoid(z);
+    acc[0] += p * t;
+    acc[1] += p;
+    acc[2] += t;
+    acc[3] += bce(z, t);
+    acc[4] += focal(z, p, t, a, g);
+  }
+  __shared__ T warp_acc[kThreads / 32][kSums];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int s = 0; s < kSums; ++s) {
+    const T r = warp_sum(acc[s]);
+    if (lane == 0) warp_acc[warp][s] = r;
+  }
+  __syncthreads();
+  if (threadIdx.x < kSums) {
+    T r = 0;
+    for (int i = 0; i < kThreads / 32; ++i) r += warp_acc[i][threadIdx.x];
+    partials[(b * blocks_per_mask + blockIdx.x) * kSums + threadIdx.x] = r;
+  }
+}
+
+template <typename T, typename out_t>
+__global__ void finish_sums_kernel(const T* __restrict__ partials, int64_t B, int blocks_per_mask, out_t* __restrict__ out) {
+  const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (t >= B * kSums) return;
+  const int64_t b = t / kSums, s = t % kSums;
+  double r = 0;
+  for (int i = 0; i < blocks_per_mask; ++i) r += static_cast<double>(partials[(b * blocks_per_mask + i) * kSums + s]);
+  out[t] = static_cast<out_t>(r);
+}
+
+at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
+                     const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
+  check_inputs(logits_in, targets_in, valid_in);
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor logits = logits_in.contiguous(), targets = targets_in.contiguous();
+  const at::Tensor valid = valid_in.has_value() ? valid_in->contiguous() : at::Tensor();
+  const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);
+  const int64_t H = targets.size(1), W = targets.size(2);
+  TORCH_CHECK_VALUE(B <= 65535, "upsampled_mask_sums: at most 65535 masks per call on CUDA; got ", B);
+  const int64_t per_block = (int64_t)kThreads * kPixelsPerThread;
+  const int blocks = static_cast<int>(std::min<int64_t>(kMaxBlocksPerMask, (H * W + per_block - 1) / per_block));
+  const bool is_double = logits.scalar_type() == at::kDouble;
+  at::Tensor out = at::empty({B, kSums}, logits.options().dtype(is_double ? at::kDouble : at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "upsampled_mask_sums_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    at::Tensor partials = at::empty({B, blocks, kSums}, logits.options().dtype(c10::CppTypeToScalarType<T>::value));
+    if (B == 0) return;
+    sums_kernel<scalar_t><<<dim3(blocks, B), kThreads, 0, stream>>>(
+        logits.data_ptr<scalar_t>(), static_cast<const uint8_t*>(targets.data_ptr()),
+        valid.defined() ? static_cast<const uint8_t*>(valid.data_ptr()) : nullptr, h, w, H, W,
+        static_cast<float>(alpha), static_cast<float>(gamma), blocks, partials.data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t n = B * kSums;
+    if (is_double) {
+      finish_sums_kernel<T, double><<<(n + kThreads - 1) / kThreads, kThreads, 0, stream>>>(partials.data_ptr<T>(), B, blocks, out.data_ptr<double>());
+    } else {
+      finish_sums_kernel<T, float><<<(n + kThreads - 1) / kThreads, kThreads, 0, stream>>>(partials.data_ptr<T>(), B, blocks, out.data_ptr<float>());
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+// R[b, Y, j] = sum over the output columns X that read column j of tap_weight * dL/dz(Y, X).
+template <typename scalar_t>
+__global__ void gather_x_kernel(const scalar_t* __restrict__ logits, const uint8_t* __restrict__ targets,
+                                const uint8_t* __restrict__ valid, const at::opmath_type<scalar_t>* __restrict__ grad,
+                                int64_t B, int64_t h, int64_t w, int64_t H, int64_t W, float alpha, float gamma,
+                                at::opmath_type<scalar_t>* __restrict__ R) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (t >= B * H * w) return;
+  const int64_t j = t % w, Y = (t / w) % H, b = t / (w * H);
+  const T sy = static_cast<T>(h) / static_cast<T>(H), sx = static_cast<T>(w) / static_cast<T>(W);
+  const Lerp<T> ly = source_index<T>(Y, sy, h);
+  const scalar_t* v = logits + b * h * w;
+  const uint8_t* trow = targets + (b * H + Y) * W;
+  const uint8_t* vrow = valid ? valid + (b * H + Y) * W : nullptr;
+  const T* g = grad + b * kSums;
+  int64_t x0, x1;
+  output_range<T>(j, sx, w, W, &x0, &x1);
+  T acc = 0;
+  for (int64_t X = x0; X <= x1; ++X) {
+    if (vrow && !vrow[X]) continue;
+    const Lerp<T> lx = source_index<T>(X, sx, w);
+    const T z = interp<scalar_t, T>(v, w, ly, lx);
+    acc += tap_weight(lx, j) * dsums_dz(z, trow[X] ? T(1) : T(0), g, T(alpha), T(gamma));
+  }
+  R[t] = acc;
+}
+
+template <typename scalar_t>
+__global__ void gather_y_kernel(const at::opmath_type<scalar_t>* __restrict__ R, int64_t B, int64_t h, int64_t w,
+                                int64_t H, scalar_t* __restrict__ grad_logits) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (t >= B * h * w) return;
+  const int64_t j = t % w, i = (t / w) % h, b = t / (w * h);
+  const T sy = static_cast<T>(h) / static_cast<T>(H);
+  int64_t y0, y1;
+  output_range<T>(i, sy, h, H, &y0, &y1);
+  T acc = 0;
+  for (int64_t Y = y0; Y <= y1; ++Y) acc += tap_weight(source_index<T>(Y, sy, h), i) * R[(b * H + Y) * w + j];
+  grad_logits[t] = static_cast<scalar_t>(acc);
+}
+
+at::Tensor sums_backward_cuda(const at::Tensor& grad_in, const at::Tensor& logits_in, const at::Tensor& targets_in,
+                              const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
+  check_inputs(logits_in, targets_in, valid_in);
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor logits = logits_in.contiguous(), targets = targets_in.contiguous();
+  const at::Tensor valid = valid_in.has_value() ? valid_in->contiguous() : at::Tensor();
+  const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);
+  const int64_t H = targets.size(1), W = targets.size(2);
+  TORCH_CHECK_VALUE(grad_in.dim() == 2 && grad_in.size(0) == B && grad_in.size(1) == kSums,
+                    "grad must have shape (", B, ", ", kSums, "); got ", grad_in.sizes());
+  at::Tensor grad_logits = at::empty_like(logits);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "upsampled_mask_sums_backward_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const auto topt = logits.options().dtype(c10::CppTypeToScalarType<T>::value);
+    const at::Tensor g = grad_in.to(topt).contiguous();
+    at::Tensor R = at::empty({B, H, w}, topt);
+    if (R.numel() == 0) return;
+    gather_x_kernel<scalar_t><<<(R.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+        logits.data_ptr<scalar_t>(), static_cast<const uint8_t*>(targets.data_ptr()),
+        valid.defined() ? static_cast<const uint8_t*>(valid.data_ptr()) : nullptr, g.data_ptr<T>(), B, h, w, H, W,
+        static_cast<float>(alpha), static_cast<float>(gamma), R.data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gather_y_kernel<scalar_t><<<(grad_logits.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+        R.data_ptr<T>(), B, h, w, H, grad_logits.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_logits;
+}
+
+template <typename scalar_t>
+__global__ void postprocess_kernel(const scalar_t* __restrict__ logits, int64_t B, int64_t h, int64_t w, int64_t in_h,
+                                   int64_t in_w, int64_t crop_h, int64_t crop_w, int64_t out_h, int64_t out_w,
+                                   float threshold, uint8_t* __restrict__ out) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (t >= B * out_h * out_w) return;
+  const int64_t X = t % out_w, Y = (t / out_w) % out_h, b = t / (out_w * out_h);
+  const T s1y = static_cast<T>(h) / static_cast<T>(in_h), s1x = static_cast<T>(w) / static_cast<T>(in_w);
+  const T s2y = static_cast<T>(crop_h) / static_cast<T>(out_h), s2x = static_cast<T>(crop_w) / static_cast<T>(out_w);
+  const Lerp<T> ly = source_index<T>(Y, s2y, crop_h), lx = source_index<T>(X, s2x, crop_w);
+  const Lerp<T> ay0 = source_index<T>(ly.i0, s1y, h), ay1 = source_index<T>(ly.i1, s1y, h);
+  const Lerp<T> ax0 = source_index<T>(lx.i0, s1x, w), ax1 = source_index<T>(lx.i1, s1x, w);
+  const scalar_t* v = logits + b * h * w;
+  const T z00 = interp<scalar_t, T>(v, w, ay0, ax0), z01 = interp<scalar_t, T>(v, w, ay0, ax1);
+  const T z10 = interp<scalar_t, T>(v, w, ay1, ax0), z11 = interp<scalar_t, T>(v, w, ay1, ax1);
+  const T hy0 = T(1) - ly.l1, hx0 = T(1) - lx.l1;
+  const T z = hy0 * (hx0 * z00 + lx.l1 * z01) + ly.l1 * (hx0 * z10 + lx.l1 * z11);
+  out[t] = z > static_cast<T>(threshold) ? 1 : 0;
+}
+
+at::Tensor postprocess_cuda(const at::Tensor& logits_in, int64_t in_h, int64_t in_w, int64_t crop_h, int64_t crop_w,
+                            int64_t out_h, int64_t out_w, double threshold) {
+  check_postprocess(logits_in, in_h, in_w, crop_h, crop_w, out_h, out_w);
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous();
+  const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);
+  at::Tensor out = at::empty({B, out_h, out_w}, logits.options().dtype(at::kByte));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "mask_postprocess_cuda", [&] {
+    postprocess_kernel<scalar_t><<<(out.numel() + kThreads - 1) / kThreads, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        logits.data_ptr<scalar_t>(), B, h, w, in_h, in_w, crop_h, crop_w, out_h, out_w, static_cast<float>(threshold),
+        out.data_ptr<uint8_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssrvg, CUDA, m) {
+  m.impl("upsampled_mask_sums", &sums_cuda);
+  m.impl("upsampled_mask_sums_backward", &sums_backward_cuda);
+  m.impl("mask_postprocess", &postprocess_cuda);
+}
+
+}  // namespace mask_loss
+}  // namespace ssrvg

@@ -1,0 +1,143 @@
+"""Fused upsampled mask losses and the fused inference path (DESIGN.md 4.2).
+
+Mask heads predict low-resolution logits ``(B, h, w)``; the losses are defined at the targets'
+full resolution ``(B, H, W)`` on ``z = interpolate(logits, (H, W), "bilinear", align_corners=False)``.
+The kernel computes, per mask, the sums over valid pixels that every usual mask loss is built from
+-- ``[sum p*t, sum p, sum t, sum BCE(z, t), sum focal(z, t)]`` with ``p = sigmoid(z)`` -- without
+materialising ``z``, and its backward gathers ``dL/dlogits`` at low resolution (no atomics,
+deterministic, no float H x W buffer).
+
+    >>> loss = upsampled_mask_loss(logits, targets, losses={"dice": 5.0, "bce": 2.0})
+
+Inference: :func:`mask_postprocess` turns low-res logits of a padded input into uint8 masks at the
+original image size (upsample to the input, crop the valid region, resize, threshold) in one pass.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+from ._dispatch import call, register_autograd, register_fake
+
+__all__ = ["upsampled_mask_sums", "losses_from_sums", "upsampled_mask_losses", "upsampled_mask_loss",
+           "unfused_mask_losses", "mask_postprocess", "LOSSES"]
+
+LOSSES = ("dice", "soft_iou", "bce", "focal")
+
+
+def upsampled_mask_sums(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None,
+                        alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Per-mask sums ``(B, 5)`` = [Σp·t, Σp, Σt, ΣBCE, Σfocal] over valid pixels of the upsampled masks.
+
+    logits: (B, h, w) float32/float16/bfloat16/float64 (float32 math); targets: (B, H, W) uint8/bool;
+    valid: optional (B, H, W) uint8/bool, 0 where pixels are padding and must not count.
+    Focal is torchvision's sigmoid focal loss (``alpha < 0`` disables the alpha weighting).
+    Differentiable w.r.t. ``logits``. float32 result (float64 for float64 logits).
+    """
+    return call("upsampled_mask_sums", logits.device, logits, targets, valid, float(alpha), float(gamma))
+
+
+def losses_from_sums(sums: torch.Tensor, num_pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-mask losses ``(B,)`` from the five sums: dice (+1 smoothing), soft IoU, mean BCE, mean focal."""
+    pt, p, t, bce, focal = sums.unbind(1)
+    n = num_pixels.to(sums.dtype).clamp_min(1)
+    return {
+        "dice": 1 - (2 * pt + 1) / (p + t + 1),
+        "soft_iou": 1 - (pt + 1) / (p + t - pt + 1),
+        "bce": bce / n,
+        "focal": focal / n,
+    }
+
+
+def _num_pixels(targets: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    if valid is None:
+        return torch.full((targets.shape[0],), targets.shape[1] * targets.shape[2], device=targets.device)
+    return valid.flatten(1).sum(1)
+
+
+def upsampled_mask_losses(logits, targets, valid=None, alpha=0.25, gamma=2.0) -> dict[str, torch.Tensor]:
+    """Every per-mask loss ``(B,)`` of :data:`LOSSES`, from one fused kernel call."""
+    return losses_from_sums(upsampled_mask_sums(logits, targets, valid, alpha, gamma), _num_pixels(targets, valid))
+
+
+def unfused_mask_losses(logits, targets, valid=None, alpha=0.25, gamma=2.0) -> dict[str, torch.Tensor]:
+    """The same losses computed the plain way (interpolate -> sigmoid -> sums): the reference."""
+    from .reference import upsampled_mask_sums as ref_sums
+
+    return losses_from_sums(ref_sums(logits, targets, valid, alpha, gamma), _num_pixels(targets, valid))
+
+
+def upsampled_mask_loss(logits: torch.Tensor, targets: torch.Tensor, losses: Mapping[str, float] | None = None,
+                        valid: torch.Tensor | None = None, alpha: float = 0.25, gamma: float = 2.0,
+                        num_masks: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted sum of mask losses, each summed over masks and divided by ``num_masks`` (default B;
+    pass the all-reduced count in distributed training so every rank normalises alike)."""
+    losses = dict(losses if losses is not None else {"dice": 1.0, "bce": 1.0})
+    unknown = set(losses) - set(LOSSES)
+    if unknown:
+        raise ValueError(f"unknown mask loss(es) {sorted(unknown)}; choose from {LOSSES}")
+    per_mask = upsampled_mask_losses(logits, targets, valid, alpha, gamma)
+    denom = num_masks if num_masks is not None else max(logits.shape[0], 1)
+    return sum(w * per_mask[name].sum() for name, w in losses.items()) / denom
+
+
+def mask_postprocess(logits: torch.Tensor, input_size: Sequence[int], valid_sizes: Sequence[Sequence[int]],
+                     orig_sizes: Sequence[Sequence[int]], threshold: float = 0.0) -> list[torch.Tensor]:
+    """Low-res logits ``(B, h, w)`` of padded ``input_size`` inputs -> one uint8 mask per sample at its
+    original size: upsample to the input, keep the valid top-left ``valid_sizes[i]`` region, resize to
+    ``orig_sizes[i]``, ``logit > threshold`` (0.0 is probability 0.5). Samples that share sizes are
+    processed in one kernel call."""
+    if logits.dim() != 3:
+        raise ValueError(f"logits must have shape (B, h, w); got {tuple(logits.shape)}")
+    if not (len(valid_sizes) == len(orig_sizes) == logits.shape[0]):
+        raise ValueError(f"need one valid size and one original size per mask ({logits.shape[0]}); "
+                         f"got {len(valid_sizes)} and {len(orig_sizes)}")
+    in_h, in_w = (int(v) for v in input_size)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (vs, os_) in enumerate(zip(valid_sizes, orig_sizes)):
+        groups.setdefault((*map(int, vs), *map(int, os_)), []).append(i)
+    out: list[torch.Tensor | None] = [None] * logits.shape[0]
+    for (vh, vw, oh, ow), idx in groups.items():
+        sel = logits if len(idx) == logits.shape[0] else logits[idx]
+        masks = call("mask_postprocess", logits.device, sel, in_h, in_w, vh, vw, oh, ow, float(threshold))
+        for k, i in enumerate(idx):
+            out[i] = masks[k]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake kernels and autograd
+@register_fake("upsampled_mask_sums")
+def _(logits, targets, valid, alpha, gamma):
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return logits.new_empty((logits.shape[0], 5), dtype=dtype)
+
+
+@register_fake("upsampled_mask_sums_backward")
+def _(grad, logits, targets, valid, alpha, gamma):
+    return torch.empty_like(logits)
+
+
+@register_fake("mask_postprocess")
+def _(logits, in_h, in_w, crop_h, crop_w, out_h, out_w, threshold):
+    return logits.new_empty((logits.shape[0], out_h, out_w), dtype=torch.uint8)
+
+
+def _setup_context(ctx, inputs, output):
+    logits, targets, valid, alpha, gamma = inputs
+    ctx.save_for_backward(logits, targets, valid)
+    ctx.alpha, ctx.gamma = alpha, gamma
+
+
+def _backward(ctx, grad):
+    logits, targets, valid = ctx.saved_tensors
+    grad_logits = None
+    if ctx.needs_input_grad[0]:
+        grad_logits = torch.ops.ssrvg.upsampled_mask_sums_backward(grad.contiguous(), logits, targets, valid,
+                                                                  ctx.alpha, ctx.gamma)
+    return grad_logits, None, None, None, None
+
+
+register_autograd("upsampled_mask_sums", _backward, _setup_context)
