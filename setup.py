@@ -79,6 +79,7 @@ def extension():
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cpp"), recursive=True))]
     cuda_sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True))]
     cxx = ["-O0", "-g"] if DEBUG else ["-O3"]
+    cxx += ["-fno-trapping-math", "-fno-math-errno"]  # lets GCC vectorise selects and math (same results)
     cxx += ["-fopenmp"] if sys.platform != "darwin" else []  # torch.utils.cpp_extension picks -std
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"] if sys.platform != "darwin" else [])
     if not CUDA_HOME:

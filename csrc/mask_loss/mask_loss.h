@@ -68,47 +68,68 @@ C10_HOST_DEVICE inline T tap_weight(const Lerp<T>& l, int64_t i) {
   return w;
 }
 
-template <typename T>
-C10_HOST_DEVICE inline T sigmoid(T z) {
-  return static_cast<T>(1) / (static_cast<T>(1) + ::exp(-z));
+// Transcendentals used by the pixel math; the CPU float path swaps in vectorisable versions.
+struct StdMath {
+  template <typename T>
+  C10_HOST_DEVICE static T exp(T x) { return ::exp(x); }
+  template <typename T>
+  C10_HOST_DEVICE static T log1p(T x) { return ::log1p(x); }
+  template <typename T>
+  C10_HOST_DEVICE static T pow(T x, T y) { return ::pow(x, y); }
+};
+
+// How (1 - p_t)^gamma is computed: kept a compile-time choice so the common cases vectorise.
+// kNoFocal: the focal sum's gradient weight is 0, so the backward skips it.
+enum GammaKind { kGammaZero = 0, kGammaTwo = 2, kGammaAny = 1, kNoFocal = 3 };
+
+inline GammaKind gamma_kind(double gamma) {
+  return gamma == 0 ? kGammaZero : (gamma == 2 ? kGammaTwo : kGammaAny);
 }
 
-// Stable BCE with logits: max(z, 0) - z t + log(1 + exp(-|z|)).
-template <typename T>
-C10_HOST_DEVICE inline T bce(T z, T t) {
-  return (z > 0 ? z : static_cast<T>(0)) - z * t + ::log1p(::exp(-::fabs(z)));
+template <int G, typename M, typename T>
+C10_HOST_DEVICE inline T pow_gamma(T q, T gamma) {
+  if (G == kGammaZero) return T(1);
+  if (G == kGammaTwo) return q * q;
+  return M::pow(q, gamma);
 }
 
-// Sigmoid focal loss (as torchvision's sigmoid_focal_loss): alpha_t * bce * (1 - p_t)^gamma,
-// alpha < 0 disables the alpha weighting.
+// d/dq of q^gamma.
+template <int G, typename M, typename T>
+C10_HOST_DEVICE inline T dpow_gamma(T q, T gamma) {
+  if (G == kGammaZero) return T(0);
+  if (G == kGammaTwo) return T(2) * q;
+  return q > T(0) ? gamma * M::pow(q, gamma - T(1)) : T(0);
+}
+
 template <typename T>
 C10_HOST_DEVICE inline T alpha_t(T t, T alpha) {
-  return alpha >= 0 ? alpha * t + (static_cast<T>(1) - alpha) * (static_cast<T>(1) - t) : static_cast<T>(1);
+  return alpha >= 0 ? alpha * t + (T(1) - alpha) * (T(1) - t) : T(1);
 }
 
-template <typename T>
-C10_HOST_DEVICE inline T focal(T z, T p, T t, T alpha, T gamma) {
-  const T q = static_cast<T>(1) - (p * t + (static_cast<T>(1) - p) * (static_cast<T>(1) - t));
-  const T mod = gamma == 0 ? static_cast<T>(1) : ::pow(q, gamma);
-  return alpha_t(t, alpha) * bce(z, t) * mod;
-}
-
-// d/dz of the five sums weighted by g[0..4] (g[2], for sum t, has no z dependence).
-template <typename T>
-C10_HOST_DEVICE inline T dsums_dz(T z, T t, const T* g, T alpha, T gamma) {
-  const T p = sigmoid(z);
-  const T dp = p * (static_cast<T>(1) - p);
-  T d = g[0] * t * dp + g[1] * dp + g[3] * (p - t);
-  if (g[4] != 0) {
-    const T q = static_cast<T>(1) - (p * t + (static_cast<T>(1) - p) * (static_cast<T>(1) - t));
-    const T dq = -dp * (static_cast<T>(2) * t - static_cast<T>(1));
-    const T mod = gamma == 0 ? static_cast<T>(1) : ::pow(q, gamma);
-    T dmod = 0;
-    if (gamma != 0 && q > 0) dmod = gamma * ::pow(q, gamma - static_cast<T>(1)) * dq;
-    d += g[4] * alpha_t(t, alpha) * ((p - t) * mod + bce(z, t) * dmod);
+// Everything one pixel contributes, from one exp and one log1p:
+// p = sigmoid(z), bce = max(z, 0) - z t + log1p(exp(-|z|)), focal = alpha_t * bce * (1 - p_t)^gamma.
+template <int G, typename M, typename T>
+struct Pixel {
+  T p, bce, q;  // q = 1 - p_t
+  C10_HOST_DEVICE Pixel(T z, T t) {
+    const T e = M::exp(-(z < T(0) ? -z : z));
+    const T inv = T(1) / (T(1) + e);
+    p = z >= T(0) ? inv : e * inv;
+    bce = (z > T(0) ? z : T(0)) - z * t + M::log1p(e);
+    q = T(1) - (p * t + (T(1) - p) * (T(1) - t));
   }
-  return d;
-}
+  C10_HOST_DEVICE T focal(T t, T alpha, T gamma) const { return alpha_t(t, alpha) * bce * pow_gamma<G, M>(q, gamma); }
+  // d/dz of the five sums weighted by g[0..4] (sum t does not depend on z).
+  C10_HOST_DEVICE T dz(T t, const T* g, T alpha, T gamma) const {
+    const T dp = p * (T(1) - p);
+    T d = (g[0] * t + g[1]) * dp + g[3] * (p - t);
+    if (G != kNoFocal) {
+      const T dq = -dp * (T(2) * t - T(1));
+      d += g[4] * alpha_t(t, alpha) * ((p - t) * pow_gamma<G, M>(q, gamma) + bce * dpow_gamma<G, M>(q, gamma) * dq);
+    }
+    return d;
+  }
+};
 
 inline void check_inputs(const at::Tensor& logits, const at::Tensor& targets,
                          const c10::optional<at::Tensor>& valid) {

@@ -12,6 +12,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "mask_loss.h"
@@ -19,6 +21,48 @@
 namespace ssrvg {
 namespace mask_loss {
 namespace {
+
+// Vectorisable float exp (x <= 0) and log1p (0 <= x <= 1): branch-free polynomials with relative
+// error below 2e-7, so that GCC turns the row loops below into SIMD code. double uses libm.
+struct FastMath {
+  static inline float exp(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float n = static_cast<float>(static_cast<int>(x * 1.44269504f - 0.5f));  // round, x <= 0
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int bits = (static_cast<int>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+  }
+  static inline float log1p(float x) {  // 2 atanh(s), s = x / (2 + x) in [0, 1/3]
+    const float s = x / (2.0f + x), s2 = s * s;
+    float p = 1.0f / 13;
+    p = p * s2 + 1.0f / 11;
+    p = p * s2 + 1.0f / 9;
+    p = p * s2 + 1.0f / 7;
+    p = p * s2 + 1.0f / 5;
+    p = p * s2 + 1.0f / 3;
+    return 2.0f * s * (p * s2 + 1.0f);
+  }
+  static inline float pow(float x, float y) { return std::pow(x, y); }
+  static inline double exp(double x) { return std::exp(x); }
+  static inline double log1p(double x) { return std::log1p(x); }
+  static inline double pow(double x, double y) { return std::pow(x, y); }
+};
+
+// x86-64: the row kernels are also compiled for AVX2+FMA and picked at load time (GCC ifunc).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define SSRVG_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define SSRVG_CLONES
+#endif
 
 template <typename T>
 std::vector<Lerp<T>> taps(int64_t in, int64_t out) {
@@ -28,12 +72,162 @@ std::vector<Lerp<T>> taps(int64_t in, int64_t out) {
   return t;
 }
 
+// Transposed taps in CSR form: for input index i, the output indices that read it and the weights.
 template <typename T>
-std::vector<int64_t> ranges(int64_t in, int64_t out) {  // (first, last) per input index
-  std::vector<int64_t> r(2 * in);
-  const T scale = static_cast<T>(in) / static_cast<T>(out);
-  for (int64_t i = 0; i < in; ++i) output_range<T>(i, scale, in, out, &r[2 * i], &r[2 * i + 1]);
-  return r;
+struct Gather {
+  std::vector<int64_t> start, index;
+  std::vector<T> weight;
+  Gather(const std::vector<Lerp<T>>& taps, int64_t in) : start(in + 1, 0) {
+    const int64_t out = static_cast<int64_t>(taps.size());
+    const T scale = out > 0 ? static_cast<T>(in) / static_cast<T>(out) : T(1);
+    for (int64_t i = 0; i < in; ++i) {
+      int64_t first, last;
+      output_range<T>(i, scale, in, out, &first, &last);
+      for (int64_t d = first; d <= last; ++d) {
+        index.push_back(d);
+        weight.push_back(tap_weight(taps[d], i));
+      }
+      start[i + 1] = static_cast<int64_t>(index.size());
+    }
+  }
+};
+
+// Row buffers of one thread.
+template <typename T>
+struct RowScratch {
+  std::vector<T> r, z, t, v, out[kSums];
+  RowScratch(int64_t w, int64_t W) : r(w), z(W), t(W), v(W) {
+    for (auto& o : out) o.resize(W);
+  }
+};
+
+// Column taps as separate arrays, so the horizontal pass vectorises (gathers on AVX2).
+template <typename T>
+struct XTaps {
+  std::vector<int32_t> i0, i1;
+  std::vector<T> l1;
+  explicit XTaps(const std::vector<Lerp<T>>& t) {
+    for (const auto& l : t) {
+      i0.push_back(static_cast<int32_t>(l.i0));
+      i1.push_back(static_cast<int32_t>(l.i1));
+      l1.push_back(l.l1);
+    }
+  }
+  int64_t size() const { return static_cast<int64_t>(l1.size()); }
+};
+
+// z of output row Y: vertical interpolation of the two low-res rows, then horizontal.
+template <typename T>
+inline void upsample_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>& tx, T* __restrict__ r,
+                         T* __restrict__ z) {
+  const T* a = v + ly.i0 * w;
+  const T* b = v + ly.i1 * w;
+  const T h0 = T(1) - ly.l1, h1 = ly.l1;
+  for (int64_t j = 0; j < w; ++j) r[j] = h0 * a[j] + h1 * b[j];
+  const int32_t* __restrict__ i0 = tx.i0.data();
+  const int32_t* __restrict__ i1 = tx.i1.data();
+  const T* __restrict__ l1 = tx.l1.data();
+  const int64_t W = tx.size();
+  for (int64_t X = 0; X < W; ++X) z[X] = (T(1) - l1[X]) * r[i0[X]] + l1[X] * r[i1[X]];
+}
+
+template <typename T>
+inline void load_row(const uint8_t* src, int64_t W, T* dst) {
+  for (int64_t X = 0; X < W; ++X) dst[X] = src[X] ? T(1) : T(0);
+}
+
+// Sum of n values with 8 independent partial sums (vectorisable without reassociation flags).
+template <typename T>
+inline double sum8(const T* x, int64_t n) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += x[i + k];
+  double s = 0;
+  for (int k = 0; k < 8; ++k) s += acc[k];
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+template <int G, typename T>
+inline void row_terms_impl(const T* __restrict__ z, const T* __restrict__ t, const T* __restrict__ v, int64_t W, T alpha,
+                           T gamma, T* __restrict__ pt, T* __restrict__ p, T* __restrict__ tt, T* __restrict__ bce,
+                           T* __restrict__ fo) {
+  for (int64_t X = 0; X < W; ++X) {
+    const Pixel<G, FastMath, T> px(z[X], t[X]);
+    pt[X] = px.p * t[X] * v[X];
+    p[X] = px.p * v[X];
+    tt[X] = t[X] * v[X];
+    bce[X] = px.bce * v[X];
+    fo[X] = px.focal(t[X], alpha, gamma) * v[X];
+  }
+}
+
+template <int G, typename T>
+inline void row_terms(const T* z, const T* t, const T* v, int64_t W, T alpha, T gamma, RowScratch<T>& s) {
+  row_terms_impl<G>(z, t, v, W, alpha, gamma, s.out[0].data(), s.out[1].data(), s.out[2].data(), s.out[3].data(),
+                    s.out[4].data());
+}
+
+template <int G, typename T>
+inline void row_grad(const T* __restrict__ z, const T* __restrict__ t, const T* __restrict__ v, int64_t W,
+                     const T* __restrict__ g, T alpha, T gamma, T* __restrict__ gz) {
+  for (int64_t X = 0; X < W; ++X) gz[X] = Pixel<G, FastMath, T>(z[X], t[X]).dz(t[X], g, alpha, gamma) * v[X];
+}
+
+// One output row, forward: its five sums. Backward: dL/dz of its pixels into gz.
+template <int G, typename T>
+inline void forward_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>& tx, const uint8_t* trow,
+                        const uint8_t* vrow, T alpha, T gamma, RowScratch<T>& sc, double* sums) {
+  const int64_t W = tx.size();
+  upsample_row(v, w, ly, tx, sc.r.data(), sc.z.data());
+  load_row(trow, W, sc.t.data());
+  if (vrow) load_row(vrow, W, sc.v.data());
+  row_terms<G>(sc.z.data(), sc.t.data(), sc.v.data(), W, alpha, gamma, sc);
+  for (int k = 0; k < kSums; ++k) sums[k] = sum8(sc.out[k].data(), W);
+}
+
+template <int G, typename T>
+inline void backward_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>& tx, const uint8_t* trow,
+                         const uint8_t* vrow, const T* g, T alpha, T gamma, RowScratch<T>& sc, T* gz) {
+  const int64_t W = tx.size();
+  upsample_row(v, w, ly, tx, sc.r.data(), sc.z.data());
+  load_row(trow, W, sc.t.data());
+  if (vrow) load_row(vrow, W, sc.v.data());
+  row_grad<G>(sc.z.data(), sc.t.data(), sc.v.data(), W, g, alpha, gamma, gz);
+}
+
+// Non-template entry points: the float rows get AVX2 clones; double (gradcheck) stays generic.
+#define SSRVG_GAMMA_SWITCH(gk, CALL) \
+  if (gk == kGammaTwo) CALL(kGammaTwo); else if (gk == kGammaZero) CALL(kGammaZero); else CALL(kGammaAny);
+
+SSRVG_CLONES void forward_row_any(int gk, const float* v, int64_t w, const Lerp<float>& ly, const XTaps<float>& tx,
+                                  const uint8_t* trow, const uint8_t* vrow, float a, float gm, RowScratch<float>& sc,
+                                  double* sums) {
+#define CALL(G) forward_row<G>(v, w, ly, tx, trow, vrow, a, gm, sc, sums)
+  SSRVG_GAMMA_SWITCH(gk, CALL)
+#undef CALL
+}
+SSRVG_CLONES void backward_row_any(int gk, const float* v, int64_t w, const Lerp<float>& ly, const XTaps<float>& tx,
+                                   const uint8_t* trow, const uint8_t* vrow, const float* g, float a, float gm,
+                                   RowScratch<float>& sc, float* gz) {
+#define CALL(G) backward_row<G>(v, w, ly, tx, trow, vrow, g, a, gm, sc, gz)
+  if (g[4] == 0) {
+    CALL(kNoFocal);
+    return;
+  }
+  SSRVG_GAMMA_SWITCH(gk, CALL)
+#undef CALL
+}
+void forward_row_any(int, const double* v, int64_t w, const Lerp<double>& ly, const XTaps<double>& tx,
+                     const uint8_t* trow, const uint8_t* vrow, double a, double gm, RowScratch<double>& sc,
+                     double* sums) {
+  forward_row<kGammaAny>(v, w, ly, tx, trow, vrow, a, gm, sc, sums);
+}
+void backward_row_any(int, const double* v, int64_t w, const Lerp<double>& ly, const XTaps<double>& tx,
+                      const uint8_t* trow, const uint8_t* vrow, const double* g, double a, double gm,
+                      RowScratch<double>& sc, double* gz) {
+  backward_row<kGammaAny>(v, w, ly, tx, trow, vrow, g, a, gm, sc, gz);
 }
 
 template <typename T>
@@ -50,41 +244,30 @@ at::Tensor sums_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
   const at::Tensor valid = valid_in.has_value() ? valid_in->contiguous() : at::Tensor();
   const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);
   const int64_t H = targets.size(1), W = targets.size(2);
+  const int gk = gamma_kind(gamma);
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "upsampled_mask_sums_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    // Upcast the (small) low-res logits once so the inner loop reads opmath values.
+    // Upcast the (small) low-res logits once so the row loops read opmath values.
     const at::Tensor lo = logits.to(c10::CppTypeToScalarType<T>::value).contiguous();
     const T* lg = lo.data_ptr<T>();
     const uint8_t* tg = static_cast<const uint8_t*>(targets.data_ptr());
     const uint8_t* vd = valid.defined() ? static_cast<const uint8_t*>(valid.data_ptr()) : nullptr;
-    const auto ty = taps<T>(h, H), tx = taps<T>(w, W);
+    const auto ty = taps<T>(h, H);
+    const XTaps<T> tx(taps<T>(w, W));
     std::vector<double> rows(B * H * kSums);
-    const T a = static_cast<T>(alpha), g = static_cast<T>(gamma);
-    at::parallel_for(0, B * H, 8, [&](int64_t s, int64_t e) {
+    at::parallel_for(0, B * H, 4, [&](int64_t s, int64_t e) {
+      RowScratch<T> sc(w, W);
+      if (!vd) std::fill(sc.v.begin(), sc.v.end(), T(1));
       for (int64_t r = s; r < e; ++r) {
         const int64_t b = r / H, Y = r % H;
-        const T* v = lg + b * h * w;
-        const uint8_t* trow = tg + (b * H + Y) * W;
-        const uint8_t* vrow = vd ? vd + (b * H + Y) * W : nullptr;
-        double acc[kSums] = {0, 0, 0, 0, 0};
-        for (int64_t X = 0; X < W; ++X) {
-          if (vrow && !vrow[X]) continue;
-          const T z = interp(v, w, ty[Y], tx[X]);
-          const T t = trow[X] ? 1 : 0;
-          const T p = sigmoid(z);
-          acc[0] += p * t;
-          acc[1] += p;
-          acc[2] += t;
-          acc[3] += bce(z, t);
-          acc[4] += focal(z, p, t, a, g);
-        }
-        for (int k = 0; k < kSums; ++k) rows[r * kSums + k] = acc[k];
+        forward_row_any(gk, lg + b * h * w, w, ty[Y], tx, tg + r * W, vd ? vd + r * W : nullptr, T(alpha),
+                        T(gamma), sc, rows.data() + r * kSums);
       }
     });
     at::Tensor sums = at::zeros({B, kSums}, logits.options().dtype(at::kDouble));
     double* o = sums.data_ptr<double>();
-    for (int64_t b = 0; b < B; ++b)
+    for (int64_t b = 0; b < B; ++b)  // fixed order: bit-identical whatever the thread count
       for (int64_t Y = 0; Y < H; ++Y)
         for (int k = 0; k < kSums; ++k) o[b * kSums + k] += rows[(b * H + Y) * kSums + k];
     out = sums.to(logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
@@ -102,6 +285,7 @@ at::Tensor sums_backward_cpu(const at::Tensor& grad_in, const at::Tensor& logits
   const int64_t H = targets.size(1), W = targets.size(2);
   TORCH_CHECK_VALUE(grad_in.dim() == 2 && grad_in.size(0) == B && grad_in.size(1) == kSums,
                     "grad must have shape (", B, ", ", kSums, "); got ", grad_in.sizes());
+  const int gk = gamma_kind(gamma);
   at::Tensor grad_logits;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "upsampled_mask_sums_backward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -111,40 +295,38 @@ at::Tensor sums_backward_cpu(const at::Tensor& grad_in, const at::Tensor& logits
     const T* gs = gr.data_ptr<T>();
     const uint8_t* tg = static_cast<const uint8_t*>(targets.data_ptr());
     const uint8_t* vd = valid.defined() ? static_cast<const uint8_t*>(valid.data_ptr()) : nullptr;
-    const auto ty = taps<T>(h, H), tx = taps<T>(w, W);
-    const auto ry = ranges<T>(h, H), rx = ranges<T>(w, W);
-    const T a = static_cast<T>(alpha), g = static_cast<T>(gamma);
+    const auto ty = taps<T>(h, H), tx_lerp = taps<T>(w, W);
+    const XTaps<T> tx(tx_lerp);
+    const Gather<T> gy(ty, h), gx(tx_lerp, w);
     at::Tensor R = at::empty({B, H, w}, lo.options());  // dL/dz gathered along x: H x w, not H x W
     T* rp = R.data_ptr<T>();
-    at::parallel_for(0, B * H, 8, [&](int64_t s, int64_t e) {
-      std::vector<T> gz(W);
+    at::parallel_for(0, B * H, 4, [&](int64_t s, int64_t e) {
+      RowScratch<T> sc(w, W);
+      T* gz = sc.out[0].data();
+      if (!vd) std::fill(sc.v.begin(), sc.v.end(), T(1));
       for (int64_t r = s; r < e; ++r) {
         const int64_t b = r / H, Y = r % H;
-        const T* v = lg + b * h * w;
-        const uint8_t* trow = tg + (b * H + Y) * W;
-        const uint8_t* vrow = vd ? vd + (b * H + Y) * W : nullptr;
-        for (int64_t X = 0; X < W; ++X) {
-          gz[X] = (vrow && !vrow[X]) ? T(0)
-                                     : dsums_dz(interp(v, w, ty[Y], tx[X]), T(trow[X] ? 1 : 0), gs + b * kSums, a, g);
-        }
+        backward_row_any(gk, lg + b * h * w, w, ty[Y], tx, tg + r * W, vd ? vd + r * W : nullptr, gs + b * kSums,
+                         T(alpha), T(gamma), sc, gz);
         T* out = rp + r * w;
         for (int64_t j = 0; j < w; ++j) {
           T acc = 0;
-          for (int64_t X = rx[2 * j]; X <= rx[2 * j + 1]; ++X) acc += tap_weight(tx[X], j) * gz[X];
+          for (int64_t k = gx.start[j]; k < gx.start[j + 1]; ++k) acc += gx.weight[k] * gz[gx.index[k]];
           out[j] = acc;
         }
       }
     });
     at::Tensor gl = at::empty({B, h, w}, lo.options());
     T* gp = gl.data_ptr<T>();
-    at::parallel_for(0, B * h, 8, [&](int64_t s, int64_t e) {
+    at::parallel_for(0, B * h, 4, [&](int64_t s, int64_t e) {
       for (int64_t r = s; r < e; ++r) {
         const int64_t b = r / h, i = r % h;
-        for (int64_t j = 0; j < w; ++j) gp[r * w + j] = 0;
-        for (int64_t Y = ry[2 * i]; Y <= ry[2 * i + 1]; ++Y) {
-          const T wy = tap_weight(ty[Y], i);
-          const T* rrow = rp + (b * H + Y) * w;
-          for (int64_t j = 0; j < w; ++j) gp[r * w + j] += wy * rrow[j];
+        T* dst = gp + r * w;
+        std::fill(dst, dst + w, T(0));
+        for (int64_t k = gy.start[i]; k < gy.start[i + 1]; ++k) {
+          const T wy = gy.weight[k];
+          const T* src = rp + (b * H + gy.index[k]) * w;
+          for (int64_t j = 0; j < w; ++j) dst[j] += wy * src[j];
         }
       }
     });

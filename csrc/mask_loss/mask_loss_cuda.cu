@@ -9,6 +9,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -56,12 +57,12 @@ __global__ void sums_kernel(const scalar_t* __restrict__ logits, const uint8_t* 
     const int64_t Y = k / W, X = k % W;
     const T z = interp<scalar_t, T>(v, w, source_index<T>(Y, sy, h), source_index<T>(X, sx, w));
     const T t = tg[k] ? T(1) : T(0);
-    const T p = sigmoid(z);
-    acc[0] += p * t;
-    acc[1] += p;
+    const Pixel<kGammaAny, StdMath, T> px(z, t);
+    acc[0] += px.p * t;
+    acc[1] += px.p;
     acc[2] += t;
-    acc[3] += bce(z, t);
-    acc[4] += focal(z, p, t, a, g);
+    acc[3] += px.bce;
+    acc[4] += px.focal(t, a, g);
   }
   __shared__ T warp_acc[kThreads / 32][kSums];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -145,7 +146,8 @@ __global__ void gather_x_kernel(const scalar_t* __restrict__ logits, const uint8
     if (vrow && !vrow[X]) continue;
     const Lerp<T> lx = source_index<T>(X, sx, w);
     const T z = interp<scalar_t, T>(v, w, ly, lx);
-    acc += tap_weight(lx, j) * dsums_dz(z, trow[X] ? T(1) : T(0), g, T(alpha), T(gamma));
+    const T t = trow[X] ? T(1) : T(0);
+    acc += tap_weight(lx, j) * Pixel<kGammaAny, StdMath, T>(z, t).dz(t, g, T(alpha), T(gamma));
   }
   R[t] = acc;
 }

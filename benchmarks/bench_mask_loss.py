@@ -1,0 +1,135 @@
+"""Fused upsampled mask loss vs the unfused PyTorch computation, measured in the same run.
+
+Loss: 5 * dice + 2 * mean BCE of masks predicted at low resolution and supervised at full
+resolution (the usual RES recipe). Forward + backward to the low-res logits.
+  unfused:  F.interpolate -> sigmoid -> dice/BCE in eager PyTorch (and under torch.compile)
+  ours:     ssrvg_ext.ops.upsampled_mask_loss (one kernel for the sums, one gathering backward)
+Peak extra memory: on CPU, the growth of the process's peak resident set over one forward+backward
+(measured in a fresh child process per implementation, peak reset through /proc/self/clear_refs);
+on CUDA, torch.cuda.max_memory_allocated above the inputs.
+
+    python benchmarks/bench_mask_loss.py [--device cpu|cuda] [--no-compile]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import device_name, timeit  # noqa: E402
+from ssrvg_ext.ops import upsampled_mask_loss  # noqa: E402
+
+CASES = [(32, 160, 640), (8, 120, 480)]  # (masks, low-res side, full-res side)
+WEIGHTS = {"dice": 5.0, "bce": 2.0}
+
+
+def unfused(logits, targets):
+    z = F.interpolate(logits.unsqueeze(1), size=targets.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+    p, t = z.sigmoid(), targets.to(z.dtype)
+    dice = 1 - (2 * (p * t).flatten(1).sum(1) + 1) / (p.flatten(1).sum(1) + t.flatten(1).sum(1) + 1)
+    bce = F.binary_cross_entropy_with_logits(z, t, reduction="none").flatten(1).mean(1)
+    return (WEIGHTS["dice"] * dice.sum() + WEIGHTS["bce"] * bce.sum()) / logits.shape[0]
+
+
+def fused(logits, targets):
+    return upsampled_mask_loss(logits, targets, WEIGHTS)
+
+
+def inputs(b, lo, hi, device, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(b, lo, lo, generator=g) * 2).to(device, dtype).requires_grad_(True)
+    yy, xx = torch.meshgrid(torch.arange(hi), torch.arange(hi), indexing="ij")
+    c = torch.rand(b, 2, generator=g) * hi
+    r = torch.rand(b, generator=g) * hi / 3 + 8
+    targets = (((yy - c[:, 0, None, None]) ** 2 + (xx - c[:, 1, None, None]) ** 2) <= r[:, None, None] ** 2).to(torch.uint8)
+    return logits, targets.to(device)
+
+
+def step(fn, logits, targets):
+    logits.grad = None
+    fn(logits, targets).backward()
+
+
+def rss_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def child_peak(impl, b, lo, hi):
+    """Runs in a fresh process: peak RSS growth (MiB) over one forward+backward on CPU."""
+    fn = {"unfused": unfused, "ours": fused}[impl]
+    step(fn, *inputs(2, 8, 32, "cpu"))  # initialise lazily loaded code paths at a tiny size
+    logits, targets = inputs(b, lo, hi, "cpu")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set size (VmHWM)
+    before = rss_kib("VmRSS:")
+    step(fn, logits, targets)
+    return (rss_kib("VmHWM:") - before) / 1024
+
+
+def peak_mib(impl, b, lo, hi, device, compiled=None):
+    if device == "cuda":
+        logits, targets = inputs(b, lo, hi, device)
+        fn = compiled or {"unfused": unfused, "ours": fused}[impl]
+        step(fn, logits, targets)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(fn, logits, targets)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    if compiled is not None:
+        return float("nan")
+    out = subprocess.run([sys.executable, __file__, "--child", impl, str(b), str(lo), str(hi)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the unfused code")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        impl, b, lo, hi = args.child
+        print(json.dumps(child_peak(impl, int(b), int(lo), int(hi))))
+        return
+    dev = args.device
+    print(f"device: {device_name() if dev == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'}; torch {torch.__version__}")
+    print(f"{'case':22s} {'impl':22s} {'fwd+bwd (ms)':>12s} {'speed-up':>9s} {'peak extra (MiB)':>17s} {'mem ratio':>10s}")
+    for b, lo, hi in CASES:
+        case = f"{b}x{lo}^2->{hi}^2"
+        logits, targets = inputs(b, lo, hi, dev)
+        # correctness in the same run
+        l_ref, l_ours = unfused(logits, targets), fused(logits, targets)
+        torch.testing.assert_close(l_ours, l_ref, rtol=1e-4, atol=1e-5)
+        rows = [("unfused eager", unfused, None)]
+        if not args.no_compile:
+            try:
+                comp = torch.compile(unfused)
+                step(comp, logits, targets)
+                rows.append(("unfused torch.compile", comp, comp))
+            except Exception as e:  # report, do not hide
+                print(f"{case:22s} torch.compile of the unfused code failed: {type(e).__name__}: {str(e)[:120]}")
+        rows.append(("ours (fused)", fused, None))
+        t_ref = m_ref = None
+        for name, fn, comp in rows:
+            t = timeit(lambda: step(fn, logits, targets), repeat=args.repeat, device=dev)
+            m = peak_mib("ours" if fn is fused else "unfused", b, lo, hi, dev, comp)
+            if t_ref is None:
+                t_ref, m_ref = t, m
+            print(f"{case:22s} {name:22s} {t * 1e3:12.1f} {t_ref / t:9.2f} {m:17.1f} {m / m_ref if m_ref else float('nan'):10.3f}")
+
+
+if __name__ == "__main__":
+    main()
