@@ -54,4 +54,16 @@ TORCH_LIBRARY(ssrvg, m) {
   m.def(
       "mask_postprocess(Tensor logits, int in_h, int in_w, int crop_h, int crop_w, int out_h, int out_w, "
       "float threshold) -> Tensor");
+
+  // ---- multi-scale deformable attention (csrc/ms_deform_attn) ----
+  // value (N, S, M, D), spatial_shapes (L, 2) int64 (H, W), level_start_index (L,) int64,
+  // sampling_locations (N, Lq, M, L, P, 2) normalised (x, y), attention_weights (N, Lq, M, L, P)
+  // -> (N, Lq, M*D). Same argument order and math as Deformable DETR's op.
+  m.def(
+      "ms_deform_attn(Tensor value, Tensor spatial_shapes, Tensor level_start_index, Tensor sampling_locations, "
+      "Tensor attention_weights) -> Tensor");
+  // -> (grad_value, grad_sampling_locations, grad_attention_weights)
+  m.def(
+      "ms_deform_attn_backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_locations, Tensor attention_weights) -> (Tensor, Tensor, Tensor)");
 }

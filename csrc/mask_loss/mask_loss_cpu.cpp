@@ -16,6 +16,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_simd.h"
 #include "mask_loss.h"
 
 namespace ssrvg {
@@ -56,13 +57,6 @@ struct FastMath {
   static inline double log1p(double x) { return std::log1p(x); }
   static inline double pow(double x, double y) { return std::pow(x, y); }
 };
-
-// x86-64: the row kernels are also compiled for AVX2+FMA and picked at load time (GCC ifunc).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define SSRVG_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define SSRVG_CLONES
-#endif
 
 template <typename T>
 std::vector<Lerp<T>> taps(int64_t in, int64_t out) {
@@ -134,19 +128,6 @@ inline void upsample_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T
 template <typename T>
 inline void load_row(const uint8_t* src, int64_t W, T* dst) {
   for (int64_t X = 0; X < W; ++X) dst[X] = src[X] ? T(1) : T(0);
-}
-
-// Sum of n values with 8 independent partial sums (vectorisable without reassociation flags).
-template <typename T>
-inline double sum8(const T* x, int64_t n) {
-  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) acc[k] += x[i + k];
-  double s = 0;
-  for (int k = 0; k < 8; ++k) s += acc[k];
-  for (; i < n; ++i) s += x[i];
-  return s;
 }
 
 template <int G, typename T>

@@ -2,8 +2,10 @@
 
     from ssrvg_ext.ops import rle            # COCO RLE encode/decode/iou, mask_iou
     from ssrvg_ext.ops import upsampled_mask_loss, mask_postprocess   # fused mask losses
+    from ssrvg_ext.ops import ms_deform_attn                          # deformable attention
 """
 
 from . import reference, rle  # noqa: F401
 from .mask_loss import (LOSSES, mask_postprocess, unfused_mask_losses, upsampled_mask_loss,  # noqa: F401
                         upsampled_mask_losses, upsampled_mask_sums)
+from .ms_deform_attn import ms_deform_attn  # noqa: F401

@@ -272,3 +272,39 @@ def mask_postprocess(logits, in_h: int, in_w: int, crop_h: int, crop_w: int, out
                       align_corners=False)[..., :crop_h, :crop_w]
     z = F.interpolate(z, size=(out_h, out_w), mode="bilinear", align_corners=False).squeeze(1)
     return (z > threshold).to(torch.uint8)
+
+
+# =============================================================================================
+# Multi-scale deformable attention (DESIGN.md 4.1): grid_sample per level
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> torch.Tensor:
+    n, s, m, d = value.shape
+    _, lq, _, nl, p, _ = sampling_locations.shape
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    starts = [0]
+    for h, w in shapes[:-1]:
+        starts.append(starts[-1] + h * w)
+    if starts != [int(v) for v in level_start_index.tolist()] or starts[-1] + shapes[-1][0] * shapes[-1][1] != s:
+        raise ValueError(f"level_start_index {level_start_index.tolist()} / value S={s} inconsistent with "
+                         f"spatial_shapes {shapes}")
+    dtype = torch.promote_types(value.dtype, torch.float32)
+    grids = 2 * sampling_locations.to(dtype) - 1  # grid_sample's [-1, 1] with align_corners=False
+    sampled = []
+    for lvl, (h, w) in enumerate(shapes):
+        v = value[:, starts[lvl]:starts[lvl] + h * w].to(dtype)          # N, HW, M, D
+        v = v.permute(0, 2, 3, 1).reshape(n * m, d, h, w)
+        g = grids[:, :, :, lvl].transpose(1, 2).reshape(n * m, lq, p, 2)
+        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))  # NM, D, Lq, P
+    stacked = torch.stack(sampled, dim=-2).flatten(-2)                    # NM, D, Lq, L*P
+    attn = attention_weights.to(dtype).transpose(1, 2).reshape(n * m, 1, lq, nl * p)
+    out = (stacked * attn).sum(-1).view(n, m * d, lq).transpose(1, 2)
+    return out.contiguous().to(value.dtype)
+
+
+def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights):
+    with torch.enable_grad():
+        xs = [t.detach().requires_grad_(True) for t in (value, sampling_locations, attention_weights)]
+        out = ms_deform_attn(xs[0], spatial_shapes, level_start_index, xs[1], xs[2])
+        return tuple(torch.autograd.grad(out, xs, grad_output))

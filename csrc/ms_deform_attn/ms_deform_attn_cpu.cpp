@@ -1,0 +1,196 @@
+// CPU kernels of multi-scale deformable attention (ms_deform_attn.h).
+//
+// Work is split over (batch, head) pairs: grad_value[n, :, m, :] only receives contributions from
+// queries of batch n and head m, so each task owns its slice of grad_value outright. The backward
+// needs no atomics and no per-thread copies, and is bit-identical whatever the thread count.
+// The sampling math is done once per (query, head, level, point) and shared by the D channels,
+// whose loops are contiguous and vectorise. float16/bfloat16 inputs are computed in float32.
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "cpu_simd.h"
+#include "ms_deform_attn.h"
+
+namespace ssrvg {
+namespace msda {
+namespace {
+
+struct Dims {
+  int64_t N, S, M, D, Lq, L, P;
+};
+
+Dims dims_of(const at::Tensor& value, const at::Tensor& loc) {
+  return {value.size(0), value.size(1), value.size(2), value.size(3), loc.size(1), loc.size(3), loc.size(4)};
+}
+
+// value[n, :, m, :] into a contiguous (S, D) buffer: the samples of one (batch, head) then hit a
+// compact working set instead of rows M*D apart.
+template <typename T>
+void copy_slice(const T* value, const Dims& d, int64_t n, int64_t m, T* out) {
+  for (int64_t r = 0; r < d.S; ++r) {
+    const T* src = value + ((n * d.S + r) * d.M + m) * d.D;
+    std::copy(src, src + d.D, out + r * d.D);
+  }
+}
+
+template <typename T>
+void forward_kernel(const T* value, const T* loc, const T* attn, const std::vector<int64_t>& lv, const Dims& d, T* out) {
+  at::parallel_for(0, d.N * d.M, 1, [&](int64_t s, int64_t e) {
+    std::vector<T> acc(d.D), slice(d.S * d.D);
+    for (int64_t task = s; task < e; ++task) {
+      const int64_t n = task / d.M, m = task % d.M;
+      copy_slice(value, d, n, m, slice.data());
+      for (int64_t q = 0; q < d.Lq; ++q) {
+        std::fill(acc.begin(), acc.end(), T(0));
+        const int64_t qm = (n * d.Lq + q) * d.M + m;  // index of (n, q, m)
+        for (int64_t l = 0; l < d.L; ++l) {
+          const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
+          const T* vbase = slice.data() + start * d.D;
+          for (int64_t p = 0; p < d.P; ++p) {
+            const int64_t sidx = (qm * d.L + l) * d.P + p;
+            const T a = attn[sidx];
+            const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
+            for (int k = 0; k < 4; ++k) {
+              if (!c.inside(k, H, W)) continue;
+              const T wgt = a * c.weight(k);
+              const T* v = vbase + c.offset(k, W) * d.D;
+              T* __restrict__ o = acc.data();
+              for (int64_t ch = 0; ch < d.D; ++ch) o[ch] += wgt * v[ch];
+            }
+          }
+        }
+        std::copy(acc.begin(), acc.end(), out + qm * d.D);
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const T* value, const T* loc, const T* attn, const T* grad_out, const std::vector<int64_t>& lv,
+                     const Dims& d, T* grad_value, T* grad_loc, T* grad_attn) {
+  at::parallel_for(0, d.N * d.M, 1, [&](int64_t s, int64_t e) {
+    std::vector<T> slice(d.S * d.D), gslice(d.S * d.D);
+    for (int64_t task = s; task < e; ++task) {
+      const int64_t n = task / d.M, m = task % d.M;
+      copy_slice(value, d, n, m, slice.data());
+      std::fill(gslice.begin(), gslice.end(), T(0));
+      for (int64_t q = 0; q < d.Lq; ++q) {
+        const int64_t qm = (n * d.Lq + q) * d.M + m;
+        const T* g = grad_out + qm * d.D;
+        for (int64_t l = 0; l < d.L; ++l) {
+          const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
+          const int64_t base = start * d.D;
+          for (int64_t p = 0; p < d.P; ++p) {
+            const int64_t sidx = (qm * d.L + l) * d.P + p;
+            const T a = attn[sidx];
+            const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
+            T g_attn = 0, g_x = 0, g_y = 0;
+            for (int k = 0; k < 4; ++k) {
+              if (!c.inside(k, H, W)) continue;
+              const int64_t off = base + c.offset(k, W) * d.D;
+              const T* __restrict__ v = slice.data() + off;
+              T* __restrict__ gv = gslice.data() + off;
+              const T wa = a * c.weight(k);
+              const T dot = dot8(v, g, d.D);
+              for (int64_t ch = 0; ch < d.D; ++ch) gv[ch] += wa * g[ch];
+              g_attn += c.weight(k) * dot;
+              g_x += c.dweight_dx(k) * dot;
+              g_y += c.dweight_dy(k) * dot;
+            }
+            grad_attn[sidx] = g_attn;
+            grad_loc[2 * sidx] = a * g_x * static_cast<T>(W);
+            grad_loc[2 * sidx + 1] = a * g_y * static_cast<T>(H);
+          }
+        }
+      }
+      for (int64_t r = 0; r < d.S; ++r)  // this task owns grad_value[n, :, m, :]
+        std::copy(gslice.data() + r * d.D, gslice.data() + (r + 1) * d.D, grad_value + ((n * d.S + r) * d.M + m) * d.D);
+    }
+  });
+}
+
+// Non-template entry points: float gets AVX2 clones; double (gradcheck) stays generic.
+SSRVG_CLONES void forward_f32(const float* value, const float* loc, const float* attn, const std::vector<int64_t>& lv,
+                              const Dims& d, float* out) {
+  forward_kernel<float>(value, loc, attn, lv, d, out);
+}
+void forward_any(const float* v, const float* l, const float* a, const std::vector<int64_t>& lv, const Dims& d,
+                 float* o) {
+  forward_f32(v, l, a, lv, d, o);
+}
+void forward_any(const double* v, const double* l, const double* a, const std::vector<int64_t>& lv, const Dims& d,
+                 double* o) {
+  forward_kernel<double>(v, l, a, lv, d, o);
+}
+SSRVG_CLONES void backward_f32(const float* value, const float* loc, const float* attn, const float* grad_out,
+                               const std::vector<int64_t>& lv, const Dims& d, float* gv, float* gl, float* ga) {
+  backward_kernel<float>(value, loc, attn, grad_out, lv, d, gv, gl, ga);
+}
+void backward_any(const float* v, const float* l, const float* a, const float* g, const std::vector<int64_t>& lv,
+                  const Dims& d, float* gv, float* gl, float* ga) {
+  backward_f32(v, l, a, g, lv, d, gv, gl, ga);
+}
+void backward_any(const double* v, const double* l, const double* a, const double* g, const std::vector<int64_t>& lv,
+                  const Dims& d, double* gv, double* gl, double* ga) {
+  backward_kernel<double>(v, l, a, g, lv, d, gv, gl, ga);
+}
+
+at::ScalarType math_type(const at::Tensor& value) {
+  return value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor forward_cpu(const at::Tensor& value_in, const at::Tensor& shapes, const at::Tensor& starts,
+                       const at::Tensor& loc_in, const at::Tensor& attn_in) {
+  const std::vector<int64_t> lv = check_inputs(value_in, shapes, starts, loc_in, attn_in);
+  const Dims d = dims_of(value_in, loc_in);
+  const auto mt = math_type(value_in);
+  const at::Tensor value = value_in.to(mt).contiguous(), loc = loc_in.to(mt).contiguous(),
+                   attn = attn_in.to(mt).contiguous();
+  at::Tensor out = at::empty({d.N, d.Lq, d.M * d.D}, value.options());
+  AT_DISPATCH_FLOATING_TYPES(mt, "ms_deform_attn_forward_cpu", [&] {
+    forward_any(value.data_ptr<scalar_t>(), loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), lv, d,
+                             out.data_ptr<scalar_t>());
+  });
+  return out.to(value_in.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& value_in,
+                                                            const at::Tensor& shapes, const at::Tensor& starts,
+                                                            const at::Tensor& loc_in, const at::Tensor& attn_in) {
+  const std::vector<int64_t> lv = check_inputs(value_in, shapes, starts, loc_in, attn_in);
+  const Dims d = dims_of(value_in, loc_in);
+  TORCH_CHECK_VALUE(grad_out_in.dim() == 3 && grad_out_in.size(0) == d.N && grad_out_in.size(1) == d.Lq &&
+                        grad_out_in.size(2) == d.M * d.D,
+                    "grad_output must have shape (N, Lq, M*D) = (", d.N, ", ", d.Lq, ", ", d.M * d.D, "); got ",
+                    grad_out_in.sizes());
+  const auto mt = math_type(value_in);
+  const at::Tensor value = value_in.to(mt).contiguous(), loc = loc_in.to(mt).contiguous(),
+                   attn = attn_in.to(mt).contiguous(), grad_out = grad_out_in.to(mt).contiguous();
+  at::Tensor grad_value = at::zeros(value.sizes(), value.options());
+  at::Tensor grad_loc = at::empty(loc.sizes(), loc.options());
+  at::Tensor grad_attn = at::empty(attn.sizes(), attn.options());
+  AT_DISPATCH_FLOATING_TYPES(mt, "ms_deform_attn_backward_cpu", [&] {
+    backward_any(value.data_ptr<scalar_t>(), loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(),
+                              grad_out.data_ptr<scalar_t>(), lv, d, grad_value.data_ptr<scalar_t>(),
+                              grad_loc.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>());
+  });
+  return {grad_value.to(value_in.scalar_type()), grad_loc.to(loc_in.scalar_type()),
+          grad_attn.to(attn_in.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssrvg, CPU, m) {
+  m.impl("ms_deform_attn", &forward_cpu);
+  m.impl("ms_deform_attn_backward", &backward_cpu);
+}
+
+}  // namespace msda
+}  // namespace ssrvg

@@ -1,0 +1,53 @@
+"""Multi-scale deformable attention (DESIGN.md 4.1), a drop-in for Deformable DETR's op.
+
+    out = ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+value (N, S, M, D) with S = sum of H*W over levels; spatial_shapes (L, 2) int64 rows (H, W);
+level_start_index (L,) int64; sampling_locations (N, Lq, M, L, P, 2) normalised (x, y) in [0, 1]
+(points outside read zeros); attention_weights (N, Lq, M, L, P). Returns (N, Lq, M*D).
+Each sample is bilinear with zero padding at ``x * W - 0.5, y * H - 0.5``, exactly
+``F.grid_sample(..., align_corners=False, padding_mode="zeros")``. Differentiable w.r.t. value,
+sampling_locations and attention_weights; float32/float16/bfloat16 (float32 accumulation) and
+float64. The backward is bit-identical from run to run on CPU always, and on CUDA under
+``torch.use_deterministic_algorithms(True)`` (otherwise it uses float atomics there).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._dispatch import call, register_autograd, register_fake
+
+__all__ = ["ms_deform_attn"]
+
+
+def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                   sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+    return call("ms_deform_attn", value.device, value, spatial_shapes, level_start_index, sampling_locations,
+                attention_weights)
+
+
+@register_fake("ms_deform_attn")
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    n, _, m, d = value.shape
+    return value.new_empty((n, sampling_locations.shape[1], m * d))
+
+
+@register_fake("ms_deform_attn_backward")
+def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_output):
+    value, shapes, starts, loc, attn = ctx.saved_tensors
+    g_value, g_loc, g_attn = torch.ops.ssrvg.ms_deform_attn_backward(grad_output.contiguous(), value, shapes, starts,
+                                                                     loc, attn)
+    need = ctx.needs_input_grad
+    return (g_value if need[0] else None, None, None, g_loc if need[3] else None, g_attn if need[4] else None)
+
+
+register_autograd("ms_deform_attn", _backward, _setup_context)
