@@ -1,0 +1,244 @@
+"""Data: synthetic generator -> release format -> reader round trip, safety, transforms, batching."""
+
+import json
+import os
+import pickle
+import re
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as cocomask
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ssrvg_ext.data import (Collate, RefDataset, WordTokenizer, build_transforms, load_refer, load_refs_pickle,
+                            swap_left_right)
+from ssrvg_ext.data.refer import UnsafePickleError
+from ssrvg_ext.data.synthetic import generate
+from ssrvg_ext.data.transforms import RandomHorizontalFlip, ResizePad
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("synth"))
+    stats = generate(out, num_images=60, seed=int.from_bytes(os.urandom(2), "little"))
+    return out, stats
+
+
+def test_round_trip_boxes_and_masks(synth):
+    out, stats = synth
+    recs = load_refer(out, os.path.join(out, "images"))
+    assert len(recs) == stats["expressions"] > 100
+    assert {r.split for r in recs} == {"train", "val", "testA", "testB"}
+    with open(os.path.join(out, "instances.json")) as f:
+        anns = {a["id"]: a for a in json.load(f)["annotations"]}
+    for r in recs:
+        m = cocomask.decode(r.rle)
+        assert m.shape == r.orig_size
+        ys, xs = np.nonzero(m)
+        # the box is exactly the tight box of the mask, and the mask's area is the annotated one
+        assert r.box_xyxy == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert m.sum() == anns[r.ann_id]["area"]
+    # the painted pixels under each mask have the annotated colour (JPEG noise aside)
+    from PIL import Image
+    from ssrvg_ext.data.synthetic import COLORS
+    for r in recs[:40]:
+        img = np.asarray(Image.open(r.image_path).convert("RGB")).astype(float)
+        m = cocomask.decode(r.rle).astype(bool)
+        color = np.array(COLORS[anns[r.ann_id]["attributes"]["color"]])
+        assert np.abs(img[m].mean(0) - color).max() < 45
+
+
+# ---- an independent reading of the grammar: every expression names exactly one object ----
+_ORD = {"first": 0, "second": 1, "third": 2}
+_SUP = {"leftmost": "left", "rightmost": "right", "topmost": "top", "bottommost": "bottom"}
+
+
+def _np(words, anns, cats):
+    shape = words[-1]
+    out = [a for a in anns if cats[a["category_id"]] == shape]
+    for w in words[:-1]:
+        out = [a for a in out if w in (a["attributes"]["color"], a["attributes"]["size"])]
+    return out
+
+
+def _key(a, side):
+    cx, cy = a["attributes"]["center"]
+    return {"left": cx, "right": -cx, "top": cy, "bottom": -cy}[side]
+
+
+def interpret(text, anns, cats):
+    words = text.split()
+    assert words[0] == "the"
+    for rel in ("left of", "right of", "above", "below"):
+        m = re.fullmatch(rf"the (.+) {rel} the (.+)", text)
+        if m:
+            targets, lms = _np(m.group(1).split(), anns, cats), _np(m.group(2).split(), anns, cats)
+            if len(lms) != 1:
+                return []
+            lx, ly = lms[0]["attributes"]["center"]
+            ok = {"left of": lambda x, y: x < lx - 6, "right of": lambda x, y: x > lx + 6,
+                  "above": lambda x, y: y < ly - 6, "below": lambda x, y: y > ly + 6}[rel]
+            return [a for a in targets if a is not lms[0] and ok(*a["attributes"]["center"])]
+    m = re.fullmatch(r"the (second|third) (.+) from the (left|right|top|bottom)", text)
+    if m or words[1] in _SUP:
+        k, noun, side = (_ORD[m.group(1)], m.group(2), m.group(3)) if m else (0, " ".join(words[2:]), _SUP[words[1]])
+        cands = sorted(_np(noun.split(), anns, cats), key=lambda a: _key(a, side))
+        keys = [_key(a, side) for a in cands]
+        if k >= len(cands) or any(b - a < 6 for a, b in zip(keys, keys[1:])):
+            return []
+        return [cands[k]]
+    return _np(words[1:], anns, cats)
+
+
+def test_every_expression_refers_to_exactly_one_object(synth):
+    out, _ = synth
+    with open(os.path.join(out, "instances.json")) as f:
+        inst = json.load(f)
+    cats = {c["id"]: c["name"] for c in inst["categories"]}
+    by_image = {}
+    for a in inst["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    refs = load_refs_pickle(os.path.join(out, "refs(unc).p"))
+    kinds = set()
+    for r in refs:
+        for s in r["sentences"]:
+            found = interpret(s["sent"], by_image[r["image_id"]], cats)
+            assert [a["id"] for a in found] == [r["ann_id"]], s["sent"]
+            kinds.add("rel" if " of " in s["sent"] or "above" in s["sent"] or "below" in s["sent"] else
+                      "ord" if "from the" in s["sent"] or "most" in s["sent"] else "attr")
+    assert kinds == {"rel", "ord", "attr"}
+
+
+def test_generation_is_deterministic(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate(str(a), num_images=5, seed=3)
+    generate(str(b), num_images=5, seed=3)
+    assert (a / "refs(unc).p").read_bytes() == (b / "refs(unc).p").read_bytes()
+    assert (a / "instances.json").read_bytes() == (b / "instances.json").read_bytes()
+
+
+# ---- safety and errors ----
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "refs(unc).p"
+    bad.write_bytes(pickle.dumps([{"ref_id": 1, "x": _Evil(str(marker))}]))
+    with pytest.raises(UnsafePickleError, match="posix.system|os.system|refusing"):
+        load_refs_pickle(str(bad))
+    assert not marker.exists()
+
+
+def _tiny_release(tmp_path, seg, make_image=True):
+    (tmp_path / "imgs").mkdir()
+    if make_image:
+        from PIL import Image
+        Image.new("RGB", (20, 10)).save(tmp_path / "imgs" / "a.jpg")
+    inst = {"images": [{"id": 7, "file_name": "a.jpg", "height": 10, "width": 20}],
+            "annotations": [{"id": 3, "image_id": 7, "category_id": 1, "bbox": [1, 1, 15, 7], "segmentation": seg,
+                             "iscrowd": 0, "area": 0}],
+            "categories": [{"id": 1, "name": "thing"}]}
+    (tmp_path / "instances.json").write_text(json.dumps(inst))
+    refs = [{"ref_id": 1, "ann_id": 3, "image_id": 7, "category_id": 1, "split": "val", "sent_ids": [9],
+             "sentences": [{"tokens": ["the", "thing"], "raw": "the thing", "sent_id": 9, "sent": "the thing"}],
+             "file_name": "a_3.jpg"}]
+    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    return str(tmp_path), str(tmp_path / "imgs")
+
+
+def test_multi_polygon_is_union(tmp_path):
+    polys = [[1, 1, 6, 1, 6, 6, 1, 6], [10, 2, 16, 2, 16, 8, 10, 8]]
+    ann, imgs = _tiny_release(tmp_path, polys)
+    (rec,) = load_refer(ann, imgs)
+    m = cocomask.decode(rec.rle)
+    parts = [cocomask.decode(cocomask.frPyObjects([p], 10, 20)[0]) for p in polys]
+    assert np.array_equal(m, parts[0] | parts[1]) and parts[0].sum() > 0 and parts[1].sum() > 0
+    assert rec.box_xyxy == (1.0, 1.0, 16.0, 8.0) and rec.text == "the thing" and rec.split == "val"
+
+
+def test_reader_errors_name_the_problem(tmp_path):
+    ann, imgs = _tiny_release(tmp_path, [[1, 1, 6, 1, 6, 6]], make_image=False)
+    with pytest.raises(FileNotFoundError, match="a.jpg"):
+        load_refer(ann, imgs)
+    with pytest.raises(ValueError, match="unknown split"):
+        load_refer(ann, imgs, splits=["tset"], check_images=False)
+    with pytest.raises(FileNotFoundError, match="refs\\(umd\\).p"):
+        load_refer(ann, imgs, split_by="umd")
+
+
+# ---- transforms ----
+def test_flip_swaps_whole_words_and_geometry():
+    assert swap_left_right("left of the bright lamp") == "right of the bright lamp"
+    assert swap_left_right("the leftmost cup, Left of the leftover rightmost one") == \
+        "the rightmost cup, Right of the leftover leftmost one"
+    img = torch.arange(2 * 5, dtype=torch.uint8).view(1, 2, 5).expand(3, 2, 5).clone()
+    mask = torch.zeros(2, 5, dtype=torch.uint8)
+    mask[:, 0:2] = 1
+    s = {"image": img, "mask": mask, "box": torch.tensor([0.0, 0.0, 2.0, 2.0]), "text": "left of the bright lamp"}
+    out = RandomHorizontalFlip(p=1.0)(s)
+    assert out["text"] == "right of the bright lamp"
+    assert out["box"].tolist() == [3.0, 0.0, 5.0, 2.0]
+    assert out["mask"][:, 3:].all() and not out["mask"][:, :3].any()
+    assert torch.equal(out["image"][:, :, 0], img[:, :, 4])
+
+
+def test_resize_pad_records_mapping(synth):
+    out, _ = synth
+    recs = load_refer(out, os.path.join(out, "images"), splits=["val"])
+    ds = RefDataset(recs, build_transforms(False, 128))
+    s = ds[0]
+    r = recs[0]
+    h, w = r.orig_size
+    assert s["image"].shape == (3, 128, 128) and s["mask"].shape == (128, 128)
+    assert max(s["meta"]["valid"]) == 128 and s["mask"][s["meta"]["valid"][0]:].sum() == 0
+    # the normalised box maps back to the original box
+    cx, cy, bw, bh = (s["box_cxcywh"] * 128).tolist()
+    sy, sx = s["meta"]["scale"]
+    back = [(cx - bw / 2) / sx, (cy - bh / 2) / sy, (cx + bw / 2) / sx, (cy + bh / 2) / sy]
+    assert np.allclose(back, r.box_xyxy, atol=1e-3)
+
+
+def test_training_transforms_keep_the_object(synth):
+    out, _ = synth
+    recs = load_refer(out, os.path.join(out, "images"), splits=["train"])[:30]
+    ds = RefDataset(recs, build_transforms(True, 128))
+    for i in range(len(ds)):
+        s = ds[i]
+        assert s["mask"].sum() > 0
+        cx, cy, bw, bh = s["box_cxcywh"].tolist()
+        assert 0 <= cx <= 1 and 0 <= cy <= 1 and bw > 0 and bh > 0
+
+
+# ---- tokenizer and batching ----
+def test_word_tokenizer_roundtrip_and_truncation(tmp_path):
+    tok = WordTokenizer.train(["the red square", "the big blue circle left of the star"], max_len=6)
+    ids, mask = tok.encode(["the red square", "the big blue circle left of the star", "an unseen word"])
+    assert ids.shape == (3, 6) and mask.dtype == torch.bool
+    assert mask[0].tolist() == [True] * 5 + [False] and mask[1].all()
+    assert ids[2, 1] == tok.tok.token_to_id("[UNK]")
+    tok.save(str(tmp_path / "tok.json"))
+    again = WordTokenizer.load(str(tmp_path / "tok.json"), max_len=6)
+    assert torch.equal(again.encode(["the red square"])[0], ids[:1])
+
+
+def test_collate_with_distributed_sampler(synth):
+    out, _ = synth
+    recs = load_refer(out, os.path.join(out, "images"), splits=["train"])
+    tok = WordTokenizer.train([r.text for r in recs])
+    ds = RefDataset(recs, build_transforms(True, 96))
+    seen = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=1)
+        sampler.set_epoch(0)
+        dl = DataLoader(ds, batch_size=4, sampler=sampler, collate_fn=Collate(tok))
+        b = next(iter(dl))
+        assert b["images"].shape == (4, 3, 96, 96) and b["text_ids"].shape[0] == 4 and b["masks"].dtype == torch.uint8
+        seen += list(sampler)
+    assert set(seen) == set(range(len(ds)))  # the two ranks cover every sample
