@@ -1,0 +1,30 @@
+"""build_model(cfg) and build_criterion(cfg) from a config dict (see configs/)."""
+
+from __future__ import annotations
+
+from .backbone import Backbone
+from .criterion import Criterion
+from .decoder import QueryDecoder
+from .fusion import FusionEncoder
+from .heads import MaskHead, PixelDecoder
+from .ssrvg import SSRVG
+from .text import TextEncoder
+
+
+def build_model(cfg: dict, vocab_size: int | None = None) -> SSRVG:
+    m = cfg["model"]
+    d, mask_dim, levels = m["d_model"], m["mask_dim"], m.get("levels", 4)
+    b, t, f, q = m["backbone"], m["text"], m["fusion"], m["decoder"]
+    backbone = Backbone(b["name"], d, mask_dim, pretrained=b.get("pretrained", False), checkpoint=b.get("checkpoint"),
+                        timm_kwargs=b.get("kwargs"))
+    text = TextEncoder(d, t.get("name_or_path"), vocab_size or t.get("vocab_size", 1000), t.get("hidden", 128),
+                       t.get("layers", 2), t.get("heads", 2), cfg.get("data", {}).get("max_len", 32), t.get("freeze", False))
+    fusion = FusionEncoder(d, f["layers"], f["heads"], levels, f["points"], f["ffn"], f.get("spectrum", False))
+    decoder = QueryDecoder(d, q["layers"], q["heads"], levels, q["points"], q["ffn"], q.get("mask_queries", 0))
+    return SSRVG(backbone, text, fusion, decoder, PixelDecoder(d, mask_dim, levels), MaskHead(d, mask_dim), d, levels)
+
+
+def build_criterion(cfg: dict) -> Criterion:
+    lc = cfg.get("loss", {})
+    return Criterion(lc.get("l1", 5.0), lc.get("giou", 2.0), lc.get("aux", 0.5), lc.get("mask"),
+                     lc.get("box_to_mask", False), lc.get("focal_alpha", 0.25), lc.get("focal_gamma", 2.0))

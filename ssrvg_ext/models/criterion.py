@@ -1,0 +1,74 @@
+"""All training losses in one place: L1 + GIoU on the box of every decoder layer, and the fused
+upsampled mask losses on the mask, each normalised by the number of expressions over all ranks."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchvision.ops import generalized_box_iou_loss
+
+from ..ops import upsampled_mask_loss
+
+
+def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
+    return torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2], -1)
+
+
+def global_count(n: int, device) -> float:
+    """Expressions in this step over all ranks, divided by the world size (DDP averages gradients)."""
+    t = torch.tensor(float(n), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+        t = t / dist.get_world_size()
+    return max(float(t), 1.0)
+
+
+def box_to_mask(boxes_cxcywh: torch.Tensor, size: int) -> torch.Tensor:
+    """SegVG-style box supervision for RES: the box filled in, (B, size, size) uint8."""
+    xyxy = cxcywh_to_xyxy(boxes_cxcywh) * size
+    r = torch.arange(size, device=boxes_cxcywh.device) + 0.5
+    inside_y = (r[None, :] >= xyxy[:, 1:2]) & (r[None, :] <= xyxy[:, 3:4])
+    inside_x = (r[None, :] >= xyxy[:, 0:1]) & (r[None, :] <= xyxy[:, 2:3])
+    return (inside_y[:, :, None] & inside_x[:, None, :]).to(torch.uint8)
+
+
+class Criterion(nn.Module):
+    def __init__(self, l1: float = 5.0, giou: float = 2.0, aux: float = 0.5, mask: dict | None = None,
+                 box_to_mask: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+        super().__init__()
+        self.l1, self.giou, self.aux = l1, giou, aux
+        self.mask = dict(mask if mask is not None else {"dice": 2.0, "bce": 2.0})
+        self.box_to_mask, self.alpha, self.gamma = box_to_mask, focal_alpha, focal_gamma
+
+    def box_losses(self, pred: torch.Tensor, tgt: torch.Tensor, norm: float) -> dict:
+        l1 = (pred - tgt).abs().sum() / norm
+        giou = generalized_box_iou_loss(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(tgt), reduction="sum") / norm
+        return {"l1": l1, "giou": giou}
+
+    def forward(self, out: dict, batch: dict) -> dict:
+        tgt = batch["boxes"].to(out["boxes"].dtype)
+        norm = global_count(tgt.shape[0], tgt.device)
+        losses = self.box_losses(out["boxes"], tgt, norm)
+        total = self.l1 * losses["l1"] + self.giou * losses["giou"]
+        for i, aux in enumerate(out["aux_boxes"]):
+            a = self.box_losses(aux, tgt, norm)
+            total = total + self.aux * (self.l1 * a["l1"] + self.giou * a["giou"])
+        if self.mask:
+            size = batch["images"].shape[-1]
+            targets = box_to_mask(batch["boxes"], size) if self.box_to_mask else batch["masks"]
+            valid = padding_valid(batch["meta"], size, targets.device)
+            losses["mask"] = upsampled_mask_loss(out["mask_logits"], targets, self.mask, valid=valid, num_masks=norm,
+                                                 alpha=self.alpha, gamma=self.gamma)
+            total = total + losses["mask"]
+        losses["total"] = total
+        return losses
+
+
+def padding_valid(metas: list[dict], size: int, device) -> torch.Tensor:
+    """(B, size, size) bool: True on the image, False on the padding added by ResizePad."""
+    v = torch.zeros(len(metas), size, size, dtype=torch.bool, device=device)
+    for i, m in enumerate(metas):
+        h, w = m["valid"]
+        v[i, :h, :w] = True
+    return v

@@ -1,0 +1,44 @@
+"""Positional encodings and small shared helpers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def sine_position(h: int, w: int, dim: int, device, dtype=torch.float32) -> torch.Tensor:
+    """2-D sine encoding (h*w, dim) of normalised pixel centres."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+    return torch.cat([_sine(xs, dim // 2)[None, :, :].expand(h, w, -1), _sine(ys, dim // 2)[:, None, :].expand(h, w, -1)],
+                     -1).reshape(h * w, dim).to(dtype)
+
+
+def _sine(v: torch.Tensor, dim: int) -> torch.Tensor:
+    freq = torch.exp(torch.arange(0, dim, 2, device=v.device, dtype=torch.float32) * (-math.log(1e4) / dim))
+    ang = v[:, None] * 2 * math.pi * freq[None] * 8
+    return torch.cat([ang.sin(), ang.cos()], -1)
+
+
+def box_position(boxes: torch.Tensor, dim: int) -> torch.Tensor:
+    """Encoding (..., dim) of normalised boxes (cx, cy, w, h)."""
+    parts = [_sine(boxes[..., k].reshape(-1), dim // 4).view(*boxes.shape[:-1], -1) for k in range(4)]
+    return torch.cat(parts, -1)
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x / (1 - x))
+
+
+class MLP(nn.Sequential):
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, layers: int = 2):
+        dims = [d_in] + [d_hidden] * (layers - 1) + [d_out]
+        mods = []
+        for i in range(layers):
+            mods.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < layers - 1:
+                mods.append(nn.ReLU(inplace=True))
+        super().__init__(*mods)

@@ -1,0 +1,66 @@
+"""SSRVG-REC: image + expression -> box (REC) and mask (RES), read top-down:
+
+    images ──Backbone──> stride-4 map, levels at strides 8/16/32/64
+    text ────TextEncoder──> words, sentence
+    levels + words ──FusionEncoder──> fused pixels (language-conditioned deformable attention)
+    sentence + words + fused ──QueryDecoder──> queries, a box per layer
+    queries + fused + stride-4 ──PixelDecoder / MaskHead──> low-res mask logits
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops import mask_postprocess
+from .backbone import Backbone
+from .decoder import QueryDecoder
+from .fusion import FusionEncoder
+from .heads import MaskHead, PixelDecoder
+from .position import sine_position
+from .text import TextEncoder
+
+
+class SSRVG(nn.Module):
+    def __init__(self, backbone: Backbone, text: TextEncoder, fusion: FusionEncoder, decoder: QueryDecoder,
+                 pixel_decoder: PixelDecoder, mask_head: MaskHead, d_model: int, levels: int = 4):
+        super().__init__()
+        self.backbone, self.text, self.fusion, self.decoder = backbone, text, fusion, decoder
+        self.pixel_decoder, self.mask_head = pixel_decoder, mask_head
+        self.level_embed = nn.Parameter(torch.randn(levels, d_model) * 0.02)
+
+    def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor) -> dict:
+        f4, maps = self.backbone(images)
+        words, sentence = self.text(text_ids, text_mask)
+        word_pad = ~text_mask
+        d = maps[0].shape[1]
+        pos = torch.cat([sine_position(*m.shape[-2:], d, m.device, m.dtype) + self.level_embed[i]
+                         for i, m in enumerate(maps)])
+        memory, words, shapes, starts = self.fusion(maps, pos, words, word_pad, sentence)
+        queries, boxes = self.decoder(sentence, words, word_pad, memory, shapes, starts)
+        fused = [lvl.transpose(1, 2).reshape(m.shape) for lvl, m in
+                 zip(memory.split([int(h) * int(w) for h, w in (m.shape[-2:] for m in maps)], 1), maps)]
+        mask_logits = self.mask_head(queries, self.pixel_decoder(fused, f4))
+        return {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
+
+    @torch.no_grad()
+    def predict(self, batch: dict, threshold: float = 0.0) -> list[dict]:
+        """Original-resolution box (xyxy pixels) and uint8 mask per sample, using the transform's meta."""
+        out = self(batch["images"], batch["text_ids"], batch["text_mask"])
+        return postprocess(out, batch["meta"], threshold)
+
+
+def postprocess(out: dict, metas: list[dict], threshold: float = 0.0) -> list[dict]:
+    size = metas[0]["input_size"]
+    boxes = out["boxes"].float() * size
+    xyxy = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], -1)
+    masks = mask_postprocess(out["mask_logits"].float(), (size, size), [m["valid"] for m in metas],
+                             [m["orig_size"] for m in metas], threshold)
+    res = []
+    for b, m, meta in zip(xyxy.cpu(), masks, metas):
+        sy, sx = meta["scale"]
+        h, w = meta["orig_size"]
+        box = (b / torch.tensor([sx, sy, sx, sy])).clamp_min(0)
+        box = torch.minimum(box, torch.tensor([w, h, w, h], dtype=box.dtype))
+        res.append({"box": box, "mask": m})
+    return res

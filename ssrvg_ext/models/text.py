@@ -1,0 +1,32 @@
+"""Text encoder through transformers: a BERT-family model from a local path / cache, or a small
+randomly initialised BERT for the embedded default (no download either way)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, d_model: int, name_or_path: str | None = None, vocab_size: int = 1000, hidden: int = 128,
+                 layers: int = 2, heads: int = 2, max_len: int = 32, freeze: bool = False):
+        super().__init__()
+        from transformers import AutoModel, BertConfig, BertModel
+
+        if name_or_path:
+            self.bert = AutoModel.from_pretrained(name_or_path, local_files_only=True)
+        else:
+            cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                             intermediate_size=hidden * 4, max_position_embeddings=max(max_len, 8))
+            self.bert = BertModel(cfg, add_pooling_layer=False)
+        if freeze:
+            self.bert.requires_grad_(False)
+        self.proj = nn.Linear(self.bert.config.hidden_size, d_model)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids, mask (B, T) (mask True = token) -> words (B, T, d_model), sentence (B, d_model)."""
+        h = self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        words = self.proj(h)
+        m = mask.unsqueeze(-1).to(words.dtype)
+        sentence = (words * m).sum(1) / m.sum(1).clamp_min(1)
+        return words, sentence
