@@ -1,6 +1,6 @@
 # The two main commands (see README.md):
 #   make test    set up .venv, build the extension (CUDA kernels too where torch has CUDA), run the tests
-#   make train   arrives with the training issue
+#   make train   set up, generate the synthetic dataset, train the default config, evaluate, demo picture
 # Everything installs into .venv; FORCE_CUDA=0 make test builds CPU-only kernels.
 
 PY      ?= python3
@@ -11,7 +11,11 @@ PYTEST_ARGS ?=
 SOURCES := setup.py tools/cuda_toolkit.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 BUILD_KIND := $(VENV)/.build-$(if $(filter 0,$(FORCE_CUDA)),cpu,auto)
 
-.PHONY: setup build test bench info clean
+DATA    ?= data/synthetic
+RUN     ?= runs/tiny_synthetic
+CONFIG  ?= configs/tiny_synthetic.yaml
+
+.PHONY: setup build test train data bench info clean
 
 setup: $(VENV)/.setup-done
 
@@ -38,8 +42,24 @@ $(BUILD_KIND): $(VENV)/.setup-done $(SOURCES)
 test: build
 	$(PYTHON) -m pytest python_tests $(PYTEST_ARGS)
 
+data: $(DATA)/instances.json
+
+$(DATA)/instances.json: | setup
+	$(PYTHON) tools/make_synthetic.py --out $(DATA)
+
+# Resumes an interrupted run (--resume auto); delete $(RUN) to start over.
+train: build data
+	$(PYTHON) tools/train.py --config $(CONFIG) --out $(RUN) --resume auto data.ann_dir=$(DATA) data.image_dir=$(DATA)/images
+	$(PYTHON) tools/eval.py --checkpoint $(RUN)/best.pth --split val --out $(RUN)/eval_val.json
+	$(PYTHON) tools/eval.py --checkpoint $(RUN)/best.pth --split testB --out $(RUN)/eval_testB.json
+	$(PYTHON) tools/eval.py --checkpoint $(RUN)/best.pth --split val --shuffle-text --out $(RUN)/eval_val_shuffled.json
+	$(PYTHON) tools/demo.py --checkpoint $(RUN)/best.pth --example $(DATA)/example.json --out $(RUN)/demo.png
+	$(PYTHON) tools/report.py $(RUN)
+
 bench: build
 	$(PYTHON) benchmarks/bench_rle.py
+	$(PYTHON) benchmarks/bench_mask_loss.py
+	$(PYTHON) benchmarks/bench_ms_deform_attn.py
 
 info:
 	$(PYTHON) -m ssrvg_ext.info

@@ -4,6 +4,7 @@
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -28,7 +29,12 @@ def main():
     print(f"wrote {stats['expressions']} expressions ({stats['refs']} referred objects, {stats['objects']} objects, "
           f"{stats['images']} images) to {args.out} in {time.perf_counter() - t0:.1f} s")
     print("expressions per split: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["per_split"].items())))
-    print(f"sample picture: {os.path.join(args.out, 'images', 'synth_000001.jpg')}")
+    # one validation expression for the demo
+    from ssrvg_ext.data import load_refer
+    rec = load_refer(args.out, os.path.join(args.out, "images"), splits=["val"])[0]
+    with open(os.path.join(args.out, "example.json"), "w") as f:
+        json.dump({"image": rec.image_path, "text": rec.text, "box_xyxy": rec.box_xyxy}, f)
+    print(f"sample picture: {rec.image_path} (\"{rec.text}\", written to {os.path.join(args.out, 'example.json')})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""Training, evaluation and demo end to end on CPU with a tiny synthetic dataset and model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from pycocotools import mask as cocomask
+
+from ssrvg_ext.config import load_config
+from ssrvg_ext.data.synthetic import generate
+from ssrvg_ext.engine import checkpoint
+from ssrvg_ext.evaluation import grounding_metrics, mask_stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "model.d_model=32", "model.mask_dim=16", "model.text.hidden=32", "model.text.layers=1",
+    "model.fusion.layers=1", "model.fusion.ffn=32", "model.decoder.layers=2", "model.decoder.ffn=32",
+    "data.input_size=64", "train.batch_size=4", "train.workers=0", "train.epochs=3", "train.warmup_steps=2",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("synth"))
+    generate(out, num_images=24, seed=5)
+    return out
+
+
+def overrides(data):
+    return TINY + [f"data.ann_dir={data}", f"data.image_dir={os.path.join(data, 'images')}"]
+
+
+def run_tool(args, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, **kw)
+
+
+# ---- metrics on hand-made predictions ----
+def test_metrics_hand_computed():
+    results = [
+        {"box_iou": 0.9, "inter": 10, "union": 10},    # IoU 1.0
+        {"box_iou": 0.5, "inter": 30, "union": 100},   # IoU 0.3
+        {"box_iou": 0.49, "inter": 0, "union": 50},    # IoU 0.0
+        {"box_iou": 0.7, "inter": 75, "union": 100},   # IoU 0.75
+    ]
+    m = grounding_metrics(results)
+    assert m["Acc@0.5"] == 0.75
+    assert m["mIoU"] == pytest.approx((1.0 + 0.3 + 0.0 + 0.75) / 4)
+    assert m["oIoU"] == pytest.approx((10 + 30 + 0 + 75) / (10 + 100 + 50 + 100))
+    assert m["mIoU"] != pytest.approx(m["oIoU"])
+    assert m["Prec@0.5"] == 0.5 and m["Prec@0.7"] == 0.5 and m["Prec@0.8"] == 0.25 and m["Prec@0.9"] == 0.25
+
+
+def test_mask_stats_exact():
+    a = torch.zeros(6, 7, dtype=torch.uint8)
+    b = torch.zeros(6, 7, dtype=torch.uint8)
+    a[1:4, 1:5] = 1  # 12 px
+    b[2:6, 3:7] = 1  # 16 px, overlap rows 2-3 x cols 3-4 = 4
+    enc = lambda m: cocomask.encode(m.numpy().copy(order="F"))  # noqa: E731
+    assert mask_stats(enc(a), enc(b)) == (4, 24)
+
+
+# ---- end to end ----
+def test_train_eval_demo_end_to_end(data, tmp_path):
+    out = str(tmp_path / "run")
+    r = run_tool(["tools/train.py", "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data),
+                  "train.epochs=1"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert os.path.isfile(os.path.join(out, "last.pth")) and os.path.isfile(os.path.join(out, "config.yaml"))
+    logs = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    epoch_rec = [x for x in logs if "val_Acc@0.5" in x]
+    assert epoch_rec and 0 <= epoch_rec[-1]["val_mIoU"] <= 1
+    r = run_tool(["tools/eval.py", "--checkpoint", os.path.join(out, "last.pth"), "--split", "testB",
+                  "--out", str(tmp_path / "ev.json")], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev = json.load(open(tmp_path / "ev.json"))
+    assert ev["metrics"]["n"] == len(ev["predictions"]) > 0
+    p = ev["predictions"][0]
+    assert set(p) >= {"box", "mask", "text", "sent_id"} and isinstance(p["mask"]["counts"], str)
+    img = os.path.join(data, "images", "synth_000001.jpg")
+    r = run_tool(["tools/demo.py", "--checkpoint", os.path.join(out, "last.pth"), "--image", img,
+                  "--text", "the big red circle", "--out", str(tmp_path / "demo.png")], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "box (x0, y0, x1, y1)" in r.stdout and os.path.getsize(tmp_path / "demo.png") > 0
+
+
+def _params(path):
+    return checkpoint.load(path)["model"]
+
+
+def test_kill_and_resume_matches_uninterrupted(data, tmp_path):
+    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+    args = ["tools/train.py", "--config", "configs/tiny_synthetic.yaml", *overrides(data)]
+    r = run_tool(args + ["--out", full], timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # start the same run, kill it hard once its first checkpoint exists, then resume
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, *args, "--out", killed], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not os.path.isfile(os.path.join(killed, "last.pth")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.load(os.path.join(killed, "last.pth"))["epoch"] < 2, "the run finished before it was killed"
+    r = run_tool(args + ["--out", killed, "--resume", "auto"], timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _params(os.path.join(full, "last.pth")), _params(os.path.join(killed, "last.pth"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+
+
+def test_ddp_two_processes_gloo_counts_every_sample_once(data, tmp_path):
+    out = str(tmp_path / "ddp")
+    r = run_tool(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "tools/train.py",
+                  "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data), "train.epochs=1"],
+                 timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    from ssrvg_ext.data import load_refer
+    n_val = len(load_refer(data, os.path.join(data, "images"), splits=["val"]))
+    logs = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    assert [x["val_n"] for x in logs if "val_n" in x] == [n_val]
+
+
+def test_corrupt_checkpoint_and_missing_data_fail_clearly(data, tmp_path):
+    bad = tmp_path / "last.pth"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(RuntimeError, match="unreadable or corrupt"):
+        checkpoint.load(str(bad))
+    r = run_tool(["tools/eval.py", "--checkpoint", str(bad)], timeout=300)
+    assert r.returncode != 0 and "unreadable or corrupt" in r.stderr
+    r = run_tool(["tools/train.py", "--config", "configs/tiny_synthetic.yaml", "--out", str(tmp_path / "x"),
+                  *overrides(data), f"data.ann_dir={tmp_path / 'nowhere'}"], timeout=300)
+    assert r.returncode != 0 and "nowhere" in r.stderr and "refs(unc).p" in r.stderr
+
+
+def test_config_overrides_and_inheritance():
+    cfg = load_config(os.path.join(ROOT, "configs/refcoco_swin_b.yaml"), ["train.epochs=2", "model.fusion.spectrum=true"])
+    assert cfg["model"]["backbone"]["name"] == "swin_base_patch4_window7_224"
+    assert cfg["model"]["backbone"]["kwargs"] == {"img_size": 640}  # inherited from swin_t
+    assert cfg["train"]["epochs"] == 2 and cfg["model"]["fusion"]["spectrum"] is True
+    assert cfg["loss"]["giou"] == 2.0  # from base.yaml

@@ -1,0 +1,1 @@
+"""Training / evaluation loops, distributed helpers, checkpoints."""

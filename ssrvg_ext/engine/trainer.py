@@ -1,0 +1,117 @@
+"""The training run behind tools/train.py: build, (resume), train, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import yaml
+
+from ..models import build_criterion, build_model
+from . import checkpoint, dist
+from .loops import (EMA, amp_setup, evaluate, load_records, lr_factor, make_loader, make_tokenizer, param_groups,
+                    tokenizer_state, train_one_epoch, write_jsonl)
+
+
+def seed_all(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def score(metrics: dict) -> float:
+    return metrics["Acc@0.5"] + metrics["mIoU"]
+
+
+def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | None = None) -> dict:
+    """Returns the last validation metrics. ``resume``: a checkpoint path, or "auto" for out_dir/last.pth
+    when it exists. ``max_steps`` stops early (tests)."""
+    rank, world, device = dist.init_from_env()
+    t = cfg["train"]
+    seed_all(t.get("seed", 0) + rank)
+    if dist.is_main():
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+    log = write_jsonl(os.path.join(out_dir, "log.jsonl")) if dist.is_main() else None
+    tb = _tensorboard(out_dir) if dist.is_main() else None
+
+    if resume == "auto":
+        resume = os.path.join(out_dir, "last.pth") if os.path.isfile(os.path.join(out_dir, "last.pth")) else None
+    ckpt = checkpoint.load(resume) if resume else None
+
+    train_recs = load_records(cfg, cfg["data"]["train_split"])
+    val_recs = load_records(cfg, cfg["data"]["val_split"])
+    tok = make_tokenizer(cfg, [r.text for r in train_recs], ckpt["tokenizer"] if ckpt else None)
+    model = build_model(cfg, vocab_size=tok.vocab_size).to(device)
+    crit = build_criterion(cfg)
+    opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t["weight_decay"])
+    steps_per_epoch = len(train_recs) // (t["batch_size"] * world)
+    total = max(1, steps_per_epoch * t["epochs"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, t.get("warmup_steps", 0), t.get("schedule", "cosine")))
+    amp_dtype, scaler = amp_setup(cfg, device)
+    ema = EMA(model, t["ema"]) if t.get("ema") else None
+    start_epoch, step, best = 0, 0, -math.inf
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
+        start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("best", -math.inf)
+        checkpoint.set_rng_state(ckpt["rng"])
+        if dist.is_main():
+            print(f"resumed from {resume}: epoch {start_epoch}, step {step}")
+    core = model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    _, val_loader, _ = make_loader(cfg, val_recs, tok, train=False)
+    metrics = {}
+    t_start = time.time()
+    for epoch in range(start_epoch, t["epochs"]):
+        _, loader, sampler = make_loader(cfg, train_recs, tok, train=True, epoch_seed=epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        step, train_stats = train_one_epoch(model, crit, loader, opt, sched, scaler, amp_dtype, t.get("clip"), epoch,
+                                            t["epochs"], device, log, ema, step, max_steps)
+        if (epoch + 1) % t.get("eval_every", 1) == 0 or epoch + 1 == t["epochs"]:
+            metrics, _ = evaluate(model, val_loader, device, amp_dtype, desc=f"val {epoch + 1}")
+        if dist.is_main():
+            rec = {"epoch": epoch, "step": step, "time_s": round(time.time() - t_start, 1),
+                   **{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": v for k, v in metrics.items()}}
+            log(rec)
+            if tb is not None:
+                for k, v in rec.items():
+                    if isinstance(v, (int, float)):
+                        tb.add_scalar(k, v, step)
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()), flush=True)
+            state = {"model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else None,
+                     "ema": ema.state_dict() if ema is not None else None, "epoch": epoch, "step": step,
+                     "rng": checkpoint.rng_state(), "config": cfg, "tokenizer": tokenizer_state(tok),
+                     "best": best, "metrics": metrics}
+            if metrics and score(metrics) > best:
+                best = state["best"] = score(metrics)
+                checkpoint.save_atomic(state, os.path.join(out_dir, "best.pth"))
+            checkpoint.save_atomic(state, os.path.join(out_dir, "last.pth"))
+        dist.barrier()
+        if max_steps is not None and step >= max_steps:
+            break
+    dist.cleanup()
+    return metrics
+
+
+def _tensorboard(out_dir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: JSON lines only
+        return None
+    return SummaryWriter(os.path.join(out_dir, "tb"))

@@ -1,0 +1,49 @@
+"""Standard referring-expression metrics (DESIGN.md 7).
+
+REC: Acc@0.5 = fraction of expressions whose predicted box has IoU >= 0.5 with the ground truth
+(plain IoU, original image coordinates). RES: per-expression mask IoU at the original resolution;
+mIoU = their mean; oIoU = sum of intersections / sum of unions over the split;
+Prec@X = fraction with IoU >= X for X in 0.5..0.9. Intersections and unions are exact integers
+from the library's RLE ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops import rle
+
+PREC = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def box_iou(a, b) -> float:
+    """IoU of two xyxy boxes (continuous coordinates)."""
+    ax0, ay0, ax1, ay1 = (float(v) for v in a)
+    bx0, by0, bx1, by1 = (float(v) for v in b)
+    iw, ih = max(0.0, min(ax1, bx1) - max(ax0, bx0)), max(0.0, min(ay1, by1) - max(ay0, by0))
+    inter = iw * ih
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def mask_stats(pred: dict, gt: dict) -> tuple[int, int]:
+    """(intersection, union) pixel counts of two RLEs of one size."""
+    inter = int(rle.area([rle.merge([pred, gt], intersect=True)])[0])
+    areas = rle.area([pred, gt]).tolist()
+    return inter, areas[0] + areas[1] - inter
+
+
+def grounding_metrics(results: list[dict]) -> dict:
+    """results: per expression {"box_iou": float, "inter": int, "union": int}."""
+    n = len(results)
+    if n == 0:
+        raise ValueError("no results to evaluate")
+    box = torch.tensor([r["box_iou"] for r in results], dtype=torch.float64)
+    inter = torch.tensor([r["inter"] for r in results], dtype=torch.float64)
+    union = torch.tensor([r["union"] for r in results], dtype=torch.float64)
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))  # both empty: a perfect match
+    out = {"n": n, "Acc@0.5": float((box >= 0.5).double().mean()), "mIoU": float(iou.mean()),
+           "oIoU": float(inter.sum() / union.sum().clamp_min(1))}
+    for x in PREC:
+        out[f"Prec@{x}"] = float((iou >= x).double().mean())
+    return out

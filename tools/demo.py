@@ -1,0 +1,79 @@
+"""Ground one expression in one image: print the box, write a PNG with the mask and box drawn.
+
+    python tools/demo.py --checkpoint runs/tiny/best.pth --image IMG --text "the small blue triangle" [--out demo.png]
+    python tools/demo.py --checkpoint runs/tiny/best.pth --example data/synthetic/example.json
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from ssrvg_ext.data import Collate, build_transforms  # noqa: E402
+from ssrvg_ext.engine import checkpoint  # noqa: E402
+from ssrvg_ext.engine.loops import make_tokenizer  # noqa: E402
+from ssrvg_ext.models import build_model  # noqa: E402
+
+
+def ground(ckpt_path: str, image_path: str, text: str):
+    ckpt = checkpoint.load(ckpt_path)
+    cfg = ckpt["config"]
+    tok = make_tokenizer(cfg, state=ckpt["tokenizer"])
+    model = build_model(cfg, vocab_size=tok.vocab_size)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    if not os.path.isfile(image_path):
+        raise FileNotFoundError(f"image {image_path} not found")
+    with Image.open(image_path) as im:
+        img = im.convert("RGB")
+    arr = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+    h, w = arr.shape[-2:]
+    s = {"image": arr, "box": torch.tensor([0.0, 0.0, w, h]), "mask": torch.zeros(h, w, dtype=torch.uint8), "text": text,
+         "meta": {"index": 0, "orig_size": (h, w)}}
+    batch = Collate(tok)([build_transforms(False, cfg["data"]["input_size"])(s)])
+    with torch.inference_mode():
+        pred = model.predict(batch)[0]
+    return img, pred
+
+
+def draw(img: Image.Image, pred: dict, text: str) -> Image.Image:
+    m = pred["mask"].numpy().astype(bool)
+    arr = np.array(img).astype(np.float32)
+    arr[m] = arr[m] * 0.45 + np.array([255, 40, 40]) * 0.55
+    out = Image.fromarray(arr.astype(np.uint8))
+    d = ImageDraw.Draw(out)
+    d.rectangle([float(v) for v in pred["box"]], outline=(40, 255, 40), width=2)
+    d.text((4, 4), text, fill=(255, 255, 255))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--image")
+    p.add_argument("--text")
+    p.add_argument("--example", help="JSON with 'image' and 'text' (tools/make_synthetic.py writes one)")
+    p.add_argument("--out", default="demo.png")
+    a = p.parse_args()
+    if a.example:
+        import json
+
+        with open(a.example) as f:
+            ex = json.load(f)
+        a.image, a.text = a.image or ex["image"], a.text or ex["text"]
+    if not (a.image and a.text):
+        p.error("give --image and --text, or --example")
+    img, pred = ground(a.checkpoint, a.image, a.text)
+    x0, y0, x1, y1 = (float(v) for v in pred["box"])
+    print(f"box (x0, y0, x1, y1) = ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}); mask pixels = {int(pred['mask'].sum())}")
+    draw(img, pred, a.text).save(a.out)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

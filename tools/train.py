@@ -1,0 +1,31 @@
+"""Train SSRVG-REC.
+
+    python tools/train.py --config configs/tiny_synthetic.yaml [--out runs/tiny] [--resume auto|CKPT] [key=value ...]
+    torchrun --nproc_per_node=K tools/train.py --config ...     # several GPUs (or CPU processes with gloo)
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ssrvg_ext.config import load_config  # noqa: E402
+from ssrvg_ext.engine.trainer import train  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", default=None, help="output folder (default runs/<config name>)")
+    p.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto' for <out>/last.pth if present")
+    p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="config overrides like train.epochs=3")
+    args = p.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    train(cfg, out, args.resume, args.max_steps)
+
+
+if __name__ == "__main__":
+    main()
