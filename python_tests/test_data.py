@@ -39,14 +39,15 @@ def test_round_trip_boxes_and_masks(synth):
         # the box is exactly the tight box of the mask, and the mask's area is the annotated one
         assert r.box_xyxy == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
         assert m.sum() == anns[r.ann_id]["area"]
-    # the painted pixels under each mask have the annotated colour (JPEG noise aside)
+    # the painted pixels under each mask are, of the palette, closest to the annotated colour
     from PIL import Image
     from ssrvg_ext.data.synthetic import COLORS
     for r in recs[:40]:
         img = np.asarray(Image.open(r.image_path).convert("RGB")).astype(float)
         m = cocomask.decode(r.rle).astype(bool)
-        color = np.array(COLORS[anns[r.ann_id]["attributes"]["color"]])
-        assert np.abs(img[m].mean(0) - color).max() < 45
+        mean = img[m].mean(0)
+        nearest = min(COLORS, key=lambda c: np.abs(mean - np.array(COLORS[c])).sum())
+        assert nearest == anns[r.ann_id]["attributes"]["color"], (r.text, mean)
 
 
 # ---- an independent reading of the grammar: every expression names exactly one object ----

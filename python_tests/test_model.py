@@ -30,6 +30,7 @@ SWITCHES = {
     "box_to_mask": {"loss": {"box_to_mask": True}},
     "focal_mask_loss": {"loss": {"mask": {"dice": 1.0, "focal": 5.0}}},
     "no_mask_queries": {"model": {"decoder": {"mask_queries": 0}}},
+    "no_proposals": {"model": {"proposals": False}},
 }
 
 

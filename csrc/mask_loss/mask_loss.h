@@ -38,6 +38,30 @@ C10_HOST_DEVICE inline Lerp<T> source_index(int64_t dst, T scale, int64_t in) {
   return {i0, i1, l1};
 }
 
+// Bilinear blend of four corner values, in PyTorch's order: rows outside, columns inside.
+template <typename T>
+C10_HOST_DEVICE inline T blend(const Lerp<T>& ly, const Lerp<T>& lx, T v00, T v01, T v10, T v11) {
+  const T hy0 = T(1) - ly.l1, hx0 = T(1) - lx.l1;
+  return hy0 * (hx0 * v00 + lx.l1 * v01) + ly.l1 * (hx0 * v10 + lx.l1 * v11);
+}
+
+// Upsampled value at taps (ly, lx) of a (h, w) map stored as S (computed in T).
+template <typename T, typename S>
+C10_HOST_DEVICE inline T interp(const S* v, int64_t w, const Lerp<T>& ly, const Lerp<T>& lx) {
+  return blend(ly, lx, static_cast<T>(v[ly.i0 * w + lx.i0]), static_cast<T>(v[ly.i0 * w + lx.i1]),
+               static_cast<T>(v[ly.i1 * w + lx.i0]), static_cast<T>(v[ly.i1 * w + lx.i1]));
+}
+
+// One pixel of the inference path: the (crop -> output) resize taps (ly, lx) read the
+// (low-res -> input) upsample at input rows ly.i0 / ly.i1 (taps ay0 / ay1) and columns
+// lx.i0 / lx.i1 (taps ax0 / ax1). Same arithmetic as interpolate + crop + interpolate.
+template <typename T, typename S>
+C10_HOST_DEVICE inline T resize_of_upsample(const S* v, int64_t w, const Lerp<T>& ly, const Lerp<T>& lx,
+                                            const Lerp<T>& ay0, const Lerp<T>& ay1, const Lerp<T>& ax0,
+                                            const Lerp<T>& ax1) {
+  return blend(ly, lx, interp(v, w, ay0, ax0), interp(v, w, ay0, ax1), interp(v, w, ay1, ax0), interp(v, w, ay1, ax1));
+}
+
 // Output rows [first, last] whose bilinear taps touch input row i (the taps i0, i1 of dst are
 // non-decreasing in dst, so the set is one contiguous range). Binary search over `out` rows.
 template <typename T>

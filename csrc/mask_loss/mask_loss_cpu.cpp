@@ -211,13 +211,6 @@ void backward_row_any(int, const double* v, int64_t w, const Lerp<double>& ly, c
   backward_row<kGammaAny>(v, w, ly, tx, trow, vrow, g, a, gm, sc, gz);
 }
 
-template <typename T>
-inline T interp(const T* v, int64_t w, const Lerp<T>& ly, const Lerp<T>& lx) {
-  const T hy0 = static_cast<T>(1) - ly.l1, hx0 = static_cast<T>(1) - lx.l1;
-  return hy0 * (hx0 * v[ly.i0 * w + lx.i0] + lx.l1 * v[ly.i0 * w + lx.i1]) +
-         ly.l1 * (hx0 * v[ly.i1 * w + lx.i0] + lx.l1 * v[ly.i1 * w + lx.i1]);
-}
-
 at::Tensor sums_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
                     const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
   check_inputs(logits_in, targets_in, valid_in);
@@ -339,10 +332,7 @@ at::Tensor postprocess_cpu(const at::Tensor& logits_in, int64_t in_h, int64_t in
         const Lerp<T>& ly = t2y[Y];
         for (int64_t X = 0; X < out_w; ++X) {
           const Lerp<T>& lx = t2x[X];
-          const T z00 = interp(v, w, t1y[ly.i0], t1x[lx.i0]), z01 = interp(v, w, t1y[ly.i0], t1x[lx.i1]);
-          const T z10 = interp(v, w, t1y[ly.i1], t1x[lx.i0]), z11 = interp(v, w, t1y[ly.i1], t1x[lx.i1]);
-          const T hy0 = static_cast<T>(1) - ly.l1, hx0 = static_cast<T>(1) - lx.l1;
-          const T z = hy0 * (hx0 * z00 + lx.l1 * z01) + ly.l1 * (hx0 * z10 + lx.l1 * z11);
+          const T z = resize_of_upsample(v, w, ly, lx, t1y[ly.i0], t1y[ly.i1], t1x[lx.i0], t1x[lx.i1]);
           o[r * out_w + X] = z > thr ? 1 : 0;
         }
       }

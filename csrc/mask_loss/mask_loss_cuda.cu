@@ -25,14 +25,6 @@ constexpr int kThreads = 256;
 constexpr int kPixelsPerThread = 16;
 constexpr int kMaxBlocksPerMask = 512;
 
-template <typename scalar_t, typename T>
-__device__ inline T interp(const scalar_t* v, int64_t w, const Lerp<T>& ly, const Lerp<T>& lx) {
-  const T hy0 = T(1) - ly.l1, hx0 = T(1) - lx.l1;
-  const T v00 = static_cast<T>(v[ly.i0 * w + lx.i0]), v01 = static_cast<T>(v[ly.i0 * w + lx.i1]);
-  const T v10 = static_cast<T>(v[ly.i1 * w + lx.i0]), v11 = static_cast<T>(v[ly.i1 * w + lx.i1]);
-  return hy0 * (hx0 * v00 + lx.l1 * v01) + ly.l1 * (hx0 * v10 + lx.l1 * v11);
-}
-
 template <typename T>
 __device__ inline T warp_sum(T v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
@@ -55,7 +47,7 @@ __global__ void sums_kernel(const scalar_t* __restrict__ logits, const uint8_t* 
   for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < HW; k += (int64_t)blocks_per_mask * blockDim.x) {
     if (vd && !vd[k]) continue;
     const int64_t Y = k / W, X = k % W;
-    const T z = interp<scalar_t, T>(v, w, source_index<T>(Y, sy, h), source_index<T>(X, sx, w));
+    const T z = interp(v, w, source_index<T>(Y, sy, h), source_index<T>(X, sx, w));
     const T t = tg[k] ? T(1) : T(0);
     const Pixel<kGammaAny, StdMath, T> px(z, t);
     acc[0] += px.p * t;
@@ -145,7 +137,7 @@ __global__ void gather_x_kernel(const scalar_t* __restrict__ logits, const uint8
   for (int64_t X = x0; X <= x1; ++X) {
     if (vrow && !vrow[X]) continue;
     const Lerp<T> lx = source_index<T>(X, sx, w);
-    const T z = interp<scalar_t, T>(v, w, ly, lx);
+    const T z = interp(v, w, ly, lx);
     const T t = trow[X] ? T(1) : T(0);
     acc += tap_weight(lx, j) * Pixel<kGammaAny, StdMath, T>(z, t).dz(t, g, T(alpha), T(gamma));
   }
@@ -210,11 +202,7 @@ __global__ void postprocess_kernel(const scalar_t* __restrict__ logits, int64_t 
   const Lerp<T> ly = source_index<T>(Y, s2y, crop_h), lx = source_index<T>(X, s2x, crop_w);
   const Lerp<T> ay0 = source_index<T>(ly.i0, s1y, h), ay1 = source_index<T>(ly.i1, s1y, h);
   const Lerp<T> ax0 = source_index<T>(lx.i0, s1x, w), ax1 = source_index<T>(lx.i1, s1x, w);
-  const scalar_t* v = logits + b * h * w;
-  const T z00 = interp<scalar_t, T>(v, w, ay0, ax0), z01 = interp<scalar_t, T>(v, w, ay0, ax1);
-  const T z10 = interp<scalar_t, T>(v, w, ay1, ax0), z11 = interp<scalar_t, T>(v, w, ay1, ax1);
-  const T hy0 = T(1) - ly.l1, hx0 = T(1) - lx.l1;
-  const T z = hy0 * (hx0 * z00 + lx.l1 * z01) + ly.l1 * (hx0 * z10 + lx.l1 * z11);
+  const T z = resize_of_upsample(logits + b * h * w, w, ly, lx, ay0, ay1, ax0, ax1);
   out[t] = z > static_cast<T>(threshold) ? 1 : 0;
 }
 

@@ -7,6 +7,7 @@ from .criterion import Criterion
 from .decoder import QueryDecoder
 from .fusion import FusionEncoder
 from .heads import MaskHead, PixelDecoder
+from .proposal import TokenProposals
 from .ssrvg import SSRVG
 from .text import TextEncoder
 
@@ -20,11 +21,14 @@ def build_model(cfg: dict, vocab_size: int | None = None) -> SSRVG:
     text = TextEncoder(d, t.get("name_or_path"), vocab_size or t.get("vocab_size", 1000), t.get("hidden", 128),
                        t.get("layers", 2), t.get("heads", 2), cfg.get("data", {}).get("max_len", 32), t.get("freeze", False))
     fusion = FusionEncoder(d, f["layers"], f["heads"], levels, f["points"], f["ffn"], f.get("spectrum", False))
-    decoder = QueryDecoder(d, q["layers"], q["heads"], levels, q["points"], q["ffn"], q.get("mask_queries", 0))
-    return SSRVG(backbone, text, fusion, decoder, PixelDecoder(d, mask_dim, levels), MaskHead(d, mask_dim), d, levels)
+    use_prop = m.get("proposals", True)
+    decoder = QueryDecoder(d, q["layers"], q["heads"], levels, q["points"], q["ffn"], q.get("mask_queries", 0), use_prop)
+    return SSRVG(backbone, text, fusion, decoder, PixelDecoder(d, mask_dim, levels), MaskHead(d, mask_dim), d, levels,
+                 TokenProposals(d) if use_prop else None)
 
 
 def build_criterion(cfg: dict) -> Criterion:
     lc = cfg.get("loss", {})
     return Criterion(lc.get("l1", 5.0), lc.get("giou", 2.0), lc.get("aux", 0.5), lc.get("mask"),
-                     lc.get("box_to_mask", False), lc.get("focal_alpha", 0.25), lc.get("focal_gamma", 2.0))
+                     lc.get("box_to_mask", False), lc.get("focal_alpha", 0.25), lc.get("focal_gamma", 2.0),
+                     lc.get("proposal", 1.0))

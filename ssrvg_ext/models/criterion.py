@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchvision.ops import generalized_box_iou_loss
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..ops import upsampled_mask_loss
 
@@ -35,8 +35,10 @@ def box_to_mask(boxes_cxcywh: torch.Tensor, size: int) -> torch.Tensor:
 
 class Criterion(nn.Module):
     def __init__(self, l1: float = 5.0, giou: float = 2.0, aux: float = 0.5, mask: dict | None = None,
-                 box_to_mask: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+                 box_to_mask: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 proposal: float = 1.0):
         super().__init__()
+        self.proposal = proposal
         self.l1, self.giou, self.aux = l1, giou, aux
         self.mask = dict(mask if mask is not None else {"dice": 2.0, "bce": 2.0})
         self.box_to_mask, self.alpha, self.gamma = box_to_mask, focal_alpha, focal_gamma
@@ -46,6 +48,26 @@ class Criterion(nn.Module):
         giou = generalized_box_iou_loss(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(tgt), reduction="sum") / norm
         return {"l1": l1, "giou": giou}
 
+    def proposal_losses(self, out: dict, tgt: torch.Tensor, norm: float) -> dict:
+        """Tokens whose anchor centre lies in the ground-truth box (and always the nearest one) are
+        positives: focal loss on every token's score, L1 + GIoU on the positives' boxes."""
+        anchors, scores, boxes = out["anchors"], out["proposal_scores"], out["proposal_boxes"]
+        gt = cxcywh_to_xyxy(tgt)  # (B, 4)
+        cx, cy = anchors[None, :, 0], anchors[None, :, 1]
+        pos = (cx >= gt[:, 0:1]) & (cx <= gt[:, 2:3]) & (cy >= gt[:, 1:2]) & (cy <= gt[:, 3:4])
+        nearest = ((anchors[None, :, :2] - tgt[:, None, :2]) ** 2).sum(-1).argmin(1)
+        pos[torch.arange(pos.shape[0], device=pos.device), nearest] = True
+        w = pos.float()
+        score = sigmoid_focal_loss(scores, w, alpha=0.25, gamma=2.0, reduction="sum") / norm
+        npos = w.sum(1).clamp_min(1)  # each expression weighs the same, whatever its number of positives
+        per_tok = (boxes - tgt[:, None, :]).abs().sum(-1)
+        l1 = ((per_tok * w).sum(1) / npos).sum() / norm
+        giou_tok = generalized_box_iou_loss(cxcywh_to_xyxy(boxes).reshape(-1, 4),
+                                            gt[:, None, :].expand(-1, boxes.shape[1], -1).reshape(-1, 4),
+                                            reduction="none").view_as(w)
+        giou = ((giou_tok * w).sum(1) / npos).sum() / norm
+        return {"prop_score": score, "prop_l1": l1, "prop_giou": giou}
+
     def forward(self, out: dict, batch: dict) -> dict:
         tgt = batch["boxes"].to(out["boxes"].dtype)
         norm = global_count(tgt.shape[0], tgt.device)
@@ -54,6 +76,10 @@ class Criterion(nn.Module):
         for i, aux in enumerate(out["aux_boxes"]):
             a = self.box_losses(aux, tgt, norm)
             total = total + self.aux * (self.l1 * a["l1"] + self.giou * a["giou"])
+        if self.proposal and "proposal_scores" in out:
+            p = self.proposal_losses(out, tgt, norm)
+            losses.update(p)
+            total = total + self.proposal * (p["prop_score"] + self.l1 * p["prop_l1"] + self.giou * p["prop_giou"])
         if self.mask:
             size = batch["images"].shape[-1]
             targets = box_to_mask(batch["boxes"], size) if self.box_to_mask else batch["masks"]

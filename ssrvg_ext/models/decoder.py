@@ -32,12 +32,15 @@ class DecoderLayer(nn.Module):
 
 
 class QueryDecoder(nn.Module):
-    def __init__(self, d: int, layers: int, heads: int, levels: int, points: int, ffn: int, mask_queries: int):
+    def __init__(self, d: int, layers: int, heads: int, levels: int, points: int, ffn: int, mask_queries: int,
+                 proposals: bool = True):
         super().__init__()
         self.num_queries = 1 + mask_queries
         self.query_embed = nn.Embedding(self.num_queries, d)
         self.from_sentence = nn.Linear(d, d)
-        self.init_box = nn.Linear(d, 4)
+        # start boxes: the selected token proposal's, or predicted from the sentence alone
+        self.from_proposal = nn.Linear(d, d) if proposals else None
+        self.init_box = None if proposals else nn.Linear(d, 4)
         self.layers = nn.ModuleList(DecoderLayer(d, heads, levels, points, ffn) for _ in range(layers))
         self.box_heads = nn.ModuleList(MLP(d, d, 4, 3) for _ in range(layers))
         self.pos_proj = nn.Linear(d, d)
@@ -45,10 +48,15 @@ class QueryDecoder(nn.Module):
             nn.init.zeros_(h[-1].weight)
             nn.init.zeros_(h[-1].bias)
 
-    def forward(self, sentence, words, word_pad, memory, shapes, starts):
-        """Returns the final queries (B, Q, d) and the box of the box query at every layer (layers, B, 4)."""
+    def forward(self, sentence, words, word_pad, memory, shapes, starts, init_box=None, init_feature=None):
+        """init_box / init_feature (B, 4) / (B, d): the selected proposal that starts every query.
+        Returns the final queries (B, Q, d) and the box of the box query at every layer (layers, B, 4)."""
         q = self.from_sentence(sentence)[:, None, :] + self.query_embed.weight[None]
-        ref = torch.sigmoid(self.init_box(q))  # (B, Q, 4) cx, cy, w, h
+        if self.from_proposal is not None:
+            q = q + self.from_proposal(init_feature)[:, None, :]
+            ref = init_box.detach()[:, None, :].expand(-1, q.shape[1], -1)
+        else:
+            ref = torch.sigmoid(self.init_box(q))  # (B, Q, 4) cx, cy, w, h
         boxes = []
         for layer, head in zip(self.layers, self.box_heads):
             qpos = self.pos_proj(box_position(ref, q.shape[-1]))

@@ -28,16 +28,29 @@ class PixelDecoder(nn.Module):
         return self.out(x)
 
 
+def box_coords(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, 3, h, w) pixel coordinates relative to each box (cx, cy, w, h normalised): dx / w, dy / h
+    and the box-normalised L-inf distance (1 on the box outline)."""
+    ys = (torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5) / h
+    xs = (torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5) / w
+    dx = (xs[None, None, :] - boxes[:, 0, None, None]) / boxes[:, 2, None, None].clamp_min(1e-3)
+    dy = (ys[None, :, None] - boxes[:, 1, None, None]) / boxes[:, 3, None, None].clamp_min(1e-3)
+    dx, dy = dx.expand(-1, h, w), dy.expand(-1, h, w)
+    return torch.stack([dx, dy, 2 * torch.maximum(dx.abs(), dy.abs())], 1)
+
+
 class MaskHead(nn.Module):
-    """Mask logits = <kernel(queries), pixel features>: the box query and the pooled mask queries
-    together produce one dynamic 1x1 kernel per expression."""
+    """Mask logits = <kernel(queries), [pixel features, coordinates relative to the predicted box]>:
+    the box query and the pooled mask queries produce one dynamic 1x1 kernel per expression; the
+    relative coordinates (as in CondInst) tell it which instance the kernel is about."""
 
     def __init__(self, d: int, mask_dim: int):
         super().__init__()
-        self.kernel = MLP(2 * d, d, mask_dim, 3)
+        self.kernel = MLP(2 * d, d, mask_dim + 3, 3)
 
-    def forward(self, queries: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         box_q = queries[:, 0]
         mask_q = queries[:, 1:].mean(1) if queries.shape[1] > 1 else box_q
         k = self.kernel(torch.cat([box_q, mask_q], -1))
-        return torch.einsum("bc,bchw->bhw", k, pixels)
+        feats = torch.cat([pixels, box_coords(boxes.detach().to(pixels.dtype), *pixels.shape[-2:])], 1)
+        return torch.einsum("bc,bchw->bhw", k, feats)

@@ -3,6 +3,7 @@
     images ──Backbone──> stride-4 map, levels at strides 8/16/32/64
     text ────TextEncoder──> words, sentence
     levels + words ──FusionEncoder──> fused pixels (language-conditioned deformable attention)
+    fused + sentence ──TokenProposals──> best-matching token: the decoder's start box
     sentence + words + fused ──QueryDecoder──> queries, a box per layer
     queries + fused + stride-4 ──PixelDecoder / MaskHead──> low-res mask logits
 """
@@ -18,14 +19,17 @@ from .decoder import QueryDecoder
 from .fusion import FusionEncoder
 from .heads import MaskHead, PixelDecoder
 from .position import sine_position
+from .proposal import TokenProposals
 from .text import TextEncoder
 
 
 class SSRVG(nn.Module):
     def __init__(self, backbone: Backbone, text: TextEncoder, fusion: FusionEncoder, decoder: QueryDecoder,
-                 pixel_decoder: PixelDecoder, mask_head: MaskHead, d_model: int, levels: int = 4):
+                 pixel_decoder: PixelDecoder, mask_head: MaskHead, d_model: int, levels: int = 4,
+                 proposals: TokenProposals | None = None):
         super().__init__()
         self.backbone, self.text, self.fusion, self.decoder = backbone, text, fusion, decoder
+        self.proposals = proposals
         self.pixel_decoder, self.mask_head = pixel_decoder, mask_head
         self.level_embed = nn.Parameter(torch.randn(levels, d_model) * 0.02)
 
@@ -37,11 +41,16 @@ class SSRVG(nn.Module):
         pos = torch.cat([sine_position(*m.shape[-2:], d, m.device, m.dtype) + self.level_embed[i]
                          for i, m in enumerate(maps)])
         memory, words, shapes, starts = self.fusion(maps, pos, words, word_pad, sentence)
-        queries, boxes = self.decoder(sentence, words, word_pad, memory, shapes, starts)
+        prop = self.proposals(memory, sentence, shapes) if self.proposals is not None else None
+        queries, boxes = self.decoder(sentence, words, word_pad, memory, shapes, starts,
+                                      prop["best_box"] if prop else None, prop["best_feature"] if prop else None)
         fused = [lvl.transpose(1, 2).reshape(m.shape) for lvl, m in
                  zip(memory.split([int(h) * int(w) for h, w in (m.shape[-2:] for m in maps)], 1), maps)]
-        mask_logits = self.mask_head(queries, self.pixel_decoder(fused, f4))
-        return {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
+        mask_logits = self.mask_head(queries, self.pixel_decoder(fused, f4), boxes[-1])
+        out = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
+        if prop is not None:
+            out.update(proposal_scores=prop["scores"], proposal_boxes=prop["boxes"], anchors=prop["anchors"])
+        return out
 
     @torch.no_grad()
     def predict(self, batch: dict, threshold: float = 0.0) -> list[dict]:
