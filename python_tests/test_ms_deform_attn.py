@@ -111,9 +111,8 @@ def test_half_precision_cpu(rng):
         torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
 
 
-def test_deterministic_bitwise(rng):
-    args = make(rng, 3, 200, 4, 32, 3, 4)
-    grad = torch.randn(3, 200, 128, generator=rng)
+def assert_bitwise_repeatable(args, grad):
+    """Two runs under torch.use_deterministic_algorithms(True) agree bit for bit; returns the grads."""
     torch.use_deterministic_algorithms(True)
     try:
         a, ga = run(ms_deform_attn, *args, grad)
@@ -121,6 +120,11 @@ def test_deterministic_bitwise(rng):
     finally:
         torch.use_deterministic_algorithms(False)
     assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+    return ga
+
+
+def test_deterministic_bitwise(rng):
+    assert_bitwise_repeatable(make(rng, 3, 200, 4, 32, 3, 4), torch.randn(3, 200, 128, generator=rng))
 
 
 @pytest.mark.skipif(not extension.AVAILABLE, reason="compiled ops not built")
@@ -220,13 +224,7 @@ def test_cuda_gradcheck_and_determinism(rng):
     assert torch.autograd.gradcheck(lambda v, l, a: ms_deform_attn(v, shapes, starts, l, a), xs, eps=1e-7, atol=1e-5)
     args = make(rng, 2, 500, 8, 32, 4, 4, device="cuda")
     grad = torch.randn(2, 500, 256, device="cuda")
-    torch.use_deterministic_algorithms(True)
-    try:
-        a, ga = run(ms_deform_attn, *args, grad)
-        b, gb = run(ms_deform_attn, *args, grad)
-    finally:
-        torch.use_deterministic_algorithms(False)
-    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+    ga = assert_bitwise_repeatable(args, grad)
     _, gc = run(ms_deform_attn, *args, grad)  # atomic path: same values up to summation order
     for x, y in zip(ga, gc):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
