@@ -181,6 +181,25 @@ inline void check_inputs(const at::Tensor& logits, const at::Tensor& targets,
   }
 }
 
+// Checked, contiguous inputs of the loss kernels and their sizes (valid undefined when absent).
+struct LossInputs {
+  at::Tensor logits, targets, valid;
+  int64_t B, h, w, H, W;
+  LossInputs(const at::Tensor& l, const at::Tensor& t, const c10::optional<at::Tensor>& v) {
+    check_inputs(l, t, v);
+    logits = l.contiguous();
+    targets = t.contiguous();
+    valid = v.has_value() ? v->contiguous() : at::Tensor();
+    B = logits.size(0), h = logits.size(1), w = logits.size(2), H = targets.size(1), W = targets.size(2);
+  }
+  const uint8_t* target_data() const { return static_cast<const uint8_t*>(targets.data_ptr()); }
+  const uint8_t* valid_data() const { return valid.defined() ? static_cast<const uint8_t*>(valid.data_ptr()) : nullptr; }
+  void check_grad(const at::Tensor& grad) const {
+    TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == B && grad.size(1) == kSums, "grad must have shape (", B,
+                      ", ", kSums, "); got ", grad.sizes());
+  }
+};
+
 inline void check_postprocess(const at::Tensor& logits, int64_t in_h, int64_t in_w, int64_t crop_h,
                               int64_t crop_w, int64_t out_h, int64_t out_w) {
   TORCH_CHECK_VALUE(logits.dim() == 3 && logits.size(1) > 0 && logits.size(2) > 0,

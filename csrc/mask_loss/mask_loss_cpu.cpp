@@ -213,11 +213,9 @@ void backward_row_any(int, const double* v, int64_t w, const Lerp<double>& ly, c
 
 at::Tensor sums_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
                     const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
-  check_inputs(logits_in, targets_in, valid_in);
-  const at::Tensor logits = logits_in.contiguous(), targets = targets_in.contiguous();
-  const at::Tensor valid = valid_in.has_value() ? valid_in->contiguous() : at::Tensor();
-  const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);
-  const int64_t H = targets.size(1), W = targets.size(2);
+  const LossInputs in(logits_in, targets_in, valid_in);
+  const at::Tensor& logits = in.logits;
+  const int64_t B = in.B, h = in.h, w = in.w, H = in.H, W = in.W;
   const int gk = gamma_kind(gamma);
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "upsampled_mask_sums_cpu", [&] {
@@ -225,8 +223,8 @@ at::Tensor sums_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
     // Upcast the (small) low-res logits once so the row loops read opmath values.
     const at::Tensor lo = logits.to(c10::CppTypeToScalarType<T>::value).contiguous();
     const T* lg = lo.data_ptr<T>();
-    const uint8_t* tg = static_cast<const uint8_t*>(targets.data_ptr());
-    const uint8_t* vd = valid.defined() ? static_cast<const uint8_t*>(valid.data_ptr()) : nullptr;
+    const uint8_t* tg = in.target_data();
+    const uint8_t* vd = in.valid_data();
     const auto ty = taps<T>(h, H);
     const XTaps<T> tx(taps<T>(w, W));
     std::vector<double> rows(B * H * kSums);
@@ -252,13 +250,10 @@ at::Tensor sums_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
 at::Tensor sums_backward_cpu(const at::Tensor& grad_in, const at::Tensor& logits_in,
                              const at::Tensor& targets_in, const c10::optional<at::Tensor>& valid_in,
                              double alpha, double gamma) {
-  check_inputs(logits_in, targets_in, valid_in);
-  const at::Tensor logits = logits_in.contiguous(), targets = targets_in.contiguous();
-  const at::Tensor valid = valid_in.has_value() ? valid_in->contiguous() : at::Tensor();
-  const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);
-  const int64_t H = targets.size(1), W = targets.size(2);
-  TORCH_CHECK_VALUE(grad_in.dim() == 2 && grad_in.size(0) == B && grad_in.size(1) == kSums,
-                    "grad must have shape (", B, ", ", kSums, "); got ", grad_in.sizes());
+  const LossInputs in(logits_in, targets_in, valid_in);
+  const at::Tensor& logits = in.logits;
+  const int64_t B = in.B, h = in.h, w = in.w, H = in.H, W = in.W;
+  in.check_grad(grad_in);
   const int gk = gamma_kind(gamma);
   at::Tensor grad_logits;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "upsampled_mask_sums_backward_cpu", [&] {
@@ -267,8 +262,8 @@ at::Tensor sums_backward_cpu(const at::Tensor& grad_in, const at::Tensor& logits
     const at::Tensor lo = logits.to(kT).contiguous(), gr = grad_in.to(kT).contiguous();
     const T* lg = lo.data_ptr<T>();
     const T* gs = gr.data_ptr<T>();
-    const uint8_t* tg = static_cast<const uint8_t*>(targets.data_ptr());
-    const uint8_t* vd = valid.defined() ? static_cast<const uint8_t*>(valid.data_ptr()) : nullptr;
+    const uint8_t* tg = in.target_data();
+    const uint8_t* vd = in.valid_data();
     const auto ty = taps<T>(h, H), tx_lerp = taps<T>(w, W);
     const XTaps<T> tx(tx_lerp);
     const Gather<T> gy(ty, h), gx(tx_lerp, w);

@@ -83,13 +83,11 @@ __global__ void finish_sums_kernel(const T* __restrict__ partials, int64_t B, in
 
 at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
                      const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
-  check_inputs(logits_in, targets_in, valid_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor logits = logits_in.contiguous(), targets = targets_in.contiguous();
-  const at::Tensor valid = valid_in.has_value() ? valid_in->contiguous() : at::Tensor();
-  const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);
-  const int64_t H = targets.size(1), W = targets.size(2);
+  const LossInputs in(logits_in, targets_in, valid_in);
+  const at::Tensor& logits = in.logits;
+  const int64_t B = in.B, h = in.h, w = in.w, H = in.H, W = in.W;
   TORCH_CHECK_VALUE(B <= 65535, "upsampled_mask_sums: at most 65535 masks per call on CUDA; got ", B);
   const int64_t per_block = (int64_t)kThreads * kPixelsPerThread;
   const int blocks = static_cast<int>(std::min<int64_t>(kMaxBlocksPerMask, (H * W + per_block - 1) / per_block));
@@ -100,8 +98,7 @@ at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
     at::Tensor partials = at::empty({B, blocks, kSums}, logits.options().dtype(c10::CppTypeToScalarType<T>::value));
     if (B == 0) return;
     sums_kernel<scalar_t><<<dim3(blocks, B), kThreads, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), static_cast<const uint8_t*>(targets.data_ptr()),
-        valid.defined() ? static_cast<const uint8_t*>(valid.data_ptr()) : nullptr, h, w, H, W,
+        logits.data_ptr<scalar_t>(), in.target_data(), in.valid_data(), h, w, H, W,
         static_cast<float>(alpha), static_cast<float>(gamma), blocks, partials.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t n = B * kSums;
@@ -161,15 +158,12 @@ __global__ void gather_y_kernel(const at::opmath_type<scalar_t>* __restrict__ R,
 
 at::Tensor sums_backward_cuda(const at::Tensor& grad_in, const at::Tensor& logits_in, const at::Tensor& targets_in,
                               const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
-  check_inputs(logits_in, targets_in, valid_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor logits = logits_in.contiguous(), targets = targets_in.contiguous();
-  const at::Tensor valid = valid_in.has_value() ? valid_in->contiguous() : at::Tensor();
-  const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);
-  const int64_t H = targets.size(1), W = targets.size(2);
-  TORCH_CHECK_VALUE(grad_in.dim() == 2 && grad_in.size(0) == B && grad_in.size(1) == kSums,
-                    "grad must have shape (", B, ", ", kSums, "); got ", grad_in.sizes());
+  const LossInputs in(logits_in, targets_in, valid_in);
+  const at::Tensor& logits = in.logits;
+  const int64_t B = in.B, h = in.h, w = in.w, H = in.H, W = in.W;
+  in.check_grad(grad_in);
   at::Tensor grad_logits = at::empty_like(logits);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "upsampled_mask_sums_backward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -178,8 +172,7 @@ at::Tensor sums_backward_cuda(const at::Tensor& grad_in, const at::Tensor& logit
     at::Tensor R = at::empty({B, H, w}, topt);
     if (R.numel() == 0) return;
     gather_x_kernel<scalar_t><<<(R.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), static_cast<const uint8_t*>(targets.data_ptr()),
-        valid.defined() ? static_cast<const uint8_t*>(valid.data_ptr()) : nullptr, g.data_ptr<T>(), B, h, w, H, W,
+        logits.data_ptr<scalar_t>(), in.target_data(), in.valid_data(), g.data_ptr<T>(), B, h, w, H, W,
         static_cast<float>(alpha), static_cast<float>(gamma), R.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     gather_y_kernel<scalar_t><<<(grad_logits.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
