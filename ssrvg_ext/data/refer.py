@@ -1,0 +1,123 @@
+"""Reader for the release format of RefCOCO / RefCOCO+ / RefCOCOg (and the embedded synthetic set).
+
+A dataset folder holds ``refs(<split_by>).p`` (a pickled list of refs: ref_id, ann_id, image_id,
+category_id, split, sentences[{tokens, raw, sent_id, sent}], ...) and the COCO ``instances.json``
+(images; annotations with xywh bbox and polygon or RLE segmentation). Images live in ``image_dir``
+(COCO train2014 for the real sets). :func:`load_refer` returns one canonical record per expression.
+
+The pickle is read with an unpickler that admits plain containers and scalars only: a pickle that
+asks for any class or function (which is how a malicious pickle runs code) is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+
+from pycocotools import mask as cocomask
+
+SPLIT_BY = {"refcoco": ("unc",), "refcoco+": ("unc",), "refcocog": ("umd", "google"), "synthetic": ("unc",)}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    pass
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, tuples, str, bytes, numbers, bool and None; refuses every global."""
+
+    def find_class(self, module, name):
+        raise UnsafePickleError(
+            f"refusing to load {module}.{name} from the refs pickle: only plain containers and scalars are allowed "
+            "(a pickle that references classes or functions can run code)")
+
+
+def load_refs_pickle(path: str) -> list:
+    with open(path, "rb") as f:
+        data = f.read()
+    refs = _PlainUnpickler(io.BytesIO(data), encoding="latin1").load()  # latin1: the originals are Python 2 pickles
+    if not isinstance(refs, list):
+        raise ValueError(f"{path}: expected a pickled list of refs, got {type(refs).__name__}")
+    return refs
+
+
+@dataclass
+class Record:
+    """One referring expression with everything needed to train and evaluate on it."""
+    image_path: str
+    image_id: int
+    orig_size: tuple[int, int]  # (H, W)
+    text: str
+    tokens: list[str]
+    box_xyxy: tuple[float, float, float, float]  # pixels, original image
+    rle: dict = field(repr=False)  # {"size": [H, W], "counts": bytes}, union of all parts
+    category_id: int = 0
+    ref_id: int = 0
+    ann_id: int = 0
+    sent_id: int = 0
+    split: str = ""
+
+
+def segmentation_to_rle(seg, h: int, w: int, where: str) -> dict:
+    """Polygon list, uncompressed or compressed RLE -> one compressed RLE (union of the parts)."""
+    if isinstance(seg, list):
+        if not seg:
+            raise ValueError(f"{where}: empty polygon list")
+        parts = cocomask.frPyObjects(seg, h, w)
+        return cocomask.merge(parts) if len(parts) > 1 else parts[0]
+    if isinstance(seg, dict) and "counts" in seg:
+        if list(seg.get("size", [])) != [h, w]:
+            raise ValueError(f"{where}: RLE size {seg.get('size')} differs from the image size {[h, w]}")
+        if isinstance(seg["counts"], list):
+            return cocomask.frPyObjects(seg, h, w)
+        counts = seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]
+        return {"size": [h, w], "counts": counts}
+    raise ValueError(f"{where}: unsupported segmentation of type {type(seg).__name__}")
+
+
+def load_refer(ann_dir: str, image_dir: str, split_by: str = "unc", splits: list[str] | None = None,
+               check_images: bool = True) -> list[Record]:
+    """Records of every expression in ``ann_dir`` (``refs(split_by).p`` + ``instances.json``) whose ref
+    split is in ``splits`` (all when None)."""
+    refs_path = os.path.join(ann_dir, f"refs({split_by}).p")
+    inst_path = os.path.join(ann_dir, "instances.json")
+    for p in (refs_path, inst_path):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"missing {p} (expected the RefCOCO release layout: refs(<split_by>).p and instances.json)")
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"image folder {image_dir} does not exist")
+    refs = load_refs_pickle(refs_path)
+    with open(inst_path) as f:
+        inst = json.load(f)
+    images = {im["id"]: im for im in inst["images"]}
+    anns = {a["id"]: a for a in inst["annotations"]}
+    known = sorted({r["split"] for r in refs})
+    if splits is not None:
+        unknown = sorted(set(splits) - set(known))
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown} in {refs_path}; it has {known}")
+    records = []
+    for r in refs:
+        if splits is not None and r["split"] not in splits:
+            continue
+        ann = anns.get(r["ann_id"])
+        if ann is None:
+            raise KeyError(f"ref {r['ref_id']}: annotation id {r['ann_id']} not found in {inst_path}")
+        im = images.get(r["image_id"])
+        if im is None:
+            raise KeyError(f"ref {r['ref_id']}: image id {r['image_id']} not found in {inst_path}")
+        path = os.path.join(image_dir, im["file_name"])
+        if check_images and not os.path.isfile(path):
+            raise FileNotFoundError(f"ref {r['ref_id']}: image file {path} is missing")
+        h, w = int(im["height"]), int(im["width"])
+        rle = segmentation_to_rle(ann["segmentation"], h, w, f"annotation {ann['id']}")
+        x, y, bw, bh = (float(v) for v in ann["bbox"])
+        for s in r["sentences"]:
+            text = s.get("sent") or s.get("raw", "")
+            records.append(Record(path, int(r["image_id"]), (h, w), text, list(s.get("tokens") or text.split()),
+                                  (x, y, x + bw, y + bh), rle, int(r.get("category_id", ann["category_id"])),
+                                  int(r["ref_id"]), int(r["ann_id"]), int(s["sent_id"]), r["split"]))
+    return records

@@ -1,0 +1,123 @@
+"""Training and evaluation transforms on one sample.
+
+A sample is a dict: ``image`` uint8 (3, H, W), ``box`` float (4,) xyxy pixels, ``mask`` uint8 (H, W),
+``text`` str. The final :class:`ResizePad` writes the model targets and the metadata that maps
+predictions back to the original image:
+  ``box_cxcywh``  normalised by the padded input side; ``mask`` at input resolution;
+  ``meta``: ``scale`` (input px per original px), ``valid`` (h, w) of the unpadded region,
+  ``orig_size`` (H, W), ``flipped``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import torch
+import torch.nn.functional as F
+
+_SWAP = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
+_SWAP_RE = re.compile(r"\b(" + "|".join(_SWAP) + r")\b", re.IGNORECASE)
+
+
+def swap_left_right(text: str) -> str:
+    """'left' <-> 'right' (and leftmost/rightmost) as whole words; keeps the case of the first letter."""
+    def repl(m):
+        w = _SWAP[m.group(0).lower()]
+        return w.capitalize() if m.group(0)[0].isupper() else w
+    return _SWAP_RE.sub(repl, text)
+
+
+class Compose:
+    def __init__(self, *ts):
+        self.ts = ts
+
+    def __call__(self, s: dict) -> dict:
+        for t in self.ts:
+            s = t(s)
+        return s
+
+
+class RandomHorizontalFlip:
+    """Mirror image, box and mask, and swap left/right words in the expression."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, s: dict) -> dict:
+        if random.random() >= self.p:
+            return s
+        w = s["image"].shape[-1]
+        x0, y0, x1, y1 = s["box"].tolist()
+        return dict(s, image=s["image"].flip(-1), mask=s["mask"].flip(-1), text=swap_left_right(s["text"]),
+                    box=torch.tensor([w - x1, y0, w - x0, y1]), flipped=not s.get("flipped", False))
+
+
+class PhotometricJitter:
+    """Brightness and contrast only: hue (and saturation) stay, since expressions name colours."""
+
+    def __init__(self, brightness: float = 0.25, contrast: float = 0.25):
+        self.b, self.c = brightness, contrast
+
+    def __call__(self, s: dict) -> dict:
+        img = s["image"].float()
+        img = img * random.uniform(1 - self.b, 1 + self.b)
+        mean = img.mean()
+        img = (img - mean) * random.uniform(1 - self.c, 1 + self.c) + mean
+        return dict(s, image=img.clamp(0, 255).round().to(torch.uint8))
+
+
+class RandomCropKeepBox:
+    """Crop a random window (at least ``min_frac`` of each side) that contains the whole box."""
+
+    def __init__(self, p: float = 0.5, min_frac: float = 0.6):
+        self.p, self.min_frac = p, min_frac
+
+    def __call__(self, s: dict) -> dict:
+        if random.random() >= self.p:
+            return s
+        h, w = s["image"].shape[-2:]
+        x0, y0, x1, y1 = s["box"].tolist()
+        cw = random.randint(max(int(w * self.min_frac), int(x1 - x0) + 1), w)
+        ch = random.randint(max(int(h * self.min_frac), int(y1 - y0) + 1), h)
+        left = random.randint(max(0, int(x1) - cw), min(int(x0), w - cw))
+        top = random.randint(max(0, int(y1) - ch), min(int(y0), h - ch))
+        box = torch.tensor([x0 - left, y0 - top, x1 - left, y1 - top])
+        return dict(s, image=s["image"][:, top:top + ch, left:left + cw], mask=s["mask"][top:top + ch, left:left + cw],
+                    box=box)
+
+
+class ResizePad:
+    """Resize the longer side to ``size`` and pad bottom/right to a ``size`` x ``size`` input."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+
+    def __call__(self, s: dict) -> dict:
+        h, w = s["image"].shape[-2:]
+        scale = self.size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        img = F.interpolate(s["image"][None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
+                            antialias=scale < 1)[0]
+        mask = F.interpolate(s["mask"][None, None].float(), size=(nh, nw), mode="nearest")[0, 0]
+        out_img = torch.zeros(3, self.size, self.size)
+        out_img[:, :nh, :nw] = img
+        out_mask = torch.zeros(self.size, self.size, dtype=torch.uint8)
+        out_mask[:nh, :nw] = mask.to(torch.uint8)
+        box = s["box"].float() * torch.tensor([nw / w, nh / h, nw / w, nh / h])
+        cxcywh = torch.stack([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]]) / self.size
+        meta = dict(s.get("meta", {}), scale=(nh / h, nw / w), valid=(nh, nw), input_size=self.size)
+        return dict(s, image=out_img.clamp(0, 255), mask=out_mask, box_cxcywh=cxcywh.clamp(0, 1), meta=meta)
+
+
+def build_transforms(train: bool, size: int, flip: bool = True, crop: bool = True, jitter: bool = True) -> Compose:
+    ts = []
+    if train:
+        if crop:
+            ts.append(RandomCropKeepBox())
+        if flip:
+            ts.append(RandomHorizontalFlip())
+        if jitter:
+            ts.append(PhotometricJitter())
+    ts.append(ResizePad(size))
+    return Compose(*ts)
