@@ -115,9 +115,17 @@ def test_kill_and_resume_matches_uninterrupted(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_processes_gloo_counts_every_sample_once(data, tmp_path):
     out = str(tmp_path / "ddp")
-    r = run_tool(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "tools/train.py",
+    r = run_tool(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                  f"--master_port={_free_port()}", "tools/train.py",
                   "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data), "train.epochs=1"],
                  timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]

@@ -18,7 +18,8 @@ import torch  # noqa: E402
 
 from ssrvg_ext.config import load_config  # noqa: E402
 from ssrvg_ext.engine import checkpoint, dist  # noqa: E402
-from ssrvg_ext.engine.loops import amp_setup, evaluate, load_records, make_loader, make_tokenizer  # noqa: E402
+from ssrvg_ext.engine.loops import (amp_setup, evaluate, load_records, make_dataset, make_loader,  # noqa: E402
+                                   make_tokenizer)
 from ssrvg_ext.models import build_model  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def run(ckpt_path, split, config=None, overrides=(), shuffle_text=False, out=Non
     model = build_model(cfg, vocab_size=tok.vocab_size)
     model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
     model.to(device)
-    _, loader, _ = make_loader(cfg, load_records(cfg, split, shuffle_text), tok, train=False)
+    loader, _ = make_loader(cfg, make_dataset(cfg, load_records(cfg, split, shuffle_text), train=False), tok, train=False)
     metrics, preds = evaluate(model, loader, device, amp_setup(cfg, device)[0], desc=f"eval {split}")
     if dist.is_main():
         print(json.dumps({"split": split, "shuffle_text": shuffle_text, **metrics}, indent=1))

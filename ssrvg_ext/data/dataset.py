@@ -12,18 +12,30 @@ from .refer import Record
 
 
 class RefDataset(Dataset):
-    """Loads image + expression + box + mask of one record and applies ``transform``."""
+    """Loads image + expression + box + mask of one record and applies ``transform``.
 
-    def __init__(self, records: list[Record], transform):
+    ``cache_images``: keep decoded images in memory (several expressions share an image, and small
+    datasets fit easily); each DataLoader worker keeps its own cache."""
+
+    def __init__(self, records: list[Record], transform, cache_images: bool = False):
         self.records, self.transform = records, transform
+        self.cache = {} if cache_images else None
 
     def __len__(self):
         return len(self.records)
 
+    def _image(self, path: str) -> torch.Tensor:
+        if self.cache is not None and path in self.cache:
+            return self.cache[path]
+        with Image.open(path) as im:
+            img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+        if self.cache is not None:
+            self.cache[path] = img
+        return img
+
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
-        with Image.open(r.image_path) as im:
-            img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+        img = self._image(r.image_path)
         if tuple(img.shape[-2:]) != tuple(r.orig_size):
             raise ValueError(f"{r.image_path}: size {tuple(img.shape[-2:])} differs from the annotation {r.orig_size}")
         mask = torch.from_numpy(cocomask.decode(r.rle))

@@ -55,16 +55,22 @@ def _seed_worker(_):
     np.random.seed(s)
 
 
-def make_loader(cfg: dict, records, tokenizer, train: bool, epoch_seed: int = 0):
-    d, t = cfg["data"], cfg["train"]
-    ds = RefDataset(records, build_transforms(train, d["input_size"], d.get("flip", True), d.get("crop", True),
-                                              d.get("jitter", True)))
+def make_dataset(cfg: dict, records, train: bool) -> RefDataset:
+    d = cfg["data"]
+    return RefDataset(records, build_transforms(train, d["input_size"], d.get("flip", True), d.get("crop", True),
+                                                d.get("jitter", True)), cache_images=d.get("cache_images", False))
+
+
+def make_loader(cfg: dict, ds: RefDataset, tokenizer, train: bool, epoch_seed: int = 0):
+    """A loader over ``ds`` (made once, so its image cache lives across epochs); the shuffling
+    generator is seeded by the epoch so that a resumed run sees the same order."""
+    t = cfg["train"]
     sampler = DistributedSampler(ds, shuffle=train, seed=t.get("seed", 0)) if dist.world_size() > 1 else None
     g = torch.Generator().manual_seed(t.get("seed", 0) * 1000 + epoch_seed)
     loader = DataLoader(ds, batch_size=t["batch_size"], shuffle=train and sampler is None, sampler=sampler,
                         num_workers=t.get("workers", 0), collate_fn=Collate(tokenizer), drop_last=train,
                         generator=g, worker_init_fn=_seed_worker, persistent_workers=False)
-    return ds, loader, sampler
+    return loader, sampler
 
 
 def to_device(batch: dict, device) -> dict:

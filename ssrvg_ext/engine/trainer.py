@@ -13,8 +13,8 @@ import yaml
 
 from ..models import build_criterion, build_model
 from . import checkpoint, dist
-from .loops import (EMA, amp_setup, evaluate, load_records, lr_factor, make_loader, make_tokenizer, param_groups,
-                    tokenizer_state, train_one_epoch, write_jsonl)
+from .loops import (EMA, amp_setup, evaluate, load_records, lr_factor, make_dataset, make_loader, make_tokenizer,
+                    param_groups, tokenizer_state, train_one_epoch, write_jsonl)
 
 
 def seed_all(seed: int):
@@ -73,11 +73,12 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    _, val_loader, _ = make_loader(cfg, val_recs, tok, train=False)
+    val_loader, _ = make_loader(cfg, make_dataset(cfg, val_recs, train=False), tok, train=False)
+    train_ds = make_dataset(cfg, train_recs, train=True)
     metrics = {}
     t_start = time.time()
     for epoch in range(start_epoch, t["epochs"]):
-        _, loader, sampler = make_loader(cfg, train_recs, tok, train=True, epoch_seed=epoch)
+        loader, sampler = make_loader(cfg, train_ds, tok, train=True, epoch_seed=epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
         step, train_stats = train_one_epoch(model, crit, loader, opt, sched, scaler, amp_dtype, t.get("clip"), epoch,
