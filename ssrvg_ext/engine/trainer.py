@@ -83,11 +83,13 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
             sampler.set_epoch(epoch)
         step, train_stats = train_one_epoch(model, crit, loader, opt, sched, scaler, amp_dtype, t.get("clip"), epoch,
                                             t["epochs"], device, log, ema, step, max_steps)
+        evaluated = {}
         if (epoch + 1) % t.get("eval_every", 1) == 0 or epoch + 1 == t["epochs"]:
-            metrics, _ = evaluate(model, val_loader, device, amp_dtype, desc=f"val {epoch + 1}")
+            evaluated, _ = evaluate(model, val_loader, device, amp_dtype, desc=f"val {epoch + 1}")
+            metrics = evaluated
         if dist.is_main():
             rec = {"epoch": epoch, "step": step, "time_s": round(time.time() - t_start, 1),
-                   **{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": v for k, v in metrics.items()}}
+                   **{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": v for k, v in evaluated.items()}}
             log(rec)
             if tb is not None:
                 for k, v in rec.items():
@@ -98,9 +100,9 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
                      "scaler": scaler.state_dict() if scaler is not None else None,
                      "ema": ema.state_dict() if ema is not None else None, "epoch": epoch, "step": step,
                      "rng": checkpoint.rng_state(), "config": cfg, "tokenizer": tokenizer_state(tok),
-                     "best": best, "metrics": metrics}
-            if metrics and score(metrics) > best:
-                best = state["best"] = score(metrics)
+                     "best": best, "metrics": evaluated}
+            if evaluated and score(evaluated) > best:
+                best = state["best"] = score(evaluated)
                 checkpoint.save_atomic(state, os.path.join(out_dir, "best.pth"))
             checkpoint.save_atomic(state, os.path.join(out_dir, "last.pth"))
         dist.barrier()
