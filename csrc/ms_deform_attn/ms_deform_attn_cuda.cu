@@ -217,36 +217,49 @@ at::Tensor levels_on(const std::vector<int64_t>& lv, const at::Tensor& like) {
 
 int64_t blocks(int64_t threads) { return (threads + kThreads - 1) / kThreads; }
 
-#define SSRVG_VEC_SWITCH(vec, ...)                                               \
-  switch (vec) {                                                                 \
-    case 8: { constexpr int VEC = 8; __VA_ARGS__; break; }                       \
-    case 4: { constexpr int VEC = 4; __VA_ARGS__; break; }                       \
-    case 2: { constexpr int VEC = 2; __VA_ARGS__; break; }                       \
-    default: { constexpr int VEC = 1; __VA_ARGS__; break; }                      \
+// Checked inputs on the device: value contiguous in its dtype, locations and weights in the math
+// type (float32, or float64 for float64 values), level table (H, W, start) on the device.
+struct Inputs {
+  at::Tensor value, loc, attn, levels;
+  at::ScalarType math_type;
+  Inputs(const at::Tensor& value_in, const at::Tensor& shapes, const at::Tensor& starts, const at::Tensor& loc_in,
+         const at::Tensor& attn_in) {
+    const std::vector<int64_t> lv = check_inputs(value_in, shapes, starts, loc_in, attn_in);
+    value = value_in.contiguous();
+    math_type = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    loc = loc_in.to(math_type).contiguous();
+    attn = attn_in.to(math_type).contiguous();
+    levels = levels_on(lv, value);
+  }
+};
+
+// geometry() picks vec = 16 bytes of scalar_t, or 1: instantiate exactly those two widths.
+#define SSRVG_VEC_SWITCH(vec, ...)                                           \
+  if ((vec) > 1) {                                                           \
+    constexpr int VEC = 16 / sizeof(scalar_t);                               \
+    __VA_ARGS__;                                                             \
+  } else {                                                                   \
+    constexpr int VEC = 1;                                                   \
+    __VA_ARGS__;                                                             \
   }
 
 at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes, const at::Tensor& starts,
                         const at::Tensor& loc_in, const at::Tensor& attn_in) {
-  const std::vector<int64_t> lv = check_inputs(value_in, shapes, starts, loc_in, attn_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor value = value_in.contiguous();
-  const auto mt = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor loc = loc_in.to(mt).contiguous(), attn = attn_in.to(mt).contiguous();
+  const Inputs in(value_in, shapes, starts, loc_in, attn_in);
+  const at::Tensor &value = in.value, &loc = in.loc, &attn = in.attn, &levels = in.levels;
   const Geometry g = geometry(value, loc, aligned16(value));
-  const at::Tensor levels = levels_on(lv, value);
   at::Tensor out = at::empty({g.N, g.Lq, g.M * g.D}, value.options());
   const int64_t threads = g.N * g.Lq * g.M * g.group;
   if (threads == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     SSRVG_VEC_SWITCH(g.vec, {
-      if constexpr (VEC * sizeof(scalar_t) <= 16) {
-        forward_kernel<scalar_t, VEC><<<blocks(threads), kThreads, 0, stream>>>(
-            value.data_ptr<scalar_t>(), levels.data_ptr<int64_t>(), loc.data_ptr<T>(), attn.data_ptr<T>(), g,
-            out.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
+      forward_kernel<scalar_t, VEC><<<blocks(threads), kThreads, 0, stream>>>(
+          value.data_ptr<scalar_t>(), levels.data_ptr<int64_t>(), loc.data_ptr<T>(), attn.data_ptr<T>(), g,
+          out.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return out;
@@ -255,18 +268,16 @@ at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& value_in,
                                                              const at::Tensor& shapes, const at::Tensor& starts,
                                                              const at::Tensor& loc_in, const at::Tensor& attn_in) {
-  const std::vector<int64_t> lv = check_inputs(value_in, shapes, starts, loc_in, attn_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor value = value_in.contiguous();
-  const auto mt = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor loc = loc_in.to(mt).contiguous(), attn = attn_in.to(mt).contiguous();
+  const Inputs in(value_in, shapes, starts, loc_in, attn_in);
+  const at::Tensor &value = in.value, &loc = in.loc, &attn = in.attn, &levels = in.levels;
+  const auto mt = in.math_type;
   const at::Tensor grad_out = grad_out_in.to(value.scalar_type()).contiguous();
   TORCH_CHECK_VALUE(grad_out.dim() == 3 && grad_out.size(0) == value.size(0) && grad_out.size(1) == loc.size(1) &&
                         grad_out.size(2) == value.size(2) * value.size(3),
                     "grad_output must have shape (N, Lq, M*D); got ", grad_out.sizes());
   const Geometry g = geometry(value, loc, aligned16(value) && aligned16(grad_out));
-  const at::Tensor levels = levels_on(lv, value);
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   at::Tensor grad_loc = at::zeros(loc.sizes(), loc.options());
   at::Tensor grad_attn = at::zeros(attn.sizes(), attn.options());
@@ -277,19 +288,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
     using T = at::opmath_type<scalar_t>;
     if (threads > 0) {
       SSRVG_VEC_SWITCH(g.vec, {
-        if constexpr (VEC * sizeof(scalar_t) <= 16) {
-          if (deterministic) {
-            backward_kernel<scalar_t, VEC, false><<<blocks(threads), kThreads, 0, stream>>>(
-                value.data_ptr<scalar_t>(), levels.data_ptr<int64_t>(), loc.data_ptr<T>(), attn.data_ptr<T>(),
-                grad_out.data_ptr<scalar_t>(), g, nullptr, grad_loc.data_ptr<T>(), grad_attn.data_ptr<T>());
-          } else {
-            backward_kernel<scalar_t, VEC, true><<<blocks(threads), kThreads, 0, stream>>>(
-                value.data_ptr<scalar_t>(), levels.data_ptr<int64_t>(), loc.data_ptr<T>(), attn.data_ptr<T>(),
-                grad_out.data_ptr<scalar_t>(), g, grad_value_acc.data_ptr<T>(), grad_loc.data_ptr<T>(),
-                grad_attn.data_ptr<T>());
-          }
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (deterministic) {
+          backward_kernel<scalar_t, VEC, false><<<blocks(threads), kThreads, 0, stream>>>(
+              value.data_ptr<scalar_t>(), levels.data_ptr<int64_t>(), loc.data_ptr<T>(), attn.data_ptr<T>(),
+              grad_out.data_ptr<scalar_t>(), g, nullptr, grad_loc.data_ptr<T>(), grad_attn.data_ptr<T>());
+        } else {
+          backward_kernel<scalar_t, VEC, true><<<blocks(threads), kThreads, 0, stream>>>(
+              value.data_ptr<scalar_t>(), levels.data_ptr<int64_t>(), loc.data_ptr<T>(), attn.data_ptr<T>(),
+              grad_out.data_ptr<scalar_t>(), g, grad_value_acc.data_ptr<T>(), grad_loc.data_ptr<T>(),
+              grad_attn.data_ptr<T>());
         }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
     if (!deterministic) {
