@@ -111,12 +111,23 @@ def test_every_expression_refers_to_exactly_one_object(synth):
     assert kinds == {"rel", "ord", "attr"}
 
 
-def test_generation_is_deterministic(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    generate(str(a), num_images=5, seed=3)
-    generate(str(b), num_images=5, seed=3)
-    assert (a / "refs(unc).p").read_bytes() == (b / "refs(unc).p").read_bytes()
-    assert (a / "instances.json").read_bytes() == (b / "instances.json").read_bytes()
+def test_generation_is_deterministic_for_any_number_of_processes(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate(str(a), num_images=9, seed=3, workers=1)
+    generate(str(b), num_images=9, seed=3, workers=2)
+    generate(str(c), num_images=9, seed=4, workers=2)
+    for name in ("refs(unc).p", "instances.json", "images/synth_000009.jpg"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert (a / "instances.json").read_bytes() != (c / "instances.json").read_bytes()
+
+
+def test_split_sizes():
+    from ssrvg_ext.data.synthetic import split_sizes
+
+    assert split_sizes(6000) == {"train": 5700, "val": 100, "testA": 100, "testB": 100}
+    assert split_sizes(1500) == {"train": 1200, "val": 100, "testA": 100, "testB": 100}
+    assert split_sizes(60) == {"train": 48, "val": 4, "testA": 4, "testB": 4}
+    assert split_sizes(300, eval_images=7) == {"train": 279, "val": 7, "testA": 7, "testB": 7}
 
 
 # ---- safety and errors ----

@@ -1,6 +1,9 @@
 """Generate the embedded synthetic referring-expression dataset in RefCOCO's release format.
 
-    python tools/make_synthetic.py --out data/synthetic [--images 1500] [--seed 0]
+    python tools/make_synthetic.py --out data/synthetic [--images 3000] [--eval-images 100] [--seed 0] [--workers N]
+
+val, testA and testB get 1/15 of the images each, at most --eval-images; the rest is train. Images are
+made by --workers processes (default: one per core); the output does not depend on their number.
 """
 
 import argparse
@@ -19,12 +22,15 @@ from ssrvg_ext.data.synthetic import generate  # noqa: E402
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--images", type=int, default=1500)
+    p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--eval-images", type=int, default=100, help="images per held-out split, at most")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
     args = p.parse_args()
     t0 = time.perf_counter()
     bar = tqdm(total=args.images, desc="scenes", unit="img", disable=None)
-    stats = generate(args.out, num_images=args.images, seed=args.seed, progress=lambda i, n: bar.update(1))
+    stats = generate(args.out, num_images=args.images, seed=args.seed, eval_images=args.eval_images,
+                     workers=args.workers, progress=lambda i, n: bar.update(1))
     bar.close()
     print(f"wrote {stats['expressions']} expressions ({stats['refs']} referred objects, {stats['objects']} objects, "
           f"{stats['images']} images) to {args.out} in {time.perf_counter() - t0:.1f} s")

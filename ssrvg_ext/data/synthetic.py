@@ -13,7 +13,10 @@ result is its target). Files written, exactly as RefCOCO ships them:
 
 Splits: train / val / testA (same expression distribution as train) / testB, which holds expression
 forms that are rare in train (ordinals counted from the bottom or right, "third", and relations
-"below"), so it measures generalisation. Deterministic by seed.
+"below"), so it measures generalisation. Each held-out split gets 1/15 of the images, at most
+``eval_images`` (100: about 400 expressions), so more images grow only the training split.
+Deterministic by seed: every image has its own random streams, so images are made in parallel
+processes and the files do not depend on how many.
 """
 
 from __future__ import annotations
@@ -70,14 +73,16 @@ def _holds(a: Obj, rel: str, b: Obj) -> bool:
             "above": a.cy < b.cy - MARGIN, "below": a.cy > b.cy + MARGIN}[rel]
 
 
-def resolve(prog: dict, objs: list[Obj]) -> list[int]:
-    """Indices of the objects an expression program refers to (the checker)."""
-    cands = [i for i, o in enumerate(objs) if _matches(o, prog["desc"])]
+def resolve(prog: dict, objs: list[Obj], matching=None) -> list[int]:
+    """Indices of the objects an expression program refers to (the checker). ``matching(desc)``, if
+    given, returns the indices of the objects a description matches (a cache; see candidate_programs)."""
+    matching = matching or (lambda desc: [i for i, o in enumerate(objs) if _matches(o, desc)])
+    cands = matching(prog["desc"])
     kind = prog["kind"]
     if kind == "attr":
         return cands
     if kind == "rel":
-        lms = [j for j, o in enumerate(objs) if _matches(o, prog["landmark"])]
+        lms = matching(prog["landmark"])
         if len(lms) != 1:
             return []  # the landmark itself must be unambiguous
         return [i for i in cands if i != lms[0] and _holds(objs[i], prog["rel"], objs[lms[0]])]
@@ -117,6 +122,14 @@ def _descs(o: Obj) -> list[dict]:
 
 def candidate_programs(t: int, objs: list[Obj], rare: bool) -> list[dict]:
     """All expression programs of a few forms that resolve to exactly object t."""
+    cache = {}
+
+    def matching(desc):
+        key = tuple(sorted(desc.items()))
+        if key not in cache:
+            cache[key] = [i for i, o in enumerate(objs) if _matches(o, desc)]
+        return cache[key]
+
     o, progs = objs[t], []
     for d in _descs(o):
         progs.append({"kind": "attr", "desc": d})
@@ -125,10 +138,11 @@ def candidate_programs(t: int, objs: list[Obj], rare: bool) -> list[dict]:
                 progs.append({"kind": "ordinal", "desc": d, "side": side, "ordinal": ordn})
         for j, lm in enumerate(objs):
             if j != t:
-                for rel in RELATIONS:
-                    for ld in _descs(lm)[:2]:
-                        progs.append({"kind": "rel", "desc": d, "rel": rel, "landmark": ld})
-    out = [p for p in progs if resolve(p, objs) == [t]]
+                for ld in _descs(lm)[:2]:
+                    if matching(ld) == [j]:  # only unambiguous landmarks can resolve
+                        for rel in RELATIONS:
+                            progs.append({"kind": "rel", "desc": d, "rel": rel, "landmark": ld})
+    out = [p for p in progs if resolve(p, objs, matching) == [t]]
     return [p for p in out if is_rare(p) == rare] or (out if not rare else [])
 
 
@@ -168,10 +182,13 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     low = rng.uniform(60, 190, size=(4, 4, 3)).astype(np.uint8)
     img = np.asarray(Image.fromarray(low).resize((w, h), Image.BILINEAR), dtype=np.float32)
     img = img.mean(-1, keepdims=True) * 0.7 + img * 0.3  # mostly grey, so shape colours stand out
-    yy, xx = np.mgrid[0:h, 0:w]
     f, ang = rng.uniform(0.15, 0.5), rng.uniform(0, math.pi)
-    stripes = 12 * np.sin(f * (xx * math.cos(ang) + yy * math.sin(ang)))[..., None]
-    return np.clip(img + stripes + rng.normal(0, 6, size=(h, w, 1)), 0, 255)
+    # stripes sin(a x + b y) = sin(a x) cos(b y) + cos(a x) sin(b y): outer products of 1-d rows
+    ax = f * math.cos(ang) * np.arange(w, dtype=np.float32)
+    by = f * math.sin(ang) * np.arange(h, dtype=np.float32)
+    stripes = 12 * (np.cos(by)[:, None] * np.sin(ax)[None, :] + np.sin(by)[:, None] * np.cos(ax)[None, :])
+    noise = rng.standard_normal((h, w), dtype=np.float32) * 6
+    return np.clip(img + (stripes + noise)[..., None], 0, 255)
 
 
 def make_scene(rng: np.random.Generator, h: int, w: int, n_objects: int) -> tuple[np.ndarray, list[Obj]]:
@@ -203,72 +220,98 @@ def make_scene(rng: np.random.Generator, h: int, w: int, n_objects: int) -> tupl
 
 # ---------------------------------------------------------------------------------------------
 # Writing the release format
-SPLIT_FRACTIONS = (("train", 0.8), ("val", 0.0667), ("testA", 0.0667), ("testB", 0.0666))
+HELD_OUT = ("val", "testA", "testB")
 
 
-def _split_of(k: int, n: int) -> str:
-    acc = 0.0
-    for name, frac in SPLIT_FRACTIONS:
-        acc += frac
-        if k < round(acc * n):
-            return name
-    return SPLIT_FRACTIONS[-1][0]
+def split_sizes(num_images: int, eval_images: int = 100) -> dict:
+    """Images per split: each held-out split gets 1/15 of the images, at most ``eval_images``; the
+    rest is train (so a bigger dataset grows the training split, not the evaluation time)."""
+    k = min(eval_images, round(num_images / 15))
+    return {"train": num_images - 3 * k, **{s: k for s in HELD_OUT}}
 
 
-def generate(out: str, num_images: int = 1500, seed: int = 0, refs_per_image: int = 2, sents_per_ref: int = 2,
-             min_size: int = 176, max_size: int = 256, progress=None) -> dict:
-    """Writes the dataset; returns counts. ``progress(i, n)`` is called after each image."""
+def _image_job(args) -> dict:
+    """Scene, picture and expressions of image k; its own random streams make it independent of
+    the other images (so images can be made in any order, by any number of processes)."""
+    out, k, seed, split, refs_per_image, sents_per_ref, min_size, max_size = args
+    rng, pyrng = np.random.default_rng([seed, k]), random.Random(seed * 1_000_003 + k)
+    h, w = int(rng.integers(min_size, max_size + 1)), int(rng.integers(min_size, max_size + 1))
+    img, objs = make_scene(rng, h, w, int(rng.integers(4, 7)))
+    fname = f"synth_{k + 1:06d}.jpg"
+    Image.fromarray(img).save(os.path.join(out, "images", fname), quality=92)
+    objects = []
+    for o in objs:
+        if o.polygon is not None:
+            seg = [o.polygon]
+        else:
+            rle = cocomask.encode(np.asfortranarray(o.mask))
+            seg = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+        x0, y0, x1, y1 = o.box
+        objects.append({"shape": o.shape, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(o.mask.sum()),
+                        "segmentation": seg, "attributes": {"color": o.color, "size": o.size, "center": [o.cx, o.cy]}})
+    # rare forms: mostly for testB, occasionally in train (so they are rare, not absent)
+    want_rare = split == "testB" and pyrng.random() < 0.7 or split == "train" and pyrng.random() < 0.04
+    refs = []
+    for t in pyrng.sample(range(len(objs)), min(refs_per_image, len(objs))):
+        progs = candidate_programs(t, objs, rare=want_rare) or candidate_programs(t, objs, rare=False)
+        if progs:
+            refs.append((t, [render(p) for p in pyrng.sample(progs, min(sents_per_ref, len(progs)))]))
+    return {"file_name": fname, "height": h, "width": w, "objects": objects, "refs": refs}
+
+
+def generate(out: str, num_images: int = 3000, seed: int = 0, refs_per_image: int = 2, sents_per_ref: int = 2,
+             min_size: int = 176, max_size: int = 256, eval_images: int = 100, workers: int | None = None,
+             progress=None) -> dict:
+    """Writes the dataset; returns counts. ``progress(i, n)`` is called after each image. The output
+    depends only on the arguments other than ``workers`` (processes; default: one per CPU core)."""
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
-    rng, pyrng = np.random.default_rng(seed), random.Random(seed)
-    images, anns, refs = [], [], []
+    order = list(range(num_images))
+    random.Random(seed).shuffle(order)
+    sizes, split_of_image, pos = split_sizes(num_images, eval_images), {}, 0
+    for name in (*HELD_OUT, "train"):
+        for img_k in order[pos:pos + sizes[name]]:
+            split_of_image[img_k] = name
+        pos += sizes[name]
+    jobs = [(out, k, seed, split_of_image[k], refs_per_image, sents_per_ref, min_size, max_size)
+            for k in range(num_images)]
+    workers = min(workers or os.cpu_count() or 1, num_images)
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers)
+        results = pool.imap(_image_job, jobs, chunksize=8)
+    else:
+        pool, results = None, map(_image_job, jobs)
     cats = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
     cat_id = {s: i + 1 for i, s in enumerate(SHAPES)}
-    order = list(range(num_images))
-    pyrng.shuffle(order)
-    split_of_image = {img_k: _split_of(pos, num_images) for pos, img_k in enumerate(order)}
-    ann_id = ref_id = sent_id = 0
-    n_sents = 0
-    for k in range(num_images):
-        split = split_of_image[k]
-        h, w = int(rng.integers(min_size, max_size + 1)), int(rng.integers(min_size, max_size + 1))
-        img, objs = make_scene(rng, h, w, int(rng.integers(4, 7)))
-        image_id = k + 1
-        fname = f"synth_{image_id:06d}.jpg"
-        Image.fromarray(img).save(os.path.join(out, "images", fname), quality=92)
-        images.append({"id": image_id, "file_name": fname, "height": h, "width": w})
-        ids = []
-        for o in objs:
-            ann_id += 1
-            ids.append(ann_id)
-            if o.polygon is not None:
-                seg = [o.polygon]
-            else:
-                rle = cocomask.encode(np.asfortranarray(o.mask))
-                seg = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
-            x0, y0, x1, y1 = o.box
-            anns.append({"id": ann_id, "image_id": image_id, "category_id": cat_id[o.shape], "iscrowd": 0,
-                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(o.mask.sum()), "segmentation": seg,
-                         "attributes": {"color": o.color, "size": o.size, "center": [o.cx, o.cy]}})
-        # rare forms: mostly for testB, occasionally in train (so they are rare, not absent)
-        want_rare = split == "testB" and pyrng.random() < 0.7 or split == "train" and pyrng.random() < 0.04
-        targets = pyrng.sample(range(len(objs)), min(refs_per_image, len(objs)))
-        for t in targets:
-            progs = candidate_programs(t, objs, rare=want_rare) or candidate_programs(t, objs, rare=False)
-            if not progs:
-                continue
-            chosen = pyrng.sample(progs, min(sents_per_ref, len(progs)))
-            ref_id += 1
-            sents = []
-            for prog in chosen:
-                sent_id += 1
-                text = render(prog)
-                sents.append({"tokens": text.split(), "raw": text, "sent_id": sent_id, "sent": text})
-            n_sents += len(sents)
-            refs.append({"ref_id": ref_id, "ann_id": ids[t], "image_id": image_id, "category_id": cat_id[objs[t].shape],
-                         "split": split, "sent_ids": [s["sent_id"] for s in sents], "sentences": sents,
-                         "file_name": f"synth_{image_id:06d}_{ids[t]}.jpg"})
-        if progress:
-            progress(k + 1, num_images)
+    images, anns, refs = [], [], []
+    ann_id = ref_id = sent_id = n_sents = 0
+    try:
+        for k, r in enumerate(results):
+            image_id = k + 1
+            images.append({"id": image_id, "file_name": r["file_name"], "height": r["height"], "width": r["width"]})
+            ids = []
+            for o in r["objects"]:
+                ann_id += 1
+                ids.append(ann_id)
+                anns.append({"id": ann_id, "image_id": image_id, "category_id": cat_id[o["shape"]], "iscrowd": 0,
+                             **{key: o[key] for key in ("bbox", "area", "segmentation", "attributes")}})
+            for t, texts in r["refs"]:
+                ref_id += 1
+                sents = []
+                for text in texts:
+                    sent_id += 1
+                    sents.append({"tokens": text.split(), "raw": text, "sent_id": sent_id, "sent": text})
+                n_sents += len(sents)
+                refs.append({"ref_id": ref_id, "ann_id": ids[t], "image_id": image_id,
+                             "category_id": cat_id[r["objects"][t]["shape"]], "split": split_of_image[k],
+                             "sent_ids": [s["sent_id"] for s in sents], "sentences": sents,
+                             "file_name": f"synth_{image_id:06d}_{ids[t]}.jpg"})
+            if progress:
+                progress(k + 1, num_images)
+    finally:
+        if pool is not None:
+            pool.terminate()
     with open(os.path.join(out, "instances.json"), "w") as f:
         json.dump({"images": images, "annotations": anns, "categories": cats}, f)
     with open(os.path.join(out, "refs(unc).p"), "wb") as f:
