@@ -27,6 +27,8 @@ def batch_for(cfg, b=4, t=9, vocab=40, seed=0):
 SWITCHES = {
     "tiny": {},
     "spectrum_fusion": {"model": {"fusion": {"spectrum": True}}},
+    "global_attn_on": {"model": {"fusion": {"global_attn": True}}},
+    "global_attn_off": {"model": {"fusion": {"global_attn": False}}},
     "box_to_mask": {"loss": {"box_to_mask": True}},
     "focal_mask_loss": {"loss": {"mask": {"dice": 1.0, "focal": 5.0}}},
     "no_mask_queries": {"model": {"decoder": {"mask_queries": 0}}},

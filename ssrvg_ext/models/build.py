@@ -20,7 +20,8 @@ def build_model(cfg: dict, vocab_size: int | None = None) -> SSRVG:
                         timm_kwargs=b.get("kwargs"))
     text = TextEncoder(d, t.get("name_or_path"), vocab_size or t.get("vocab_size", 1000), t.get("hidden", 128),
                        t.get("layers", 2), t.get("heads", 2), cfg.get("data", {}).get("max_len", 32), t.get("freeze", False))
-    fusion = FusionEncoder(d, f["layers"], f["heads"], levels, f["points"], f["ffn"], f.get("spectrum", False))
+    fusion = FusionEncoder(d, f["layers"], f["heads"], levels, f["points"], f["ffn"], f.get("spectrum", False),
+                           f.get("global_attn", False))
     use_prop = m.get("proposals", True)
     decoder = QueryDecoder(d, q["layers"], q["heads"], levels, q["points"], q["ffn"], q.get("mask_queries", 0), use_prop)
     return SSRVG(backbone, text, fusion, decoder, PixelDecoder(d, mask_dim, levels), MaskHead(d, mask_dim), d, levels,

@@ -1,5 +1,7 @@
-"""Cross-modal fusion encoder: words <-> pixels attention, then language-conditioned multi-scale
-deformable self-attention over all levels. Optional SgMg-style spectrum guidance: a float32 FFT
+"""Cross-modal fusion encoder: words <-> pixels attention, optionally global self-attention among all
+pixel tokens (every token sees every other: what relations and ordinals -- "the second square from
+the top" -- need on small inputs), then language-conditioned multi-scale deformable self-attention
+over all levels. Optional SgMg-style spectrum guidance: a float32 FFT
 low-pass of each level, added back through a sentence-conditioned gate."""
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ class SpectrumGuide(nn.Module):
 
 
 class FusionLayer(nn.Module):
-    def __init__(self, d: int, heads: int, levels: int, points: int, ffn: int):
+    def __init__(self, d: int, heads: int, levels: int, points: int, ffn: int, global_attn: bool = False):
         super().__init__()
         self.pix2word = nn.MultiheadAttention(d, heads, batch_first=True)
         self.word2pix = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.global_attn = nn.MultiheadAttention(d, heads, batch_first=True) if global_attn else None
+        self.global_norm = nn.LayerNorm(d) if global_attn else None
         self.deform = MSDeformAttn(d, levels, heads, points, d_lang=d)
         self.ffn = MLP(d, ffn, d)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(4))
@@ -42,15 +46,19 @@ class FusionLayer(nn.Module):
         n1, n2, n3, n4 = self.norms
         q = pix + pos
         pix = n1(pix + self.pix2word(q, words, words, key_padding_mask=word_pad, need_weights=False)[0])
+        if self.global_attn is not None:
+            q = pix + pos
+            pix = self.global_norm(pix + self.global_attn(q, q, pix, key_padding_mask=pix_pad, need_weights=False)[0])
         words = n2(words + self.word2pix(words, pix + pos, pix, key_padding_mask=pix_pad, need_weights=False)[0])
         pix = n3(pix + self.deform(pix + pos, ref, pix, shapes, starts, pix_pad, lang=words, lang_mask=word_pad))
         return n4(pix + self.ffn(pix)), words
 
 
 class FusionEncoder(nn.Module):
-    def __init__(self, d: int, layers: int, heads: int, levels: int, points: int, ffn: int, spectrum: bool = False):
+    def __init__(self, d: int, layers: int, heads: int, levels: int, points: int, ffn: int, spectrum: bool = False,
+                 global_attn: bool = False):
         super().__init__()
-        self.layers = nn.ModuleList(FusionLayer(d, heads, levels, points, ffn) for _ in range(layers))
+        self.layers = nn.ModuleList(FusionLayer(d, heads, levels, points, ffn, global_attn) for _ in range(layers))
         self.spectrum = SpectrumGuide(d) if spectrum else None
 
     def forward(self, maps: list[torch.Tensor], pos: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor,
