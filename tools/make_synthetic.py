@@ -1,6 +1,6 @@
 """Generate the embedded synthetic referring-expression dataset in RefCOCO's release format.
 
-    python tools/make_synthetic.py --out data/synthetic [--images 3000] [--eval-images 100] [--seed 0] [--workers N]
+    python tools/make_synthetic.py --out data/synthetic [--images 1500] [--eval-images 100] [--seed 0] [--workers N]
 
 val, testA and testB get 1/15 of the images each, at most --eval-images; the rest is train. Images are
 made by --workers processes (default: one per core); the output does not depend on their number.
@@ -22,7 +22,7 @@ from ssrvg_ext.data.synthetic import generate  # noqa: E402
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--images", type=int, default=1500)
     p.add_argument("--eval-images", type=int, default=100, help="images per held-out split, at most")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")

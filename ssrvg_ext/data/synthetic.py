@@ -259,7 +259,7 @@ def _image_job(args) -> dict:
     return {"file_name": fname, "height": h, "width": w, "objects": objects, "refs": refs}
 
 
-def generate(out: str, num_images: int = 3000, seed: int = 0, refs_per_image: int = 2, sents_per_ref: int = 2,
+def generate(out: str, num_images: int = 1500, seed: int = 0, refs_per_image: int = 2, sents_per_ref: int = 2,
              min_size: int = 176, max_size: int = 256, eval_images: int = 100, workers: int | None = None,
              progress=None) -> dict:
     """Writes the dataset; returns counts. ``progress(i, n)`` is called after each image. The output
