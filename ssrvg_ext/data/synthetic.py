@@ -73,10 +73,23 @@ def _holds(a: Obj, rel: str, b: Obj) -> bool:
             "above": a.cy < b.cy - MARGIN, "below": a.cy > b.cy + MARGIN}[rel]
 
 
+def _matcher(objs: list[Obj]):
+    """desc -> indices of the objects it matches, remembered per description."""
+    cache = {}
+
+    def matching(desc: dict) -> list[int]:
+        key = tuple(sorted(desc.items()))
+        if key not in cache:
+            cache[key] = [i for i, o in enumerate(objs) if _matches(o, desc)]
+        return cache[key]
+
+    return matching
+
+
 def resolve(prog: dict, objs: list[Obj], matching=None) -> list[int]:
-    """Indices of the objects an expression program refers to (the checker). ``matching(desc)``, if
-    given, returns the indices of the objects a description matches (a cache; see candidate_programs)."""
-    matching = matching or (lambda desc: [i for i, o in enumerate(objs) if _matches(o, desc)])
+    """Indices of the objects an expression program refers to (the checker). ``matching``: a
+    :func:`_matcher` of ``objs`` to share between many programs on one scene."""
+    matching = matching or _matcher(objs)
     cands = matching(prog["desc"])
     kind = prog["kind"]
     if kind == "attr":
@@ -122,14 +135,7 @@ def _descs(o: Obj) -> list[dict]:
 
 def candidate_programs(t: int, objs: list[Obj], rare: bool) -> list[dict]:
     """All expression programs of a few forms that resolve to exactly object t."""
-    cache = {}
-
-    def matching(desc):
-        key = tuple(sorted(desc.items()))
-        if key not in cache:
-            cache[key] = [i for i, o in enumerate(objs) if _matches(o, desc)]
-        return cache[key]
-
+    matching = _matcher(objs)
     o, progs = objs[t], []
     for d in _descs(o):
         progs.append({"kind": "attr", "desc": d})
