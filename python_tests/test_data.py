@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ssrvg_ext.data import (Collate, RefDataset, WordTokenizer, build_transforms, load_refer, load_refs_pickle,
                             swap_left_right)
-from ssrvg_ext.data.refer import UnsafePickleError
-from ssrvg_ext.data.synthetic import generate
+from ssrvg_ext.data.refer import UnsafePickleError, load_instance_labels
+from ssrvg_ext.data.synthetic import COLORS, SHAPES, generate
 from ssrvg_ext.data.transforms import RandomHorizontalFlip, ResizePad
 
 
@@ -226,6 +226,36 @@ def test_training_transforms_keep_the_object(synth):
         assert s["mask"].sum() > 0
         cx, cy, bw, bh = s["box_cxcywh"].tolist()
         assert 0 <= cx <= 1 and 0 <= cy <= 1 and bw > 0 and bh > 0
+
+
+def test_instance_labels_follow_every_transform(synth):
+    """The instance map moves exactly like the mask: under the target's mask (crop, flip, resize
+    applied) every pixel names the target object, whose labels are its annotated ones."""
+    out, _ = synth
+    labels = load_instance_labels(out, ["category", "color", "size"])
+    assert labels.classes["category"] == sorted(SHAPES) and labels.classes["size"] == ["big", "small"]
+    assert labels.classes["color"] == sorted(COLORS)
+    with open(os.path.join(out, "instances.json")) as f:
+        inst = json.load(f)
+    anns = {a["id"]: a for a in inst["annotations"]}
+    cats = {c["id"]: c["name"] for c in inst["categories"]}
+    recs = load_refer(out, os.path.join(out, "images"), splits=["train"])[:40]
+    tok = WordTokenizer.train([r.text for r in recs])
+    for train in (True, False):
+        ds = RefDataset(recs, build_transforms(train, 96), cache_images=train, instances=labels)
+        b = Collate(tok)([ds[i] for i in range(len(ds))])
+        assert b["instances"].shape == (len(ds), 96, 96) and b["inst_labels"].shape[-1] == 3
+        for i, r in enumerate(recs):
+            under = b["instances"][i][b["masks"][i].bool()].long()
+            assert len(under) and (under == under[0]).all()
+            got = b["inst_labels"][i, under[0]].tolist()
+            a = anns[r.ann_id]
+            want = [sorted(SHAPES).index(cats[a["category_id"]]) + 1, sorted(COLORS).index(a["attributes"]["color"]) + 1,
+                    ["big", "small"].index(a["attributes"]["size"]) + 1]
+            assert got == want, (r.text, got, want)
+            assert (b["inst_labels"][i, 0] == 0).all()  # background row
+    with pytest.raises(ValueError, match="no annotation has a categorical label"):
+        load_instance_labels(out, ["center"])  # a continuous attribute is not a class label
 
 
 # ---- tokenizer and batching ----

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from pycocotools import mask as cocomask
 
 from ssrvg_ext.config import load_config
@@ -75,8 +76,13 @@ def test_train_eval_demo_end_to_end(data, tmp_path):
     logs = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
     epoch_rec = [x for x in logs if "val_Acc@0.5" in x]
     assert epoch_rec and 0 <= epoch_rec[-1]["val_mIoU"] <= 1
+    assert "train_attr" in epoch_rec[-1]  # the dense object-label loss is on in the tiny preset
+    saved = yaml.safe_load(open(os.path.join(out, "config.yaml")))
+    assert saved["model"]["aux_classes"]["category"] == ["circle", "diamond", "square", "star", "triangle"]
+    # an explicit --config has no label classes: eval keeps the checkpoint's, so the weights load
     r = run_tool(["tools/eval.py", "--checkpoint", os.path.join(out, "last.pth"), "--split", "testB",
-                  "--out", str(tmp_path / "ev.json")], timeout=600)
+                  "--config", "configs/tiny_synthetic.yaml", "--out", str(tmp_path / "ev.json"), *overrides(data)],
+                 timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.load(open(tmp_path / "ev.json"))
     assert ev["metrics"]["n"] == len(ev["predictions"]) > 0

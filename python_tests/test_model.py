@@ -21,7 +21,10 @@ def batch_for(cfg, b=4, t=9, vocab=40, seed=0):
     boxes = torch.cat([torch.rand(b, 2, generator=g) * 0.4 + 0.3, torch.rand(b, 2, generator=g) * 0.3 + 0.1], 1)
     return {"images": torch.randn(b, 3, s, s, generator=g), "text_ids": torch.randint(4, vocab, (b, t), generator=g),
             "text_mask": mask, "boxes": boxes, "masks": (torch.rand(b, s, s, generator=g) < 0.3).to(torch.uint8),
-            "meta": [{"valid": v, "input_size": s, "scale": (1.0, 1.0), "orig_size": v} for v in valid]}
+            "meta": [{"valid": v, "input_size": s, "scale": (1.0, 1.0), "orig_size": v} for v in valid],
+            **({"instances": torch.randint(0, 4, (b, s, s), generator=g).to(torch.uint8),
+                "inst_labels": torch.cat([torch.zeros(b, 1, 2, dtype=torch.long), torch.randint(1, 3, (b, 3, 2), generator=g)], 1)}
+               if cfg["model"].get("aux_classes") else {})}
 
 
 SWITCHES = {
@@ -33,6 +36,7 @@ SWITCHES = {
     "focal_mask_loss": {"loss": {"mask": {"dice": 1.0, "focal": 5.0}}},
     "no_mask_queries": {"model": {"decoder": {"mask_queries": 0}}},
     "no_proposals": {"model": {"proposals": False}},
+    "object_labels": {"model": {"aux_classes": {"category": ["a", "b"], "color": ["x", "y", "z"]}}},
 }
 
 
@@ -51,6 +55,27 @@ def test_forward_backward_every_switch(name):
     losses["total"].backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, f"parameters without a gradient: {unused}"
+
+
+def test_object_label_loss_by_hand():
+    """Token centres read the instance map; cross-entropy per label, object and background tokens
+    averaged apart and weighted half each, averaged over the labels; unknown labels are skipped."""
+    from ssrvg_ext.models.criterion import Criterion
+
+    crit = Criterion(attr_classes=[3, 2])
+    logits = torch.randn(1, 3, 5)
+    inst = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    inst[0, :4, :4] = 1  # object 1 fills the top-left quadrant
+    table = torch.tensor([[[0, 0], [2, -100]]])  # object 1: class 2 of label 0, label 1 unknown
+    points = torch.tensor([[0.25, 0.25], [0.75, 0.75], [0.75, 0.25]])  # object, background, background
+    got = crit.attr_loss({"attr_logits": logits, "attr_points": points}, {"instances": inst, "inst_labels": table})
+
+    def ce(t, sl, k):
+        v = logits[0, t, sl]
+        return float(torch.logsumexp(v, 0) - v[k])
+    lab0 = 0.5 * ce(0, slice(0, 3), 2) + 0.5 * (ce(1, slice(0, 3), 0) + ce(2, slice(0, 3), 0)) / 2
+    lab1 = 0.5 * (ce(1, slice(3, 5), 0) + ce(2, slice(3, 5), 0)) / 2  # no known object token
+    assert abs(float(got) - (lab0 + lab1) / 2) < 1e-5
 
 
 def test_compiled_ops_equal_reference_ops():

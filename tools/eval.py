@@ -27,6 +27,8 @@ def run(ckpt_path, split, config=None, overrides=(), shuffle_text=False, out=Non
     _, _, device = dist.init_from_env()
     ckpt = checkpoint.load(ckpt_path)
     cfg = load_config(config, list(overrides)) if config else ckpt["config"]
+    # the label classes came from the training data, not from a config file: keep the checkpoint's
+    cfg["model"].setdefault("aux_classes", ckpt["config"]["model"].get("aux_classes"))
     tok = make_tokenizer(cfg, state=ckpt["tokenizer"])
     model = build_model(cfg, vocab_size=tok.vocab_size)
     model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])

@@ -121,3 +121,50 @@ def load_refer(ann_dir: str, image_dir: str, split_by: str = "unc", splits: list
                                   (x, y, x + bw, y + bh), rle, int(r.get("category_id", ann["category_id"])),
                                   int(r["ref_id"]), int(r["ann_id"]), int(s["sent_id"]), r["split"]))
     return records
+
+
+@dataclass
+class InstanceLabels:
+    """Every annotated object of every image with categorical labels, for the dense auxiliary loss.
+
+    ``classes[name]``: the values of label ``name`` (index i + 1 in the maps; 0 is background);
+    ``per_image[image_id]``: (RLEs, (n, K) label indices, -100 where an object lacks a label),
+    largest object first so that smaller ones are painted on top."""
+    names: tuple[str, ...]
+    classes: dict
+    per_image: dict = field(repr=False)
+
+
+def load_instance_labels(ann_dir: str, names) -> InstanceLabels:
+    """Labels ``names`` of all objects in ``ann_dir``/instances.json: "category" (the COCO category
+    name) or any key of an annotation's ``attributes`` dict with categorical (str / int) values
+    (the synthetic set has "color" and "size")."""
+    inst_path = os.path.join(ann_dir, "instances.json")
+    if not os.path.isfile(inst_path):
+        raise FileNotFoundError(f"missing {inst_path}")
+    with open(inst_path) as f:
+        inst = json.load(f)
+    names = tuple(names)
+    cats = {c["id"]: c["name"] for c in inst["categories"]}
+    images = {im["id"]: (int(im["height"]), int(im["width"])) for im in inst["images"]}
+
+    def value(a, name):
+        v = cats.get(a["category_id"]) if name == "category" else (a.get("attributes") or {}).get(name)
+        return v if isinstance(v, (str, int)) and not isinstance(v, bool) else None
+
+    anns = [a for a in inst["annotations"] if a["image_id"] in images]
+    classes = {n: sorted({v for a in anns if (v := value(a, n)) is not None}, key=str) for n in names}
+    empty = [n for n, vs in classes.items() if not vs]
+    if empty:
+        raise ValueError(f"{inst_path}: no annotation has a categorical label {empty} "
+                         "(use 'category' or a key of the annotations' 'attributes')")
+    index = {n: {v: i + 1 for i, v in enumerate(vs)} for n, vs in classes.items()}
+    per_image = {}
+    for a in sorted(anns, key=lambda a: -float(a.get("area", 0))):
+        h, w = images[a["image_id"]]
+        rle = segmentation_to_rle(a["segmentation"], h, w, f"annotation {a['id']}")
+        labels = [index[n].get(value(a, n), -100) for n in names]
+        per_image.setdefault(a["image_id"], ([], []))
+        per_image[a["image_id"]][0].append(rle)
+        per_image[a["image_id"]][1].append(labels)
+    return InstanceLabels(names, classes, per_image)

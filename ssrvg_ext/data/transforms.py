@@ -1,7 +1,8 @@
 """Training and evaluation transforms on one sample.
 
 A sample is a dict: ``image`` uint8 (3, H, W), ``box`` float (4,) xyxy pixels, ``mask`` uint8 (H, W),
-``text`` str. The final :class:`ResizePad` writes the model targets and the metadata that maps
+``text`` str, and optionally ``instances`` uint8 (H, W) (object indices, moved exactly like the
+mask). The final :class:`ResizePad` writes the model targets and the metadata that maps
 predictions back to the original image:
   ``box_cxcywh``  normalised by the padded input side; ``mask`` at input resolution;
   ``meta``: ``scale`` (input px per original px), ``valid`` (h, w) of the unpadded region,
@@ -28,6 +29,11 @@ def swap_left_right(text: str) -> str:
     return _SWAP_RE.sub(repl, text)
 
 
+def _maps(s: dict, fn) -> dict:
+    """fn applied to the sample's per-pixel maps: the target mask and, when present, the instance map."""
+    return {k: fn(s[k]) for k in ("mask", "instances") if k in s}
+
+
 class Compose:
     def __init__(self, *ts):
         self.ts = ts
@@ -49,7 +55,7 @@ class RandomHorizontalFlip:
             return s
         w = s["image"].shape[-1]
         x0, y0, x1, y1 = s["box"].tolist()
-        return dict(s, image=s["image"].flip(-1), mask=s["mask"].flip(-1), text=swap_left_right(s["text"]),
+        return dict(s, image=s["image"].flip(-1), **_maps(s, lambda m: m.flip(-1)), text=swap_left_right(s["text"]),
                     box=torch.tensor([w - x1, y0, w - x0, y1]), flipped=not s.get("flipped", False))
 
 
@@ -83,8 +89,8 @@ class RandomCropKeepBox:
         left = random.randint(max(0, int(x1) - cw), min(int(x0), w - cw))
         top = random.randint(max(0, int(y1) - ch), min(int(y0), h - ch))
         box = torch.tensor([x0 - left, y0 - top, x1 - left, y1 - top])
-        return dict(s, image=s["image"][:, top:top + ch, left:left + cw], mask=s["mask"][top:top + ch, left:left + cw],
-                    box=box)
+        return dict(s, image=s["image"][:, top:top + ch, left:left + cw],
+                    **_maps(s, lambda m: m[top:top + ch, left:left + cw]), box=box)
 
 
 class ResizePad:
@@ -99,15 +105,17 @@ class ResizePad:
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         img = F.interpolate(s["image"][None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
                             antialias=scale < 1)[0]
-        mask = F.interpolate(s["mask"][None, None].float(), size=(nh, nw), mode="nearest")[0, 0]
         out_img = torch.zeros(3, self.size, self.size)
         out_img[:, :nh, :nw] = img
-        out_mask = torch.zeros(self.size, self.size, dtype=torch.uint8)
-        out_mask[:nh, :nw] = mask.to(torch.uint8)
+
+        def resize_pad(m):  # nearest: labels stay labels
+            out = torch.zeros(self.size, self.size, dtype=torch.uint8)
+            out[:nh, :nw] = F.interpolate(m[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].to(torch.uint8)
+            return out
         box = s["box"].float() * torch.tensor([nw / w, nh / h, nw / w, nh / h])
         cxcywh = torch.stack([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]]) / self.size
         meta = dict(s.get("meta", {}), scale=(nh / h, nw / w), valid=(nh, nw), input_size=self.size)
-        return dict(s, image=out_img.clamp(0, 255), mask=out_mask, box_cxcywh=cxcywh.clamp(0, 1), meta=meta)
+        return dict(s, image=out_img.clamp(0, 255), **_maps(s, resize_pad), box_cxcywh=cxcywh.clamp(0, 1), meta=meta)
 
 
 def build_transforms(train: bool, size: int, flip: bool = True, crop: bool = True, jitter: bool = True) -> Compose:

@@ -55,10 +55,11 @@ def _seed_worker(_):
     np.random.seed(s)
 
 
-def make_dataset(cfg: dict, records, train: bool) -> RefDataset:
+def make_dataset(cfg: dict, records, train: bool, instances=None) -> RefDataset:
     d = cfg["data"]
     return RefDataset(records, build_transforms(train, d["input_size"], d.get("flip", True), d.get("crop", True),
-                                                d.get("jitter", True)), cache_images=d.get("cache_images", False))
+                                                d.get("jitter", True)), cache_images=d.get("cache_images", False),
+                      instances=instances)
 
 
 def make_loader(cfg: dict, ds: RefDataset, tokenizer, train: bool, epoch_seed: int = 0):

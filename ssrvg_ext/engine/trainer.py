@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..data.refer import load_instance_labels
 from ..models import build_criterion, build_model
 from . import checkpoint, dist
 from .loops import (EMA, amp_setup, evaluate, load_records, lr_factor, make_dataset, make_loader, make_tokenizer,
@@ -33,19 +34,22 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     rank, world, device = dist.init_from_env()
     t = cfg["train"]
     seed_all(t.get("seed", 0) + rank)
-    if dist.is_main():
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
-    log = write_jsonl(os.path.join(out_dir, "log.jsonl")) if dist.is_main() else None
-    tb = _tensorboard(out_dir) if dist.is_main() else None
-
     if resume == "auto":
         resume = os.path.join(out_dir, "last.pth") if os.path.isfile(os.path.join(out_dir, "last.pth")) else None
     ckpt = checkpoint.load(resume) if resume else None
 
     train_recs = load_records(cfg, cfg["data"]["train_split"])
     val_recs = load_records(cfg, cfg["data"]["val_split"])
+    instances = None
+    if cfg["data"].get("aux_labels"):  # every object's labels for the dense auxiliary loss; its classes go
+        instances = load_instance_labels(cfg["data"]["ann_dir"], cfg["data"]["aux_labels"])  # into the config
+        cfg["model"]["aux_classes"] = {k: list(v) for k, v in instances.classes.items()}
+    if dist.is_main():
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+    log = write_jsonl(os.path.join(out_dir, "log.jsonl")) if dist.is_main() else None
+    tb = _tensorboard(out_dir) if dist.is_main() else None
     tok = make_tokenizer(cfg, [r.text for r in train_recs], ckpt["tokenizer"] if ckpt else None)
     model = build_model(cfg, vocab_size=tok.vocab_size).to(device)
     crit = build_criterion(cfg)
@@ -74,7 +78,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     val_loader, _ = make_loader(cfg, make_dataset(cfg, val_recs, train=False), tok, train=False)
-    train_ds = make_dataset(cfg, train_recs, train=True)
+    train_ds = make_dataset(cfg, train_recs, train=True, instances=instances)
     metrics = {}
     t_start = time.time()
     for epoch in range(start_epoch, t["epochs"]):

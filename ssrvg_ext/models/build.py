@@ -25,11 +25,18 @@ def build_model(cfg: dict, vocab_size: int | None = None) -> SSRVG:
     use_prop = m.get("proposals", True)
     decoder = QueryDecoder(d, q["layers"], q["heads"], levels, q["points"], q["ffn"], q.get("mask_queries", 0), use_prop)
     return SSRVG(backbone, text, fusion, decoder, PixelDecoder(d, mask_dim, levels), MaskHead(d, mask_dim), d, levels,
-                 TokenProposals(d) if use_prop else None)
+                 TokenProposals(d) if use_prop else None, attr_classes(cfg))
+
+
+def attr_classes(cfg: dict) -> list[int] | None:
+    """Classes (background + values) per auxiliary label; the trainer fills ``model.aux_classes``
+    from the data (``data.aux_labels``), so the saved config rebuilds the same model."""
+    aux = cfg["model"].get("aux_classes")
+    return [len(v) + 1 for v in aux.values()] if aux else None
 
 
 def build_criterion(cfg: dict) -> Criterion:
     lc = cfg.get("loss", {})
     return Criterion(lc.get("l1", 5.0), lc.get("giou", 2.0), lc.get("aux", 0.5), lc.get("mask"),
                      lc.get("box_to_mask", False), lc.get("focal_alpha", 0.25), lc.get("focal_gamma", 2.0),
-                     lc.get("proposal", 1.0))
+                     lc.get("proposal", 1.0), lc.get("attr", 1.0), attr_classes(cfg))

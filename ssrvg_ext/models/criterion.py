@@ -1,10 +1,13 @@
-"""All training losses in one place: L1 + GIoU on the box of every decoder layer, and the fused
-upsampled mask losses on the mask, each normalised by the number of expressions over all ranks."""
+"""All training losses in one place: L1 + GIoU on the box of every decoder layer, the token
+proposals' focal + box losses, the fused upsampled mask losses on the mask, each normalised by the
+number of expressions over all ranks; and, when the data has object labels, cross-entropy on every
+visual token's labels (the object under the token's centre, background elsewhere)."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
@@ -36,9 +39,9 @@ def box_to_mask(boxes_cxcywh: torch.Tensor, size: int) -> torch.Tensor:
 class Criterion(nn.Module):
     def __init__(self, l1: float = 5.0, giou: float = 2.0, aux: float = 0.5, mask: dict | None = None,
                  box_to_mask: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 proposal: float = 1.0):
+                 proposal: float = 1.0, attr: float = 1.0, attr_classes: list[int] | None = None):
         super().__init__()
-        self.proposal = proposal
+        self.proposal, self.attr, self.attr_classes = proposal, attr, attr_classes
         self.l1, self.giou, self.aux = l1, giou, aux
         self.mask = dict(mask if mask is not None else {"dice": 2.0, "bce": 2.0})
         self.box_to_mask, self.alpha, self.gamma = box_to_mask, focal_alpha, focal_gamma
@@ -68,6 +71,25 @@ class Criterion(nn.Module):
         giou = ((giou_tok * w).sum(1) / npos).sum() / norm
         return {"prop_score": score, "prop_l1": l1, "prop_giou": giou}
 
+    def attr_loss(self, out: dict, batch: dict) -> torch.Tensor:
+        """Token-wise cross-entropy on each label (read at the token centres), averaged over the labels;
+        object tokens and background tokens weigh half each, however few the objects cover."""
+        inst, table = batch["instances"], batch["inst_labels"]  # (B, S, S) object index; (B, n + 1, K)
+        size = inst.shape[-1]
+        px = (out["attr_points"] * size).long().clamp_(0, size - 1)  # (N, 2) x, y
+        obj = inst[:, px[:, 1], px[:, 0]].long()  # (B, N)
+        labels = torch.gather(table, 1, obj[..., None].expand(-1, -1, table.shape[-1]))  # (B, N, K)
+        logits = out["attr_logits"].split(self.attr_classes, -1)
+        fg = (obj > 0).flatten()
+        total = 0.0
+        for k, lg in enumerate(logits):
+            lab = labels[..., k].flatten()
+            ce = F.cross_entropy(lg.flatten(0, 1), lab, ignore_index=-100, reduction="none")
+            known = lab != -100
+            for part in (fg & known, ~fg & known):
+                total = total + 0.5 * (ce * part).sum() / part.sum().clamp_min(1)
+        return total / len(logits)
+
     def forward(self, out: dict, batch: dict) -> dict:
         tgt = batch["boxes"].to(out["boxes"].dtype)
         norm = global_count(tgt.shape[0], tgt.device)
@@ -80,6 +102,9 @@ class Criterion(nn.Module):
             p = self.proposal_losses(out, tgt, norm)
             losses.update(p)
             total = total + self.proposal * (p["prop_score"] + self.l1 * p["prop_l1"] + self.giou * p["prop_giou"])
+        if self.attr and self.attr_classes and "attr_logits" in out and "instances" in batch:
+            losses["attr"] = self.attr_loss(out, batch)
+            total = total + self.attr * losses["attr"]
         if self.mask:
             size = batch["images"].shape[-1]
             targets = box_to_mask(batch["boxes"], size) if self.box_to_mask else batch["masks"]

@@ -72,14 +72,14 @@ class FusionEncoder(nn.Module):
         areas = shapes[:, 0] * shapes[:, 1]
         starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
         pix = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
-        ref = torch.cat([_centres(h, w, pix.device) for h, w in (m.shape[-2:] for m in maps)])
+        ref = torch.cat([token_centres(h, w, pix.device) for h, w in (m.shape[-2:] for m in maps)])
         ref = ref[None, :, None, :].expand(b, -1, len(maps), -1)
         for layer in self.layers:
             pix, words = layer(pix, pos[None], words, word_pad, ref, shapes, starts, None)
         return pix, words, shapes, starts
 
 
-def _centres(h: int, w: int, device) -> torch.Tensor:
+def token_centres(h: int, w: int, device) -> torch.Tensor:
     ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
     xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)

@@ -6,6 +6,7 @@
     fused + sentence ──TokenProposals──> best-matching token: the decoder's start box
     sentence + words + fused ──QueryDecoder──> queries, a box per layer
     queries + fused + stride-4 ──PixelDecoder / MaskHead──> low-res mask logits
+    (training aid) stride-8/16 levels ──attr_head──> every token's object labels (category, colour, ...)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 from ..ops import mask_postprocess
 from .backbone import Backbone
 from .decoder import QueryDecoder
-from .fusion import FusionEncoder
+from .fusion import FusionEncoder, token_centres
 from .heads import MaskHead, PixelDecoder
 from .position import sine_position
 from .proposal import TokenProposals
@@ -26,12 +27,15 @@ from .text import TextEncoder
 class SSRVG(nn.Module):
     def __init__(self, backbone: Backbone, text: TextEncoder, fusion: FusionEncoder, decoder: QueryDecoder,
                  pixel_decoder: PixelDecoder, mask_head: MaskHead, d_model: int, levels: int = 4,
-                 proposals: TokenProposals | None = None):
+                 proposals: TokenProposals | None = None, attr_classes: list[int] | None = None):
+        """attr_classes: the number of classes (background included) of each label that the dense
+        auxiliary head predicts for the tokens of the two finest levels; None: no such head."""
         super().__init__()
         self.backbone, self.text, self.fusion, self.decoder = backbone, text, fusion, decoder
         self.proposals = proposals
         self.pixel_decoder, self.mask_head = pixel_decoder, mask_head
         self.level_embed = nn.Parameter(torch.randn(levels, d_model) * 0.02)
+        self.attr_head = nn.Conv2d(d_model, sum(attr_classes), 1) if attr_classes else None
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor) -> dict:
         f4, maps = self.backbone(images)
@@ -48,6 +52,9 @@ class SSRVG(nn.Module):
                  zip(memory.split([int(h) * int(w) for h, w in (m.shape[-2:] for m in maps)], 1), maps)]
         mask_logits = self.mask_head(queries, self.pixel_decoder(fused, f4), boxes[-1])
         out = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
+        if self.attr_head is not None:  # what object lies under each visual token, before any language
+            out["attr_logits"] = torch.cat([self.attr_head(m).flatten(2) for m in maps[:2]], 2).transpose(1, 2)
+            out["attr_points"] = torch.cat([token_centres(*m.shape[-2:], m.device) for m in maps[:2]])
         if prop is not None:
             out.update(proposal_scores=prop["scores"], proposal_boxes=prop["boxes"], anchors=prop["anchors"])
         return out
