@@ -37,6 +37,7 @@ SWITCHES = {
     "no_mask_queries": {"model": {"decoder": {"mask_queries": 0}}},
     "no_proposals": {"model": {"proposals": False}},
     "object_labels": {"model": {"aux_classes": {"category": ["a", "b"], "color": ["x", "y", "z"]}}},
+    "object_labels_weight_0": {"model": {"aux_classes": {"category": ["a", "b"]}}, "loss": {"attr": 0.0}},
 }
 
 

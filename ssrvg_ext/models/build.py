@@ -32,7 +32,9 @@ def attr_classes(cfg: dict) -> list[int] | None:
     """Classes (background + values) per auxiliary label; the trainer fills ``model.aux_classes``
     from the data (``data.aux_labels``), so the saved config rebuilds the same model."""
     aux = cfg["model"].get("aux_classes")
-    return [len(v) + 1 for v in aux.values()] if aux else None
+    if not aux or not cfg.get("loss", {}).get("attr", 1.0):
+        return None  # no head without a loss to train it (DDP refuses parameters without gradients)
+    return [len(v) + 1 for v in aux.values()]
 
 
 def build_criterion(cfg: dict) -> Criterion:
