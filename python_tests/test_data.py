@@ -254,6 +254,8 @@ def test_instance_labels_follow_every_transform(synth):
                     ["big", "small"].index(a["attributes"]["size"]) + 1]
             assert got == want, (r.text, got, want)
             assert (b["inst_labels"][i, 0] == 0).all()  # background row
+    only = load_instance_labels(out, ["category"], image_ids={recs[0].image_id})
+    assert set(only.per_image) == {recs[0].image_id} and only.classes["category"] == sorted(SHAPES)
     with pytest.raises(ValueError, match="no annotation has a categorical label"):
         load_instance_labels(out, ["center"])  # a continuous attribute is not a class label
 

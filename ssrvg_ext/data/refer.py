@@ -135,10 +135,11 @@ class InstanceLabels:
     per_image: dict = field(repr=False)
 
 
-def load_instance_labels(ann_dir: str, names) -> InstanceLabels:
+def load_instance_labels(ann_dir: str, names, image_ids=None) -> InstanceLabels:
     """Labels ``names`` of all objects in ``ann_dir``/instances.json: "category" (the COCO category
     name) or any key of an annotation's ``attributes`` dict with categorical (str / int) values
-    (the synthetic set has "color" and "size")."""
+    (the synthetic set has "color" and "size"). The classes come from every annotation; the
+    per-image objects only for ``image_ids`` (all images when None)."""
     inst_path = os.path.join(ann_dir, "instances.json")
     if not os.path.isfile(inst_path):
         raise FileNotFoundError(f"missing {inst_path}")
@@ -160,7 +161,10 @@ def load_instance_labels(ann_dir: str, names) -> InstanceLabels:
                          "(use 'category' or a key of the annotations' 'attributes')")
     index = {n: {v: i + 1 for i, v in enumerate(vs)} for n, vs in classes.items()}
     per_image = {}
+    wanted = None if image_ids is None else set(image_ids)
     for a in sorted(anns, key=lambda a: -float(a.get("area", 0))):
+        if wanted is not None and a["image_id"] not in wanted:
+            continue
         h, w = images[a["image_id"]]
         rle = segmentation_to_rle(a["segmentation"], h, w, f"annotation {a['id']}")
         labels = [index[n].get(value(a, n), -100) for n in names]

@@ -42,7 +42,8 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     val_recs = load_records(cfg, cfg["data"]["val_split"])
     instances = None
     if cfg["data"].get("aux_labels"):  # every object's labels for the dense auxiliary loss; its classes go
-        instances = load_instance_labels(cfg["data"]["ann_dir"], cfg["data"]["aux_labels"])  # into the config
+        instances = load_instance_labels(cfg["data"]["ann_dir"], cfg["data"]["aux_labels"],  # into the config
+                                         {r.image_id for r in train_recs})
         cfg["model"]["aux_classes"] = {k: list(v) for k, v in instances.classes.items()}
     if dist.is_main():
         os.makedirs(out_dir, exist_ok=True)
