@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .ms_deform_attn import MSDeformAttn
-from .position import MLP
+from .position import MLP, token_centres
 
 
 class SpectrumGuide(nn.Module):
@@ -77,9 +77,3 @@ class FusionEncoder(nn.Module):
         for layer in self.layers:
             pix, words = layer(pix, pos[None], words, word_pad, ref, shapes, starts, None)
         return pix, words, shapes, starts
-
-
-def token_centres(h: int, w: int, device) -> torch.Tensor:
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
-    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
-    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)

@@ -42,3 +42,10 @@ class MLP(nn.Sequential):
             if i < layers - 1:
                 mods.append(nn.ReLU(inplace=True))
         super().__init__(*mods)
+
+
+def token_centres(h: int, w: int, device) -> torch.Tensor:
+    """(h * w, 2) normalised x, y centres of an h x w token grid, row-major (the flattening order)."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)

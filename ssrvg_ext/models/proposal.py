@@ -12,18 +12,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .position import MLP, inverse_sigmoid
+from .position import MLP, inverse_sigmoid, token_centres
 
 
 def token_anchors(shapes: torch.Tensor, device) -> torch.Tensor:
     """(S, 4) cx, cy, w, h anchors of the flattened tokens of all levels."""
     out = []
     for lvl, (h, w) in enumerate(shapes.tolist()):
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
-        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
-        wh = torch.full_like(cx, 0.05 * 2**lvl)
-        out.append(torch.stack([cx, cy, wh, wh], -1).reshape(-1, 4))
+        c = token_centres(h, w, device)
+        out.append(torch.cat([c, torch.full_like(c, 0.05 * 2**lvl)], -1))
     return torch.cat(out)
 
 

@@ -17,9 +17,9 @@ from torch import nn
 from ..ops import mask_postprocess
 from .backbone import Backbone
 from .decoder import QueryDecoder
-from .fusion import FusionEncoder, token_centres
+from .fusion import FusionEncoder
 from .heads import MaskHead, PixelDecoder
-from .position import sine_position
+from .position import sine_position, token_centres
 from .proposal import TokenProposals
 from .text import TextEncoder
 
@@ -52,7 +52,7 @@ class SSRVG(nn.Module):
                  zip(memory.split([int(h) * int(w) for h, w in (m.shape[-2:] for m in maps)], 1), maps)]
         mask_logits = self.mask_head(queries, self.pixel_decoder(fused, f4), boxes[-1])
         out = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
-        if self.attr_head is not None:  # what object lies under each visual token, before any language
+        if self.attr_head is not None and self.training:  # the object under each visual token, before language
             out["attr_logits"] = torch.cat([self.attr_head(m).flatten(2) for m in maps[:2]], 2).transpose(1, 2)
             out["attr_points"] = torch.cat([token_centres(*m.shape[-2:], m.device) for m in maps[:2]])
         if prop is not None:
