@@ -96,6 +96,50 @@ def test_compiled_ops_equal_reference_ops():
     torch.testing.assert_close(loss, loss_ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("ref_dim", [2, 4])
+def test_deform_attn_module_sampling_locations_by_formula(ref_dim):
+    """MSDeformAttn's sampling locations (computed densely for point references) equal Deformable
+    DETR's formula: ref + offset / (W, H) per level for points, ref_xy + offset / P * ref_wh / 2 for
+    boxes; values and gradients, in float64."""
+    from ssrvg_ext.models.ms_deform_attn import MSDeformAttn
+    from ssrvg_ext.ops import reference
+
+    torch.manual_seed(0)
+    attn = MSDeformAttn(d_model=16, n_levels=3, n_heads=2, n_points=3).double()
+    with torch.no_grad():  # non-trivial offsets and weights (the init zeroes the weights)
+        for lin in (attn.sampling_offsets, attn.attention_weights):
+            lin.weight.normal_(0, 0.5)
+            lin.bias.normal_(0, 0.5)
+    shapes = torch.tensor([[6, 5], [3, 3], [2, 1]])
+    starts = torch.tensor([0, 30, 39])
+    n, lq = 2, 4
+    query = torch.randn(n, lq, 16, dtype=torch.float64, requires_grad=True)
+    value = torch.randn(n, 41, 16, dtype=torch.float64)
+    ref = torch.rand(n, lq, 3, ref_dim, dtype=torch.float64).requires_grad_()
+
+    def by_formula(q, r):
+        off = attn.sampling_offsets(q).view(n, lq, 2, 3, 3, 2)
+        w = attn.attention_weights(q).view(n, lq, 2, 9).softmax(-1).view(n, lq, 2, 3, 3)
+        if ref_dim == 2:
+            wh = torch.stack([shapes[:, 1], shapes[:, 0]], -1).double()
+            loc = r[:, :, None, :, None, :] + off / wh[None, None, None, :, None, :]
+        else:
+            rr = r[:, :, None, :, None, :]
+            loc = rr[..., :2] + off / 3 * rr[..., 2:] * 0.5
+        v = attn.value_proj(value).view(n, 41, 2, 8)
+        return attn.output_proj(reference.ms_deform_attn(v, shapes, starts, loc, w))
+
+    with extension.force_reference():
+        out = attn(query, ref, value, shapes, starts)
+        expected = by_formula(query, ref)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+        g = torch.randn_like(out)
+        grads = torch.autograd.grad(out, (query, ref), g)
+        expected_grads = torch.autograd.grad(expected, (query, ref), g)
+    for a, b in zip(grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
 def test_predict_maps_back_to_original_size():
     cfg = load_config(TINY)
     model = build_model(cfg, vocab_size=40).eval()

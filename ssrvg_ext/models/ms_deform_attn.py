@@ -34,6 +34,11 @@ class MSDeformAttn(nn.Module):
             self.lang_key = nn.Linear(d_lang, d_model)
             self.lang_value = nn.Linear(d_lang, d_model)
             self.lang_gate = nn.Linear(2 * d_model, d_model)
+        # 0/1 matrix that copies a query's (level, x/y) reference coordinate to each of its
+        # (head, level, point, x/y) sampling locations: one small matmul instead of a broadcast add
+        # over two size-1 dims, which is slow on CPU.
+        rows = torch.arange(n_levels * 2).view(1, n_levels, 1, 2).expand(n_heads, -1, n_points, -1).flatten()
+        self.register_buffer("ref_spread", F.one_hot(rows, n_levels * 2).T.float().contiguous(), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -81,12 +86,20 @@ class MSDeformAttn(nn.Module):
         if value_padding_mask is not None:
             v = v.masked_fill(value_padding_mask[..., None], 0.0)
         v = v.view(n, value.shape[1], m, self.d_model // m)
-        offsets = self.sampling_offsets(query).view(n, lq, m, nl, p, 2)
         weights = self.attention_weights(query).view(n, lq, m, nl * p).softmax(-1).view(n, lq, m, nl, p)
         if reference_points.shape[-1] == 2:
-            wh = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).to(offsets.dtype)  # (L, 2) as (W, H)
-            loc = reference_points[:, :, None, :, None, :] + offsets / wh[None, None, None, :, None, :]
+            # loc = reference + offset / (W, H) of the level: the scale is folded into the offset
+            # layer and the reference added by ref_spread, both dense; float32 even under autocast.
+            wh = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).to(query.dtype)  # (L, 2) as (W, H)
+            scale = (1 / wh)[None, :, None, :].expand(m, nl, p, 2).reshape(-1)
+            off = F.linear(query, self.sampling_offsets.weight * scale[:, None], self.sampling_offsets.bias * scale)
+            dt = torch.promote_types(off.dtype, torch.float32)
+            with torch.autocast(query.device.type, enabled=False):
+                loc = torch.addmm(off.reshape(n * lq, -1).to(dt), reference_points.reshape(n * lq, nl * 2).to(dt),
+                                  self.ref_spread.to(dt))
+            loc = loc.view(n, lq, m, nl, p, 2)
         elif reference_points.shape[-1] == 4:
+            offsets = self.sampling_offsets(query).view(n, lq, m, nl, p, 2)
             ref = reference_points[:, :, None, :, None, :]
             loc = ref[..., :2] + offsets / p * ref[..., 2:] * 0.5
         else:
