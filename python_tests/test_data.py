@@ -11,11 +11,11 @@ import torch
 from pycocotools import mask as cocomask
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ssrvg_ext.data import (Collate, RefDataset, WordTokenizer, build_transforms, load_refer, load_refs_pickle,
-                            swap_left_right)
+from ssrvg_ext.data import (Collate, ImageGroupBatchSampler, RefDataset, WordTokenizer, build_transforms, load_refer,
+                            load_refs_pickle, swap_left_right)
 from ssrvg_ext.data.refer import UnsafePickleError, load_instance_labels
 from ssrvg_ext.data.synthetic import COLORS, SHAPES, generate
-from ssrvg_ext.data.transforms import RandomHorizontalFlip, ResizePad
+from ssrvg_ext.data.transforms import RandomCropKeepBox, RandomHorizontalFlip, ResizePad
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +258,79 @@ def test_instance_labels_follow_every_transform(synth):
     assert set(only.per_image) == {recs[0].image_id} and only.classes["category"] == sorted(SHAPES)
     with pytest.raises(ValueError, match="no annotation has a categorical label"):
         load_instance_labels(out, ["center"])  # a continuous attribute is not a class label
+
+
+def test_crop_keeps_boxes_that_span_the_image():
+    img = torch.zeros(3, 20, 30, dtype=torch.uint8)
+    for box in ([0.0, 0.0, 30.0, 20.0], [[2.0, 3.0, 8.0, 9.0], [20.0, 0.0, 30.0, 20.0]]):
+        for _ in range(20):
+            s = RandomCropKeepBox(p=1.0)({"image": img, "box": torch.tensor(box), "mask": torch.zeros(20, 30)})
+            h, w = s["image"].shape[-2:]
+            b = s["box"].reshape(-1, 4)
+            assert (b[:, :2] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+            assert torch.allclose(b[:, 2:] - b[:, :2], torch.tensor(box).reshape(-1, 4)[:, 2:] - torch.tensor(box).reshape(-1, 4)[:, :2])
+
+
+def test_image_group_sampler_covers_every_expression_once(synth):
+    out, _ = synth
+    recs = load_refer(out, os.path.join(out, "images"), splits=["train"])
+    k, bs = 2, 6
+    one = ImageGroupBatchSampler(recs, k, bs, seed=3)
+    epochs = []
+    for epoch in (0, 1):
+        one.set_epoch(epoch)
+        batches = list(one)
+        assert len(batches) == len(one) and all(len(b) == bs // k for b in batches)
+        groups = one.groups()
+        assert sorted(i for g in groups for i in g) == list(range(len(recs)))  # every expression once
+        for g in groups:
+            assert 1 <= len(g) <= k and len({recs[i].image_id for i in g}) == 1
+            objs = {recs[i].ann_id for i in g}
+            n_objs = len({r.ann_id for r in recs if r.image_id == recs[g[0]].image_id})
+            assert len(objs) == min(len(g), n_objs)  # different objects of the image first
+        assert [i for b in batches for g in b for i in g] == [i for g in groups[:len(one) * (bs // k)] for i in g]
+        epochs.append(groups)
+    assert epochs[0] != epochs[1]
+    one.set_epoch(0)
+    assert one.groups() == epochs[0]  # the order is a function of (seed, epoch): resumable
+    ranks = [ImageGroupBatchSampler(recs, k, bs, seed=3, rank=r, world=2) for r in (0, 1)]
+    parts = [set(g for b in s for g in b) for s in ranks]
+    assert len(ranks[0]) == len(ranks[1]) > 0 and not parts[0] & parts[1]
+    assert set(ranks[0].groups()) | set(ranks[1].groups()) <= set(epochs[0])
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_group_samples_follow_every_transform(synth, train):
+    """k expressions of one image share one transformed image: each keeps its own mask, box, text
+    (left/right swapped together on a flip) and its object's labels under its mask."""
+    out, _ = synth
+    labels = load_instance_labels(out, ["category", "color"])
+    recs = load_refer(out, os.path.join(out, "images"), splits=["train"])
+    tok = WordTokenizer.train([r.text for r in recs])
+    ds = RefDataset(recs, build_transforms(train, 96), instances=labels)
+    sampler = ImageGroupBatchSampler(recs, 3, 12, seed=0)
+    groups = next(iter(sampler))
+    b = Collate(tok)([ds[g] for g in groups])
+    n = sum(len(g) for g in groups)
+    assert b["images"].shape == (len(groups), 3, 96, 96) and b["instances"].shape == (len(groups), 96, 96)
+    assert b["boxes"].shape == (n, 4) and b["masks"].shape == (n, 96, 96) and b["text_ids"].shape[0] == n
+    assert b["image_index"].tolist() == [gi for gi, g in enumerate(groups) for _ in g]
+    flat = [i for g in groups for i in g]
+    for e, (i, meta) in enumerate(zip(flat, b["meta"])):
+        r = recs[i]
+        assert meta["index"] == i and meta["sent_id"] == r.sent_id
+        assert meta["text"] in (r.text, swap_left_right(r.text))
+        m = b["masks"][e].bool()
+        under = b["instances"][b["image_index"][e]][m].long()
+        assert len(under) and (under == under[0]).all()
+        want = labels.per_image[r.image_id][1][under[0] - 1]
+        assert b["inst_labels"][b["image_index"][e], under[0]].tolist() == list(want)
+        ys, xs = m.nonzero(as_tuple=True)
+        cx, cy, bw, bh = (b["boxes"][e] * 96).tolist()  # the box still frames the mask
+        assert abs((cx - bw / 2) - xs.min().item()) <= 1.5 and abs((cx + bw / 2) - xs.max().item() - 1) <= 1.5
+        assert abs((cy - bh / 2) - ys.min().item()) <= 1.5 and abs((cy + bh / 2) - ys.max().item() - 1) <= 1.5
+    with pytest.raises(ValueError, match="one image"):
+        ds[(flat[0], next(j for j, r in enumerate(recs) if r.image_id != recs[flat[0]].image_id))]
 
 
 # ---- tokenizer and batching ----

@@ -128,11 +128,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_gloo_counts_every_sample_once(data, tmp_path):
+@pytest.mark.parametrize("exprs_per_image", [1, 2])  # DistributedSampler / the image-group sampler
+def test_ddp_two_processes_gloo_counts_every_sample_once(data, tmp_path, exprs_per_image):
     out = str(tmp_path / "ddp")
     r = run_tool(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                   f"--master_port={_free_port()}", "tools/train.py",
-                  "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data), "train.epochs=1"],
+                  "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data), "train.epochs=1",
+                  f"data.exprs_per_image={exprs_per_image}"],
                  timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     from ssrvg_ext.data import load_refer

@@ -140,6 +140,27 @@ def test_deform_attn_module_sampling_locations_by_formula(ref_dim):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
+def test_shared_backbone_equals_repeated_images():
+    """image_index runs the backbone once per image: the outputs equal those of the model given each
+    expression's image repeated; in training the label head has one row per image and all gets gradients."""
+    cfg = merge(load_config(TINY), SWITCHES["object_labels"])
+    torch.manual_seed(0)
+    model, crit = build_model(cfg, vocab_size=40).eval(), build_criterion(cfg)
+    batch = batch_for(cfg, b=5)
+    images = batch["images"][:3]
+    index = torch.tensor([0, 0, 1, 2, 2])
+    shared = model(images, batch["text_ids"], batch["text_mask"], index)
+    repeated = model(images[index], batch["text_ids"], batch["text_mask"])
+    for k in ("boxes", "mask_logits", "proposal_scores"):
+        torch.testing.assert_close(shared[k], repeated[k], rtol=1e-5, atol=1e-5)
+    model.train()
+    batch.update(images=images, image_index=index, instances=batch["instances"][:3], inst_labels=batch["inst_labels"][:3])
+    out = model(images, batch["text_ids"], batch["text_mask"], index)
+    assert out["boxes"].shape == (5, 4) and out["attr_logits"].shape[0] == 3
+    crit(out, batch)["total"].backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_predict_maps_back_to_original_size():
     cfg = load_config(TINY)
     model = build_model(cfg, vocab_size=40).eval()

@@ -2,9 +2,11 @@
 
 A sample is a dict: ``image`` uint8 (3, H, W), ``box`` float (4,) xyxy pixels, ``mask`` uint8 (H, W),
 ``text`` str, and optionally ``instances`` uint8 (H, W) (object indices, moved exactly like the
-mask). The final :class:`ResizePad` writes the model targets and the metadata that maps
-predictions back to the original image:
-  ``box_cxcywh``  normalised by the padded input side; ``mask`` at input resolution;
+mask). A *group* sample holds k expressions of one image, transformed together: ``box`` (k, 4),
+``mask`` (k, H, W), ``text`` a list of k strings. The final :class:`ResizePad` writes the model
+targets and the metadata that maps predictions back to the original image:
+  ``box_cxcywh``  normalised by the padded input side (same leading shape as ``box``); ``mask`` at
+  input resolution;
   ``meta``: ``scale`` (input px per original px), ``valid`` (h, w) of the unpadded region,
   ``orig_size`` (H, W), ``flipped``.
 """
@@ -21,8 +23,11 @@ _SWAP = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost":
 _SWAP_RE = re.compile(r"\b(" + "|".join(_SWAP) + r")\b", re.IGNORECASE)
 
 
-def swap_left_right(text: str) -> str:
+def swap_left_right(text: str | list[str]) -> str | list[str]:
     """'left' <-> 'right' (and leftmost/rightmost) as whole words; keeps the case of the first letter."""
+    if isinstance(text, list):
+        return [swap_left_right(t) for t in text]
+
     def repl(m):
         w = _SWAP[m.group(0).lower()]
         return w.capitalize() if m.group(0)[0].isupper() else w
@@ -54,9 +59,9 @@ class RandomHorizontalFlip:
         if random.random() >= self.p:
             return s
         w = s["image"].shape[-1]
-        x0, y0, x1, y1 = s["box"].tolist()
+        x0, y0, x1, y1 = s["box"].unbind(-1)
         return dict(s, image=s["image"].flip(-1), **_maps(s, lambda m: m.flip(-1)), text=swap_left_right(s["text"]),
-                    box=torch.tensor([w - x1, y0, w - x0, y1]), flipped=not s.get("flipped", False))
+                    box=torch.stack([w - x1, y0, w - x0, y1], -1), flipped=not s.get("flipped", False))
 
 
 class PhotometricJitter:
@@ -74,7 +79,8 @@ class PhotometricJitter:
 
 
 class RandomCropKeepBox:
-    """Crop a random window (at least ``min_frac`` of each side) that contains the whole box."""
+    """Crop a random window (at least ``min_frac`` of each side) that contains the whole box (every
+    box of a group)."""
 
     def __init__(self, p: float = 0.5, min_frac: float = 0.6):
         self.p, self.min_frac = p, min_frac
@@ -83,14 +89,16 @@ class RandomCropKeepBox:
         if random.random() >= self.p:
             return s
         h, w = s["image"].shape[-2:]
-        x0, y0, x1, y1 = s["box"].tolist()
-        cw = random.randint(max(int(w * self.min_frac), int(x1 - x0) + 1), w)
-        ch = random.randint(max(int(h * self.min_frac), int(y1 - y0) + 1), h)
+        b = s["box"].reshape(-1, 4)
+        x0, y0 = b[:, 0].min().item(), b[:, 1].min().item()
+        x1, y1 = b[:, 2].max().item(), b[:, 3].max().item()
+        cw = random.randint(min(w, max(int(w * self.min_frac), int(x1 - x0) + 1)), w)  # a box may span the image
+        ch = random.randint(min(h, max(int(h * self.min_frac), int(y1 - y0) + 1)), h)
         left = random.randint(max(0, int(x1) - cw), min(int(x0), w - cw))
         top = random.randint(max(0, int(y1) - ch), min(int(y0), h - ch))
-        box = torch.tensor([x0 - left, y0 - top, x1 - left, y1 - top])
+        box = s["box"] - torch.tensor([left, top, left, top], dtype=s["box"].dtype)
         return dict(s, image=s["image"][:, top:top + ch, left:left + cw],
-                    **_maps(s, lambda m: m[top:top + ch, left:left + cw]), box=box)
+                    **_maps(s, lambda m: m[..., top:top + ch, left:left + cw]), box=box)
 
 
 class ResizePad:
@@ -108,12 +116,14 @@ class ResizePad:
         out_img = torch.zeros(3, self.size, self.size)
         out_img[:, :nh, :nw] = img
 
-        def resize_pad(m):  # nearest: labels stay labels
-            out = torch.zeros(self.size, self.size, dtype=torch.uint8)
-            out[:nh, :nw] = F.interpolate(m[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].to(torch.uint8)
+        def resize_pad(m):  # nearest: labels stay labels; (H, W) or (k, H, W)
+            out = torch.zeros(*m.shape[:-2], self.size, self.size, dtype=torch.uint8)
+            small = F.interpolate(m.reshape(1, -1, h, w).float(), size=(nh, nw), mode="nearest")[0]
+            out[..., :nh, :nw] = small.reshape(*m.shape[:-2], nh, nw).to(torch.uint8)
             return out
         box = s["box"].float() * torch.tensor([nw / w, nh / h, nw / w, nh / h])
-        cxcywh = torch.stack([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]]) / self.size
+        x0, y0, x1, y1 = box.unbind(-1)
+        cxcywh = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1) / self.size
         meta = dict(s.get("meta", {}), scale=(nh / h, nw / w), valid=(nh, nw), input_size=self.size)
         return dict(s, image=out_img.clamp(0, 255), **_maps(s, resize_pad), box_cxcywh=cxcywh.clamp(0, 1), meta=meta)
 

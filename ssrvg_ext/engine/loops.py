@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ..data import Collate, HFTokenizer, RefDataset, WordTokenizer, build_transforms, load_refer
+from ..data import Collate, HFTokenizer, ImageGroupBatchSampler, RefDataset, WordTokenizer, build_transforms, load_refer
 from ..evaluation import box_iou, grounding_metrics, mask_stats
 from ..ops import rle
 from . import dist
@@ -63,14 +63,21 @@ def make_dataset(cfg: dict, records, train: bool, instances=None) -> RefDataset:
 
 
 def make_loader(cfg: dict, ds: RefDataset, tokenizer, train: bool, epoch_seed: int = 0):
-    """A loader over ``ds`` (made once, so its image cache lives across epochs); the shuffling
-    generator is seeded by the epoch so that a resumed run sees the same order."""
+    """A loader over ``ds`` (made once, so its image cache lives across epochs) and its sampler (call
+    ``set_epoch`` on it when not None). The shuffling is seeded by the epoch so that a resumed run
+    sees the same order. Training with ``data.exprs_per_image`` k > 1 batches groups of k
+    expressions of one image (:class:`~ssrvg_ext.data.ImageGroupBatchSampler`)."""
     t = cfg["train"]
+    k = int(cfg["data"].get("exprs_per_image", 1))
+    common = dict(num_workers=t.get("workers", 0), collate_fn=Collate(tokenizer), worker_init_fn=_seed_worker,
+                  persistent_workers=False)
+    if train and k > 1:
+        sampler = ImageGroupBatchSampler(ds.records, k, t["batch_size"], t.get("seed", 0), dist.rank(), dist.world_size())
+        return DataLoader(ds, batch_sampler=sampler, **common), sampler
     sampler = DistributedSampler(ds, shuffle=train, seed=t.get("seed", 0)) if dist.world_size() > 1 else None
     g = torch.Generator().manual_seed(t.get("seed", 0) * 1000 + epoch_seed)
     loader = DataLoader(ds, batch_size=t["batch_size"], shuffle=train and sampler is None, sampler=sampler,
-                        num_workers=t.get("workers", 0), collate_fn=Collate(tokenizer), drop_last=train,
-                        generator=g, worker_init_fn=_seed_worker, persistent_workers=False)
+                        drop_last=train, generator=g, **common)
     return loader, sampler
 
 
@@ -140,7 +147,7 @@ def train_one_epoch(model, crit, loader, opt, sched, scaler, amp_dtype, clip, ep
     for batch in bar:
         batch = to_device(batch, device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(batch["images"], batch["text_ids"], batch["text_mask"])
+            out = model(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"))
         out = {k: v.float() for k, v in out.items()}
         losses = crit(out, batch)
         opt.zero_grad(set_to_none=True)
@@ -160,15 +167,15 @@ def train_one_epoch(model, crit, loader, opt, sched, scaler, amp_dtype, clip, ep
         if ema is not None:
             ema.update(model.module if hasattr(model, "module") else model)
         step += 1
-        n = batch["images"].shape[0]
+        n = batch["boxes"].shape[0]  # expressions (several may share an image)
         count += n
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
         rate = count * dist.world_size() / max(time.time() - t0, 1e-9)
-        bar.set_postfix(loss=f"{float(losses['total'].detach()):.3f}", lr=f"{sched.get_last_lr()[-1]:.2e}", img_s=f"{rate:.1f}")
+        bar.set_postfix(loss=f"{float(losses['total'].detach()):.3f}", lr=f"{sched.get_last_lr()[-1]:.2e}", expr_s=f"{rate:.1f}")
         if log and step % 20 == 0:
             log({"step": step, "epoch": epoch, **{k: float(v.detach()) for k, v in losses.items()},
-                 "lr": sched.get_last_lr()[-1], "img_per_s": rate})
+                 "lr": sched.get_last_lr()[-1], "expr_per_s": rate})
         if max_steps is not None and step >= max_steps:
             break
     return step, {k: v / max(count, 1) for k, v in sums.items()}

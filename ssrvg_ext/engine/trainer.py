@@ -55,7 +55,8 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     model = build_model(cfg, vocab_size=tok.vocab_size).to(device)
     crit = build_criterion(cfg)
     opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t["weight_decay"], **_fused_if_supported())
-    steps_per_epoch = len(train_recs) // (t["batch_size"] * world)
+    train_ds = make_dataset(cfg, train_recs, train=True, instances=instances)
+    steps_per_epoch = len(make_loader(cfg, train_ds, tok, train=True)[0])
     total = max(1, steps_per_epoch * t["epochs"])
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, t.get("warmup_steps", 0), t.get("schedule", "cosine")))
@@ -79,7 +80,6 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     val_loader, _ = make_loader(cfg, make_dataset(cfg, val_recs, train=False), tok, train=False)
-    train_ds = make_dataset(cfg, train_recs, train=True, instances=instances)
     metrics = {}
     t_start = time.time()
     for epoch in range(start_epoch, t["epochs"]):

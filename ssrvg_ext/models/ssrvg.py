@@ -37,8 +37,18 @@ class SSRVG(nn.Module):
         self.level_embed = nn.Parameter(torch.randn(levels, d_model) * 0.02)
         self.attr_head = nn.Conv2d(d_model, sum(attr_classes), 1) if attr_classes else None
 
-    def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor) -> dict:
+    def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
+                image_index: torch.Tensor | None = None) -> dict:
+        """images (B_img, 3, S, S); text_ids / text_mask (B, T), one row per expression. image_index
+        (B,) int64: the row of ``images`` each expression refers to, when several share an image
+        (the backbone then runs once per image); None: expression i is about image i. The outputs
+        have a row per expression, except ``attr_logits`` (one per image)."""
         f4, maps = self.backbone(images)
+        attr_logits = None
+        if self.attr_head is not None and self.training:  # the object under each visual token, before language
+            attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in maps[:2]], 2).transpose(1, 2)
+        if image_index is not None:
+            f4, maps = f4[image_index], [m[image_index] for m in maps]
         words, sentence = self.text(text_ids, text_mask)
         word_pad = ~text_mask
         d = maps[0].shape[1]
@@ -52,8 +62,8 @@ class SSRVG(nn.Module):
                  zip(memory.split([int(h) * int(w) for h, w in (m.shape[-2:] for m in maps)], 1), maps)]
         mask_logits = self.mask_head(queries, self.pixel_decoder(fused, f4), boxes[-1])
         out = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
-        if self.attr_head is not None and self.training:  # the object under each visual token, before language
-            out["attr_logits"] = torch.cat([self.attr_head(m).flatten(2) for m in maps[:2]], 2).transpose(1, 2)
+        if attr_logits is not None:
+            out["attr_logits"] = attr_logits
             out["attr_points"] = torch.cat([token_centres(*m.shape[-2:], m.device) for m in maps[:2]])
         if prop is not None:
             out.update(proposal_scores=prop["scores"], proposal_boxes=prop["boxes"], anchors=prop["anchors"])
@@ -62,7 +72,7 @@ class SSRVG(nn.Module):
     @torch.no_grad()
     def predict(self, batch: dict, threshold: float = 0.0) -> list[dict]:
         """Original-resolution box (xyxy pixels) and uint8 mask per sample, using the transform's meta."""
-        out = self(batch["images"], batch["text_ids"], batch["text_mask"])
+        out = self(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"))
         return postprocess(out, batch["meta"], threshold)
 
 
