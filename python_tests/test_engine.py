@@ -22,6 +22,7 @@ TINY = [
     "model.d_model=32", "model.mask_dim=16", "model.text.hidden=32", "model.text.layers=1",
     "model.fusion.layers=1", "model.fusion.ffn=32", "model.decoder.layers=2", "model.decoder.ffn=32",
     "data.input_size=64", "train.batch_size=4", "train.workers=0", "train.epochs=3", "train.warmup_steps=2",
+    "data.early_input_size=48", "data.early_input_epochs=1",  # epoch 0 at 48 px: resume crosses the switch
 ]
 
 
@@ -153,6 +154,15 @@ def test_corrupt_checkpoint_and_missing_data_fail_clearly(data, tmp_path):
     r = run_tool(["tools/train.py", "--config", "configs/tiny_synthetic.yaml", "--out", str(tmp_path / "x"),
                   *overrides(data), f"data.ann_dir={tmp_path / 'nowhere'}"], timeout=300)
     assert r.returncode != 0 and "nowhere" in r.stderr and "refs(unc).p" in r.stderr
+
+
+def test_progressive_input_size():
+    from ssrvg_ext.engine.loops import train_input_size
+    cfg = load_config(os.path.join(ROOT, "configs/tiny_synthetic.yaml"), ["data.early_input_size=96",
+                                                                           "data.early_input_epochs=2"])
+    assert [train_input_size(cfg, e) for e in range(4)] == [96, 96, 160, 160]
+    cfg = load_config(os.path.join(ROOT, "configs/base.yaml"))
+    assert train_input_size(cfg, 0) == cfg["data"]["input_size"]  # off by default
 
 
 def test_config_overrides_and_inheritance():

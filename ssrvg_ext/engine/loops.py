@@ -55,10 +55,19 @@ def _seed_worker(_):
     np.random.seed(s)
 
 
-def make_dataset(cfg: dict, records, train: bool, instances=None) -> RefDataset:
+def make_transform(cfg: dict, train: bool, size: int | None = None):
     d = cfg["data"]
-    return RefDataset(records, build_transforms(train, d["input_size"], d.get("flip", True), d.get("crop", True),
-                                                d.get("jitter", True)), cache_images=d.get("cache_images", False),
+    return build_transforms(train, size or d["input_size"], d.get("flip", True), d.get("crop", True), d.get("jitter", True))
+
+
+def train_input_size(cfg: dict, epoch: int) -> int:
+    """``data.early_input_size`` for the first ``data.early_input_epochs`` epochs, else ``data.input_size``."""
+    d = cfg["data"]
+    return d["early_input_size"] if d.get("early_input_size") and epoch < d.get("early_input_epochs", 0) else d["input_size"]
+
+
+def make_dataset(cfg: dict, records, train: bool, instances=None) -> RefDataset:
+    return RefDataset(records, make_transform(cfg, train), cache_images=cfg["data"].get("cache_images", False),
                       instances=instances)
 
 

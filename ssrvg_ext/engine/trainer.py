@@ -15,7 +15,7 @@ from ..data.refer import load_instance_labels
 from ..models import build_criterion, build_model
 from . import checkpoint, dist
 from .loops import (EMA, amp_setup, evaluate, load_records, lr_factor, make_dataset, make_loader, make_tokenizer,
-                    param_groups, tokenizer_state, train_one_epoch, write_jsonl)
+                    make_transform, param_groups, tokenizer_state, train_input_size, train_one_epoch, write_jsonl)
 
 
 def seed_all(seed: int):
@@ -83,6 +83,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     metrics = {}
     t_start = time.time()
     for epoch in range(start_epoch, t["epochs"]):
+        train_ds.transform = make_transform(cfg, True, train_input_size(cfg, epoch))
         loader, sampler = make_loader(cfg, train_ds, tok, train=True, epoch_seed=epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
