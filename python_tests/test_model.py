@@ -209,3 +209,35 @@ def test_tiny_step_time_and_parameter_counts(capsys):
         for k, v in counts.items():
             print(f"[model] parameters {k}: {v / 1e6:.2f} M")
     assert counts["refcoco_swin_b"] > counts["refcoco_swin_t"] > 100 * counts["tiny_synthetic"] / 10
+
+
+@pytest.mark.parametrize("shared_kv,padded", [(True, True), (False, True), (False, False)])
+def test_attention_equals_multihead_attention(shared_kv, padded):
+    """Same seed -> same weights and state_dict keys as nn.MultiheadAttention(batch_first=True); same
+    outputs and gradients (float64), with and without a key padding mask, keys shared with values or not."""
+    from ssrvg_ext.models.attention import Attention
+
+    torch.manual_seed(3)
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True).double()
+    torch.manual_seed(3)
+    ours = Attention(16, 4).double()
+    sd_ref, sd_ours = ref.state_dict(), ours.state_dict()
+    assert list(sd_ref) == list(sd_ours) and all(torch.equal(sd_ref[k], sd_ours[k]) for k in sd_ref)
+    torch.manual_seed(4)
+    ours.load_state_dict({k: torch.randn_like(v) for k, v in sd_ref.items()})  # non-zero biases too
+    ref.load_state_dict(ours.state_dict())
+    q = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
+    v = k if shared_kv else torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[0, 4:] = True
+    pad[2, 1:] = True  # one key left
+    pad = pad if padded else None
+    got = ours(q, k, v, key_padding_mask=pad)
+    want = ref(q, k, v, key_padding_mask=pad, need_weights=False)[0]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(got)
+    grads_ours = torch.autograd.grad(got, [q, k, *([] if shared_kv else [v]), *ours.parameters()], g)
+    grads_ref = torch.autograd.grad(want, [q, k, *([] if shared_kv else [v]), *ref.parameters()], g)
+    for a, b in zip(grads_ours, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attention import Attention
 from .ms_deform_attn import MSDeformAttn
 from .position import MLP, box_position, inverse_sigmoid
 
@@ -15,8 +16,8 @@ from .position import MLP, box_position, inverse_sigmoid
 class DecoderLayer(nn.Module):
     def __init__(self, d: int, heads: int, levels: int, points: int, ffn: int):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.word_attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.self_attn = Attention(d, heads)
+        self.word_attn = Attention(d, heads)
         self.deform = MSDeformAttn(d, levels, heads, points)
         self.ffn = MLP(d, ffn, d)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(4))
@@ -24,8 +25,8 @@ class DecoderLayer(nn.Module):
     def forward(self, q, qpos, words, word_pad, memory, ref_boxes, shapes, starts):
         n1, n2, n3, n4 = self.norms
         x = q + qpos
-        q = n1(q + self.self_attn(x, x, q, need_weights=False)[0])
-        q = n2(q + self.word_attn(q + qpos, words, words, key_padding_mask=word_pad, need_weights=False)[0])
+        q = n1(q + self.self_attn(x, x, q))
+        q = n2(q + self.word_attn(q + qpos, words, words, key_padding_mask=word_pad))
         ref = ref_boxes[:, :, None, :].expand(-1, -1, shapes.shape[0], -1)
         q = n3(q + self.deform(q + qpos, ref, memory, shapes, starts))
         return n4(q + self.ffn(q))

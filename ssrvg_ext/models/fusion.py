@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attention import Attention
 from .ms_deform_attn import MSDeformAttn
 from .position import MLP, token_centres
 
@@ -34,9 +35,9 @@ class SpectrumGuide(nn.Module):
 class FusionLayer(nn.Module):
     def __init__(self, d: int, heads: int, levels: int, points: int, ffn: int, global_attn: bool = False):
         super().__init__()
-        self.pix2word = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.word2pix = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.global_attn = nn.MultiheadAttention(d, heads, batch_first=True) if global_attn else None
+        self.pix2word = Attention(d, heads)
+        self.word2pix = Attention(d, heads)
+        self.global_attn = Attention(d, heads) if global_attn else None
         self.global_norm = nn.LayerNorm(d) if global_attn else None
         self.deform = MSDeformAttn(d, levels, heads, points, d_lang=d)
         self.ffn = MLP(d, ffn, d)
@@ -45,11 +46,11 @@ class FusionLayer(nn.Module):
     def forward(self, pix, pos, words, word_pad, ref, shapes, starts, pix_pad):
         n1, n2, n3, n4 = self.norms
         q = pix + pos
-        pix = n1(pix + self.pix2word(q, words, words, key_padding_mask=word_pad, need_weights=False)[0])
+        pix = n1(pix + self.pix2word(q, words, words, key_padding_mask=word_pad))
         if self.global_attn is not None:
             q = pix + pos
-            pix = self.global_norm(pix + self.global_attn(q, q, pix, key_padding_mask=pix_pad, need_weights=False)[0])
-        words = n2(words + self.word2pix(words, pix + pos, pix, key_padding_mask=pix_pad, need_weights=False)[0])
+            pix = self.global_norm(pix + self.global_attn(q, q, pix, key_padding_mask=pix_pad))
+        words = n2(words + self.word2pix(words, pix + pos, pix, key_padding_mask=pix_pad))
         pix = n3(pix + self.deform(pix + pos, ref, pix, shapes, starts, pix_pad, lang=words, lang_mask=word_pad))
         return n4(pix + self.ffn(pix)), words
 
