@@ -61,9 +61,7 @@ train-build: setup
 # Resumes an interrupted run (--resume auto); delete $(RUN) to start over.
 train: train-build data
 	$(PYTHON) tools/train.py --config $(CONFIG) --out $(RUN) --resume auto data.ann_dir=$(DATA) data.image_dir=$(DATA)/images
-	$(PYTHON) tools/eval.py --checkpoint $(RUN)/best.pth --split val --out $(RUN)/eval_val.json
-	$(PYTHON) tools/eval.py --checkpoint $(RUN)/best.pth --split testB --out $(RUN)/eval_testB.json
-	$(PYTHON) tools/eval.py --checkpoint $(RUN)/best.pth --split val --shuffle-text --out $(RUN)/eval_val_shuffled.json
+	$(PYTHON) tools/eval.py --checkpoint $(RUN)/best.pth --split val testB --control val --out-dir $(RUN)
 	$(PYTHON) tools/demo.py --checkpoint $(RUN)/best.pth --example $(DATA)/example.json --out $(RUN)/demo.png
 	$(PYTHON) tools/report.py $(RUN)
 

@@ -89,6 +89,20 @@ def test_train_eval_demo_end_to_end(data, tmp_path):
     assert ev["metrics"]["n"] == len(ev["predictions"]) > 0
     p = ev["predictions"][0]
     assert set(p) >= {"box", "mask", "text", "sent_id"} and isinstance(p["mask"]["counts"], str)
+    # several evaluations in one process, with the shuffled-expression control, into a folder
+    r = run_tool(["tools/eval.py", "--checkpoint", os.path.join(out, "last.pth"), "--split", "val", "testB",
+                  "--control", "val", "--out-dir", str(tmp_path / "evals"), *overrides(data)], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    written = sorted(os.listdir(tmp_path / "evals"))
+    assert written == ["eval_testB.json", "eval_val.json", "eval_val_shuffled.json"]
+    again = json.load(open(tmp_path / "evals" / "eval_testB.json"))
+    assert again["metrics"] == ev["metrics"] and not again["shuffle_text"]
+    shuffled = json.load(open(tmp_path / "evals" / "eval_val_shuffled.json"))
+    plain = json.load(open(tmp_path / "evals" / "eval_val.json"))
+    assert shuffled["shuffle_text"] and [p["text"] for p in shuffled["predictions"]] != [p["text"] for p in plain["predictions"]]
+    r = run_tool(["tools/eval.py", "--checkpoint", os.path.join(out, "last.pth"), "--split", "val", "testB",
+                  "--out", str(tmp_path / "one.json")], timeout=300)
+    assert r.returncode != 0 and "--out-dir" in r.stderr
     img = os.path.join(data, "images", "synth_000001.jpg")
     r = run_tool(["tools/demo.py", "--checkpoint", os.path.join(out, "last.pth"), "--image", img,
                   "--text", "the big red circle", "--out", str(tmp_path / "demo.png")], timeout=600)

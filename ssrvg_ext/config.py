@@ -25,6 +25,11 @@ def load_config(path: str, overrides: list[str] | None = None) -> dict:
     bases = cfg.pop("_base_", [])
     for b in [bases] if isinstance(bases, str) else bases:
         cfg = merge(load_config(os.path.join(os.path.dirname(path), b)), cfg)
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
+    """Sets ``key.sub=value`` entries (values parsed as YAML) in ``cfg``, in place; returns it."""
     for o in overrides or []:
         if "=" not in o:
             raise ValueError(f"override {o!r} must look like key.sub=value")

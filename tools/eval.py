@@ -1,10 +1,13 @@
 """Evaluate a checkpoint: REC Acc@0.5, RES mIoU / oIoU / Prec@0.5:0.9 at original resolution.
 
     python tools/eval.py --checkpoint runs/tiny/best.pth [--config CFG] --split val [--shuffle-text] [--out metrics.json]
+    python tools/eval.py --checkpoint runs/tiny/best.pth --split val testB --control val --out-dir runs/tiny
 
-Writes a JSON with the metrics and every expression's prediction (box + RLE mask).
+Writes a JSON with the metrics and every expression's prediction (box + RLE mask): to --out for a
+single evaluation, or eval_<split>.json (eval_<split>_shuffled.json for a control) in --out-dir.
 --shuffle-text pairs each image with another expression of the split: a model that uses the
-expression must score far lower then.
+expression must score far lower then. --control SPLIT also evaluates SPLIT that way, next to the
+plain evaluations, with the model loaded once.
 """
 
 import argparse
@@ -16,48 +19,70 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from ssrvg_ext.config import load_config  # noqa: E402
+from ssrvg_ext.config import apply_overrides, load_config  # noqa: E402
 from ssrvg_ext.engine import checkpoint, dist  # noqa: E402
 from ssrvg_ext.engine.loops import (amp_setup, evaluate, load_records, make_dataset, make_loader,  # noqa: E402
                                    make_tokenizer)
 from ssrvg_ext.models import build_model  # noqa: E402
 
 
-def run(ckpt_path, split, config=None, overrides=(), shuffle_text=False, out=None, ema=False) -> dict:
+def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False) -> list[dict]:
+    """Evaluates every (split, shuffle_text) of ``evals`` with the checkpoint loaded once; writes the
+    i-th result to ``outs[i]`` when given. Returns the metrics in order."""
     _, _, device = dist.init_from_env()
     ckpt = checkpoint.load(ckpt_path)
-    cfg = load_config(config, list(overrides)) if config else ckpt["config"]
+    cfg = load_config(config, list(overrides)) if config else apply_overrides(ckpt["config"], list(overrides))
     # the label classes came from the training data, not from a config file: keep the checkpoint's
     cfg["model"].setdefault("aux_classes", ckpt["config"]["model"].get("aux_classes"))
     tok = make_tokenizer(cfg, state=ckpt["tokenizer"])
     model = build_model(cfg, vocab_size=tok.vocab_size)
     model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
     model.to(device)
-    loader, _ = make_loader(cfg, make_dataset(cfg, load_records(cfg, split, shuffle_text), train=False), tok, train=False)
-    metrics, preds = evaluate(model, loader, device, amp_setup(cfg, device)[0], desc=f"eval {split}")
-    if dist.is_main():
-        print(json.dumps({"split": split, "shuffle_text": shuffle_text, **metrics}, indent=1))
-        if out:
-            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-            with open(out, "w") as f:
-                json.dump({"split": split, "checkpoint": ckpt_path, "shuffle_text": shuffle_text, "metrics": metrics,
-                           "predictions": preds}, f)
+    results = []
+    for (split, shuffle_text), out in zip(evals, outs or [None] * len(evals)):
+        ds = make_dataset(cfg, load_records(cfg, split, shuffle_text), train=False)
+        loader, _ = make_loader(cfg, ds, tok, train=False)
+        desc = f"eval {split}" + (" (shuffled text)" if shuffle_text else "")
+        metrics, preds = evaluate(model, loader, device, amp_setup(cfg, device)[0], desc=desc)
+        if dist.is_main():
+            print(json.dumps({"split": split, "shuffle_text": shuffle_text, **metrics}, indent=1), flush=True)
+            if out:
+                os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+                with open(out + ".tmp", "w") as f:
+                    json.dump({"split": split, "checkpoint": ckpt_path, "shuffle_text": shuffle_text,
+                               "metrics": metrics, "predictions": preds}, f)
+                os.replace(out + ".tmp", out)
+        results.append(metrics)
     dist.cleanup()
-    return metrics
+    return results
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--config", default=None, help="default: the config stored in the checkpoint")
-    p.add_argument("--split", default="val")
-    p.add_argument("--shuffle-text", action="store_true")
+    p.add_argument("--split", nargs="+", default=["val"], help="one or more splits")
+    p.add_argument("--shuffle-text", action="store_true", help="evaluate the splits with shuffled expressions")
+    p.add_argument("--control", nargs="+", default=[], metavar="SPLIT",
+                   help="also evaluate these splits with shuffled expressions")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights when the checkpoint has them")
-    p.add_argument("--out", default=None)
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("--out", default=None, help="output JSON (a single evaluation only)")
+    p.add_argument("--out-dir", default=None, help="folder for eval_<split>[_shuffled].json, one per evaluation")
+    p.add_argument("overrides", nargs="*", help="key=value changes to the config (e.g. data.ann_dir=...)")
     a = p.parse_args()
+    if a.shuffle_text and a.control:
+        p.error("--control adds shuffled evaluations to plain ones; with --shuffle-text every split is shuffled already")
+    evals = [(s, a.shuffle_text) for s in a.split] + [(s, True) for s in a.control]
+    if a.out and a.out_dir:
+        p.error("give --out or --out-dir, not both")
+    if a.out and len(evals) > 1:
+        p.error(f"--out takes a single evaluation; {len(evals)} were asked for: use --out-dir")
+    if a.out_dir:
+        outs = [os.path.join(a.out_dir, f"eval_{s}{'_shuffled' if sh else ''}.json") for s, sh in evals]
+    else:
+        outs = [a.out] * len(evals)
     with torch.inference_mode():
-        run(a.checkpoint, a.split, a.config, a.overrides, a.shuffle_text, a.out, a.ema)
+        run(a.checkpoint, evals, a.config, a.overrides, outs, a.ema)
 
 
 if __name__ == "__main__":
