@@ -90,8 +90,8 @@ def test_train_eval_demo_end_to_end(data, tmp_path):
     p = ev["predictions"][0]
     assert set(p) >= {"box", "mask", "text", "sent_id"} and isinstance(p["mask"]["counts"], str)
     # several evaluations in one process, with the shuffled-expression control, into a folder
-    r = run_tool(["tools/eval.py", "--checkpoint", os.path.join(out, "last.pth"), "--split", "val", "testB",
-                  "--control", "val", "--out-dir", str(tmp_path / "evals"), *overrides(data)], timeout=600)
+    r = run_tool(["tools/eval.py", "--checkpoint", os.path.join(out, "last.pth"), "--out-dir", str(tmp_path / "evals"),
+                  "--split", "val", "testB", "--control", "val", *overrides(data)], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     written = sorted(os.listdir(tmp_path / "evals"))
     assert written == ["eval_testB.json", "eval_val.json", "eval_val_shuffled.json"]

@@ -70,6 +70,11 @@ def main():
     p.add_argument("--out-dir", default=None, help="folder for eval_<split>[_shuffled].json, one per evaluation")
     p.add_argument("overrides", nargs="*", help="key=value changes to the config (e.g. data.ann_dir=...)")
     a = p.parse_args()
+    for names in (a.split, a.control):  # "--split val testB key=value": the list options swallow overrides
+        a.overrides += [x for x in names if "=" in x]
+        names[:] = [x for x in names if "=" not in x]
+    if not a.split:
+        p.error("--split needs at least one split name")
     if a.shuffle_text and a.control:
         p.error("--control adds shuffled evaluations to plain ones; with --shuffle-text every split is shuffled already")
     evals = [(s, a.shuffle_text) for s in a.split] + [(s, True) for s in a.control]
