@@ -38,20 +38,18 @@ def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False) -> li
     model = build_model(cfg, vocab_size=tok.vocab_size)
     model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
     model.to(device)
-    results = []
+    amp_dtype, results = amp_setup(cfg, device)[0], []
     for (split, shuffle_text), out in zip(evals, outs or [None] * len(evals)):
         ds = make_dataset(cfg, load_records(cfg, split, shuffle_text), train=False)
         loader, _ = make_loader(cfg, ds, tok, train=False)
         desc = f"eval {split}" + (" (shuffled text)" if shuffle_text else "")
-        metrics, preds = evaluate(model, loader, device, amp_setup(cfg, device)[0], desc=desc)
+        metrics, preds = evaluate(model, loader, device, amp_dtype, desc=desc)
         if dist.is_main():
             print(json.dumps({"split": split, "shuffle_text": shuffle_text, **metrics}, indent=1), flush=True)
             if out:
-                os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-                with open(out + ".tmp", "w") as f:
-                    json.dump({"split": split, "checkpoint": ckpt_path, "shuffle_text": shuffle_text,
-                               "metrics": metrics, "predictions": preds}, f)
-                os.replace(out + ".tmp", out)
+                checkpoint.save_atomic({"split": split, "checkpoint": ckpt_path, "shuffle_text": shuffle_text,
+                                        "metrics": metrics, "predictions": preds}, out,
+                                       dump=lambda o, f: f.write(json.dumps(o).encode()))
         results.append(metrics)
     dist.cleanup()
     return results

@@ -25,14 +25,15 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def save_atomic(obj: dict, path: str) -> None:
-    """Never leaves a half-written file at ``path``: write a temp file beside it, then rename."""
+def save_atomic(obj, path: str, dump=torch.save) -> None:
+    """Never leaves a half-written file at ``path``: ``dump(obj, binary_file)`` into a temp file beside
+    it, then rename."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=d)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.splitext(path)[1], dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            dump(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
