@@ -272,6 +272,36 @@ def test_crop_keeps_boxes_that_span_the_image():
             assert torch.allclose(b[:, 2:] - b[:, :2], before[:, 2:] - before[:, :2])  # shifted, not resized
 
 
+def test_crop_keeping_objects_cuts_no_object(synth):
+    """crop="objects": every object keeps all its pixels (so no count or relation changes), the crop
+    still moves the image; the referent-only crop does cut objects away on the same samples."""
+    out, _ = synth
+    recs = load_refer(out, os.path.join(out, "images"), splits=["train"])[:40]
+    ds = RefDataset(recs, lambda s: s, instances=load_instance_labels(out, []))  # the masks alone, no labels
+    random.seed(0)
+    moved = cut_by_plain = 0
+    for i in range(len(ds)):
+        s = ds[i]
+        before = torch.bincount(s["instances"].flatten().long())
+        for keep, crop in ((True, RandomCropKeepBox(p=1.0, keep_objects=True)), (False, RandomCropKeepBox(p=1.0))):
+            c = crop(s)
+            after = torch.bincount(c["instances"].flatten().long(), minlength=len(before))
+            if keep:
+                assert torch.equal(after[1:], before[1:]), recs[i].text
+                moved += c["image"].shape != s["image"].shape
+            else:
+                cut_by_plain += not torch.equal(after[1:], before[1:])
+    assert moved > 10 and cut_by_plain > 5
+    tok = WordTokenizer.train([r.text for r in recs])
+    crop_ds = RefDataset(recs[:8], build_transforms(True, 64, crop="objects"), instances=load_instance_labels(out, []))
+    b = Collate(tok)([crop_ds[i] for i in range(8)])
+    assert b["inst_labels"].shape[0] == 8 and b["inst_labels"].shape[-1] == 0
+    with pytest.raises(ValueError, match="instance map"):
+        RandomCropKeepBox(p=1.0, keep_objects=True)({"image": torch.zeros(3, 8, 8), "box": torch.tensor([1.0, 1, 4, 4])})
+    with pytest.raises(ValueError, match="data.crop"):
+        build_transforms(True, 64, crop="all")
+
+
 def test_image_group_sampler_covers_every_expression_once(synth):
     out, _ = synth
     recs = load_refer(out, os.path.join(out, "images"), splits=["train"])

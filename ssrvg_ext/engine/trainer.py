@@ -41,10 +41,12 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     train_recs = load_records(cfg, cfg["data"]["train_split"])
     val_recs = load_records(cfg, cfg["data"]["val_split"])
     instances = None
-    if cfg["data"].get("aux_labels"):  # every object's labels for the dense auxiliary loss; its classes go
-        instances = load_instance_labels(cfg["data"]["ann_dir"], cfg["data"]["aux_labels"],  # into the config
+    if cfg["data"].get("aux_labels") or cfg["data"].get("crop") == "objects":
+        # every object of the training images: labels for the dense auxiliary loss (their classes go into
+        # the config) and the masks that crop="objects" keeps whole
+        instances = load_instance_labels(cfg["data"]["ann_dir"], cfg["data"].get("aux_labels") or [],
                                          {r.image_id for r in train_recs})
-        cfg["model"]["aux_classes"] = {k: list(v) for k, v in instances.classes.items()}
+        cfg["model"]["aux_classes"] = {k: list(v) for k, v in instances.classes.items()} or None
     if dist.is_main():
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
