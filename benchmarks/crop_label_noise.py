@@ -56,7 +56,7 @@ def main():
         inst = json.load(f)
     cats = {c["id"]: c["name"] for c in inst["categories"]}
     by_image = {}
-    for a in sorted(inst["annotations"], key=lambda a: -float(a.get("area", 0))):  # the instance map's order
+    for a in inst["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
     recs = load_refer(args.data, os.path.join(args.data, "images"), splits=["train"])
     ds = RefDataset(recs, lambda s: s, instances=load_instance_labels(args.data, []))
