@@ -275,6 +275,21 @@ def test_crop_keeps_boxes_that_span_the_image():
             assert torch.allclose(b[:, 2:] - b[:, :2], before[:, 2:] - before[:, :2])  # shifted, not resized
 
 
+def test_crop_keeps_fractional_box_edges():
+    """COCO boxes are floats: the window covers every pixel a box touches, to its far fractional edge."""
+    img = torch.zeros(3, 20, 30, dtype=torch.uint8)
+    box = torch.tensor([2.3, 3.6, 17.7, 9.2])
+    random.seed(0)
+    sizes = set()
+    for _ in range(200):
+        s = RandomCropKeepBox(p=1.0, min_frac=0.0)({"image": img, "box": box, "mask": torch.zeros(20, 30)})
+        h, w = s["image"].shape[-2:]
+        b = s["box"]
+        assert b[0] >= 0 and b[1] >= 0 and b[2] <= w and b[3] <= h, (b, w, h)
+        sizes.add((w, h))
+    assert min(w for w, _ in sizes) == 16 and min(h for _, h in sizes) == 7  # the tightest: x 2..18, y 3..10
+
+
 def test_crop_keeping_objects_cuts_no_object(synth):
     """crop="objects": every object keeps all its pixels (so no count or relation changes), the crop
     still moves the image; the referent-only crop does cut objects away on the same samples."""

@@ -13,6 +13,7 @@ targets and the metadata that maps predictions back to the original image:
 
 from __future__ import annotations
 
+import math
 import random
 import re
 
@@ -103,10 +104,13 @@ class RandomCropKeepBox:
             if len(xs):
                 x0, y0 = min(x0, xs.min().item()), min(y0, ys.min().item())
                 x1, y1 = max(x1, xs.max().item() + 1), max(y1, ys.max().item() + 1)
-        cw = random.randint(min(w, max(int(w * self.min_frac), int(x1 - x0) + 1)), w)  # a box may span the image
-        ch = random.randint(min(h, max(int(h * self.min_frac), int(y1 - y0) + 1)), h)
-        left = random.randint(max(0, int(x1) - cw), min(int(x0), w - cw))
-        top = random.randint(max(0, int(y1) - ch), min(int(y0), h - ch))
+        # whole pixels covering the (float) boxes: near edges rounded down, far edges up, inside the image
+        x0, y0 = max(0, math.floor(x0)), max(0, math.floor(y0))
+        x1, y1 = min(w, max(x0, math.ceil(x1))), min(h, max(y0, math.ceil(y1)))
+        cw = random.randint(max(int(w * self.min_frac), x1 - x0, 1), w)  # a box may span the image
+        ch = random.randint(max(int(h * self.min_frac), y1 - y0, 1), h)
+        left = random.randint(max(0, x1 - cw), min(x0, w - cw))
+        top = random.randint(max(0, y1 - ch), min(y0, h - ch))
         box = s["box"] - torch.tensor([left, top, left, top], dtype=s["box"].dtype)
         return dict(s, image=s["image"][:, top:top + ch, left:left + cw],
                     **_maps(s, lambda m: m[..., top:top + ch, left:left + cw]), box=box)
