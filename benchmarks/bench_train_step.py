@@ -25,6 +25,7 @@ from ssrvg_ext.config import load_config  # noqa: E402
 from ssrvg_ext.data.refer import load_instance_labels  # noqa: E402
 from ssrvg_ext.engine.loops import (load_records, make_dataset, make_loader, make_tokenizer,  # noqa: E402
                                     param_groups, train_one_epoch)
+from ssrvg_ext.engine.trainer import _fused_if_supported  # noqa: E402
 from ssrvg_ext.models import build_criterion, build_model  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def setup(config: str, overrides: list[str], steps: int, device: torch.device) -
         cfg["model"]["aux_classes"] = {k: list(v) for k, v in inst.classes.items()} or None
     tok = make_tokenizer(cfg, [r.text for r in recs])
     model = build_model(cfg, vocab_size=tok.vocab_size).to(device)
-    opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg["train"]["weight_decay"])
+    opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg["train"]["weight_decay"], **_fused_if_supported())
     loader = make_loader(cfg, make_dataset(cfg, recs, train=True, instances=inst), tok, train=True)[0]
     batches = list(loader)
     return dict(model=model, crit=build_criterion(cfg), opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
