@@ -22,9 +22,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import device_name  # noqa: E402
 from ssrvg_ext.config import load_config  # noqa: E402
-from ssrvg_ext.data.refer import load_instance_labels  # noqa: E402
-from ssrvg_ext.engine.loops import (load_records, make_dataset, make_loader, make_tokenizer,  # noqa: E402
-                                    param_groups, train_one_epoch)
+from ssrvg_ext.engine.loops import (load_records, load_train_instances, make_dataset, make_loader,  # noqa: E402
+                                    make_tokenizer, param_groups, train_one_epoch)
 from ssrvg_ext.engine.trainer import _fused_if_supported  # noqa: E402
 from ssrvg_ext.models import build_criterion, build_model  # noqa: E402
 
@@ -33,10 +32,7 @@ def setup(config: str, overrides: list[str], steps: int, device: torch.device) -
     torch.manual_seed(0)
     cfg = load_config(config, overrides)
     recs = load_records(cfg, cfg["data"]["train_split"])[: (steps + 2) * cfg["train"]["batch_size"]]
-    inst = None
-    if cfg["data"].get("aux_labels") or cfg["data"].get("crop") == "objects":
-        inst = load_instance_labels(cfg["data"]["ann_dir"], cfg["data"].get("aux_labels") or [], {r.image_id for r in recs})
-        cfg["model"]["aux_classes"] = {k: list(v) for k, v in inst.classes.items()} or None
+    inst = load_train_instances(cfg, recs)
     tok = make_tokenizer(cfg, [r.text for r in recs])
     model = build_model(cfg, vocab_size=tok.vocab_size).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg["train"]["weight_decay"], **_fused_if_supported())

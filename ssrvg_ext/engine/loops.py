@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..data import Collate, HFTokenizer, ImageGroupBatchSampler, RefDataset, WordTokenizer, build_transforms, load_refer
+from ..data.refer import load_instance_labels
 from ..evaluation import box_iou, grounding_metrics, mask_stats
 from ..ops import rle
 from . import dist
@@ -27,6 +28,18 @@ def load_records(cfg: dict, split: str, shuffle_text: bool = False):
         random.Random(0).shuffle(texts)
         recs = [type(r)(**{**r.__dict__, "text": t}) for r, t in zip(recs, texts)]
     return recs
+
+
+def load_train_instances(cfg: dict, records):
+    """Every object of the records' images, when the config needs them: labels for the dense auxiliary
+    loss (their classes go into ``cfg["model"]["aux_classes"]``) and the masks that crop="objects"
+    keeps whole. None when neither is asked for."""
+    d = cfg["data"]
+    if not (d.get("aux_labels") or d.get("crop") == "objects"):
+        return None
+    instances = load_instance_labels(d["ann_dir"], d.get("aux_labels") or [], {r.image_id for r in records})
+    cfg["model"]["aux_classes"] = {k: list(v) for k, v in instances.classes.items()} or None
+    return instances
 
 
 def make_tokenizer(cfg: dict, train_texts=None, state: dict | None = None):

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 import yaml
 
-from ..data.refer import load_instance_labels
 from ..models import build_criterion, build_model
 from . import checkpoint, dist
-from .loops import (EMA, amp_setup, evaluate, load_records, lr_factor, make_dataset, make_loader, make_tokenizer,
-                    make_transform, param_groups, tokenizer_state, train_input_size, train_one_epoch, write_jsonl)
+from .loops import (EMA, amp_setup, evaluate, load_records, load_train_instances, lr_factor, make_dataset, make_loader,
+                    make_tokenizer, make_transform, param_groups, tokenizer_state, train_input_size, train_one_epoch,
+                    write_jsonl)
 
 
 def seed_all(seed: int):
@@ -40,13 +40,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
 
     train_recs = load_records(cfg, cfg["data"]["train_split"])
     val_recs = load_records(cfg, cfg["data"]["val_split"])
-    instances = None
-    if cfg["data"].get("aux_labels") or cfg["data"].get("crop") == "objects":
-        # every object of the training images: labels for the dense auxiliary loss (their classes go into
-        # the config) and the masks that crop="objects" keeps whole
-        instances = load_instance_labels(cfg["data"]["ann_dir"], cfg["data"].get("aux_labels") or [],
-                                         {r.image_id for r in train_recs})
-        cfg["model"]["aux_classes"] = {k: list(v) for k, v in instances.classes.items()} or None
+    instances = load_train_instances(cfg, train_recs)
     if dist.is_main():
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
