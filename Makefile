@@ -1,7 +1,8 @@
 # The two main commands (see README.md):
 #   make test    set up .venv, build the extension (CUDA kernels too where torch has CUDA), run the tests
 #   make train   set up, generate the synthetic dataset, train the default config, evaluate, demo picture
-# Everything installs into .venv; FORCE_CUDA=0 make test builds CPU-only kernels.
+# Everything installs into .venv at the versions pinned in constraints.txt (refresh: make lock);
+# FORCE_CUDA=0 make test builds CPU-only kernels.
 
 PY      ?= python3
 VENV    ?= .venv
@@ -15,16 +16,22 @@ DATA    ?= data/synthetic
 RUN     ?= runs/tiny_synthetic
 CONFIG  ?= configs/tiny_synthetic.yaml
 
-.PHONY: setup build train-build test train data bench info clean
+.PHONY: setup build train-build test train data bench info lock clean
 
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: requirements.txt
+# A changed lock reinstalls; a toolkit is pip-installed (pinned too) only where no complete one
+# matching torch's CUDA exists.
+$(VENV)/.setup-done: requirements.txt constraints.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -r requirements.txt
-	$(PYTHON) tools/cuda_toolkit.py --install
+	$(PIP) install -q --upgrade pip -c constraints.txt
+	$(PIP) install -r requirements.txt -c constraints.txt
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PYTHON) tools/cuda_toolkit.py --install
 	touch $@
+
+# Re-resolve requirements.txt against today's registry into constraints.txt (then test, commit).
+lock:
+	$(PY) tools/lock.py
 
 # First build: the documented editable install. Later builds: incremental ninja rebuild in place.
 build: $(BUILD_KIND)

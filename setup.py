@@ -4,8 +4,8 @@ Install with ``pip install -e . --no-build-isolation`` (build isolation would pu
 into the build). Environment switches:
 
   FORCE_CUDA=1 / FORCE_CUDA=0   build the CUDA kernels / build CPU-only, whatever is found
-  CUDA_HOME                     the CUDA toolkit to use (else: a pip ``nvidia/cu<major>`` toolkit
-                                matching torch, ``nvcc`` on PATH, /usr/local/cuda)
+  CUDA_HOME                     the CUDA toolkit to try first (each candidate is verified, see
+                                tools/cuda_toolkit.py; rejected ones are printed with the reason)
   TORCH_CUDA_ARCH_LIST          e.g. "9.0" or "8.0;9.0" (default: the local GPUs, else "9.0")
   MAX_JOBS                      parallel compile jobs (ninja)
   NVCC_FLAGS                    extra nvcc flags, space separated
@@ -25,7 +25,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from cuda_toolkit import find_cuda_home, nvcc_version  # noqa: E402
+from cuda_toolkit import cudart_link_dir, find_cuda_home, nvcc_version, report  # noqa: E402
 
 
 def log(msg):
@@ -34,9 +34,10 @@ def log(msg):
 
 def decide_cuda():
     force = os.environ.get("FORCE_CUDA", "")
-    home, why = find_cuda_home(torch.version.cuda)
     if force == "0":
         return None, "FORCE_CUDA=0: CPU-only build"
+    home, why, rejected = find_cuda_home(torch.version.cuda)
+    report(home, why, rejected, log)
     if force == "1":
         if home is None:
             sys.exit(f"FORCE_CUDA=1 but {why}. Set CUDA_HOME to a toolkit matching torch.")
@@ -44,23 +45,6 @@ def decide_cuda():
     if home is None:
         return None, f"CPU-only build: {why} (set FORCE_CUDA=1 with CUDA_HOME to insist)"
     return home, why
-
-
-def cudart_link_dir(cuda_home):
-    """pip toolkits ship libcudart.so.N without the libcudart.so link name; make one in build/."""
-    for sub in ("lib64", "lib"):
-        if os.path.exists(os.path.join(cuda_home, sub, "libcudart.so")):
-            return os.path.join(cuda_home, sub)
-    found = sorted(glob.glob(os.path.join(cuda_home, "lib*", "libcudart.so.*")))
-    if not found:
-        return None
-    link_dir = os.path.join(ROOT, "build", "cudart_link")
-    os.makedirs(link_dir, exist_ok=True)
-    link = os.path.join(link_dir, "libcudart.so")
-    if os.path.lexists(link):
-        os.remove(link)
-    os.symlink(found[0], link)
-    return link_dir
 
 
 CUDA_HOME, REASON = decide_cuda()
@@ -87,7 +71,7 @@ def extension():
     nvcc = ["-O0", "-G", "-lineinfo"] if DEBUG else ["-O3", "-lineinfo"]
     nvcc += ["--expt-relaxed-constexpr"]
     nvcc += os.environ.get("NVCC_FLAGS", "").split()
-    link_dir = cudart_link_dir(CUDA_HOME)
+    link_dir = cudart_link_dir(CUDA_HOME, os.path.join(ROOT, "build"))
     if link_dir:
         kwargs["library_dirs"] = [link_dir]
     log(f"CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(local GPUs)')}: {', '.join(cuda_sources)}")
