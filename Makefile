@@ -10,13 +10,16 @@ PYTHON  := $(VENV)/bin/python
 PIP     := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 SOURCES := setup.py tools/cuda_toolkit.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
-BUILD_KIND := $(VENV)/.build-$(if $(filter 0,$(FORCE_CUDA)),cpu,auto)
+# A sanitized build (DEBUG=asan) only loads into an uninstrumented python with libasan preloaded.
+ASAN_RUN := LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
+RUN_PY := $(if $(filter asan,$(DEBUG)),$(ASAN_RUN) )$(PYTHON)
+BUILD_KIND := $(VENV)/.build-$(if $(filter asan,$(DEBUG)),asan,$(if $(filter 0,$(FORCE_CUDA)),cpu,auto))
 
 DATA    ?= data/synthetic
 RUN     ?= runs/tiny_synthetic
 CONFIG  ?= configs/tiny_synthetic.yaml
 
-.PHONY: setup build train-build test train data bench info lock clean
+.PHONY: setup build train-build test fuzz train data bench info lock clean
 
 setup: $(VENV)/.setup-done
 
@@ -44,10 +47,18 @@ $(BUILD_KIND): $(VENV)/.setup-done $(SOURCES)
 	fi
 	rm -f $(VENV)/.build-*
 	touch $@
-	$(PYTHON) -m ssrvg_ext.info
+	$(RUN_PY) -m ssrvg_ext.info
 
 test: build
 	$(PYTHON) -m pytest python_tests $(PYTEST_ARGS)
+
+# The hostile-input suite against a CPU build with AddressSanitizer + UBSan (python is not
+# instrumented, so libasan is preloaded). Leaves the sanitized build in place: the next
+# `make test` rebuilds the normal one.
+fuzz:
+	$(MAKE) --no-print-directory build DEBUG=asan FORCE_CUDA=0
+	$(ASAN_RUN) $(PYTHON) -m pytest python_tests/test_fuzz.py python_tests/test_rle.py python_tests/test_mask_loss.py \
+	  python_tests/test_ms_deform_attn.py $(PYTEST_ARGS)
 
 data: $(DATA)/instances.json
 

@@ -10,6 +10,8 @@ into the build). Environment switches:
   MAX_JOBS                      parallel compile jobs (ninja)
   NVCC_FLAGS                    extra nvcc flags, space separated
   DEBUG=1                       -O0 -g (and -G -lineinfo for CUDA)
+  DEBUG=asan                    -O1 -g -fsanitize=address,undefined for the C++ kernels (run Python
+                                with LD_PRELOAD=$(gcc -print-file-name=libasan.so); `make fuzz`)
 """
 
 import glob
@@ -32,12 +34,16 @@ def log(msg):
     print(f"[ssrvg_ext setup] {msg}", flush=True)
 
 
+REJECTED = []  # toolkit candidates refused, with the reason (printed, and kept in the build record)
+
+
 def decide_cuda():
     force = os.environ.get("FORCE_CUDA", "")
     if force == "0":
         return None, "FORCE_CUDA=0: CPU-only build"
     home, why, rejected = find_cuda_home(torch.version.cuda)
     report(home, why, rejected, log)
+    REJECTED[:] = rejected
     if force == "1":
         if home is None:
             sys.exit(f"FORCE_CUDA=1 but {why}. Set CUDA_HOME to a toolkit matching torch.")
@@ -56,16 +62,19 @@ if CUDA_HOME:
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 DEBUG = os.environ.get("DEBUG", "0") == "1"
+ASAN = os.environ.get("DEBUG", "0") == "asan"
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
 log(REASON)
 
 
 def extension():
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cpp"), recursive=True))]
     cuda_sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True))]
-    cxx = ["-O0", "-g"] if DEBUG else ["-O3"]
+    cxx = ["-O0", "-g"] if DEBUG else (["-O1", "-g"] + SANITIZE if ASAN else ["-O3"])
     cxx += ["-fno-trapping-math", "-fno-math-errno"]  # lets GCC vectorise selects and math (same results)
     cxx += ["-fopenmp"] if sys.platform != "darwin" else []  # torch.utils.cpp_extension picks -std
-    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"] if sys.platform != "darwin" else [])
+    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")],
+                  extra_link_args=(["-fopenmp"] if sys.platform != "darwin" else []) + (SANITIZE if ASAN else []))
     if not CUDA_HOME:
         return CppExtension("ssrvg_ext._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
     nvcc = ["-O0", "-G", "-lineinfo"] if DEBUG else ["-O3", "-lineinfo"]
@@ -94,8 +103,9 @@ def write_build_info():
         "nvcc": ".".join(map(str, nvcc_version(CUDA_HOME))) if CUDA_HOME else None,
         "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if CUDA_HOME else None,
         "cxx": compiler_version,
-        "debug": DEBUG,
+        "debug": "asan" if ASAN else DEBUG,
         "decision": REASON,
+        "rejected": list(REJECTED),
     }
     with open(os.path.join(ROOT, "ssrvg_ext", "_build_info.json"), "w") as f:
         json.dump(info, f, indent=2)

@@ -17,13 +17,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ssrvg_ext.data import (Collate, ImageGroupBatchSampler, RefDataset, WordTokenizer, build_transforms, load_refer,
                             load_refs_pickle, swap_left_right)
 from ssrvg_ext.data.refer import UnsafePickleError, load_instance_labels
+from conftest import test_seed
 from ssrvg_ext.data.synthetic import COLORS, SHAPES, generate
 from ssrvg_ext.data.transforms import RandomCropKeepBox, RandomHorizontalFlip, ResizePad
+from ssrvg_ext.ops import rle
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    seed = int.from_bytes(os.urandom(2), "little")  # fresh every run; a failure shows it in the path
+    seed = test_seed()  # fixed by default (SSRVG_TEST_SEED); a failure shows it in the path
     out = str(tmp_path_factory.mktemp(f"synth_seed{seed}_"))
     stats = generate(out, num_images=60, seed=seed)
     return out, stats
@@ -432,3 +434,101 @@ def test_collate_with_distributed_sampler(synth):
         assert b["images"].shape == (4, 3, 96, 96) and b["text_ids"].shape[0] == 4 and b["masks"].dtype == torch.uint8
         seen += list(sampler)
     assert set(seen) == set(range(len(ds)))  # the two ranks cover every sample
+
+
+# ---- untrusted annotations and images ----
+def _release_with(tmp_path, seg=None, file_name="a.jpg", sent="the thing"):
+    ann, imgs = _tiny_release(tmp_path, seg if seg is not None else [[1, 1, 6, 1, 6, 6]])
+    inst = json.loads((tmp_path / "instances.json").read_text())
+    inst["images"][0]["file_name"] = file_name
+    (tmp_path / "instances.json").write_text(json.dumps(inst))
+    refs = pickle.loads((tmp_path / "refs(unc).p").read_bytes())
+    refs[0]["sentences"][0]["sent"] = refs[0]["sentences"][0]["raw"] = sent
+    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    return ann, imgs
+
+
+@pytest.mark.parametrize("name", ["../instances.json", "/etc/passwd", "sub/../../x.jpg", ""])
+def test_image_paths_must_stay_in_the_image_folder(tmp_path, name):
+    ann, imgs = _release_with(tmp_path, file_name=name)
+    with pytest.raises(ValueError, match="image 7: file_name"):
+        load_refer(ann, imgs, check_images=False)
+
+
+@pytest.mark.parametrize("seg", [
+    {"size": [10, 20], "counts": "P"},                                   # string ends mid-number
+    {"size": [10, 20], "counts": [1, 2**63 - 1, 2**63 - 1, 5]},          # counts wrap int64
+    {"size": [10, 20], "counts": [5, -1, 196]},                          # negative run
+    {"size": [10, 20], "counts": [199]},                                 # short of H*W
+    {"size": [10, 20], "counts": "1\x7f"},                               # bad character
+    [[1, 1, 6, 1, 6]],                                                   # odd polygon
+    [[1, 1, 6, 1, float("nan"), 6]],                                     # NaN coordinate
+    [["1", 1, 6, 1, 6, 6]],                                              # not a number
+    {"size": [10, 20]},                                                  # no counts
+])
+def test_malformed_segmentation_names_the_annotation(tmp_path, seg):
+    ann, imgs = _release_with(tmp_path, seg=seg)
+    with pytest.raises(ValueError, match="annotation 3"):
+        load_refer(ann, imgs)
+
+
+def test_valid_rle_segmentations_are_read_exactly(tmp_path):
+    mask = np.zeros((10, 20), np.uint8)
+    mask[2:7, 3:15] = 1
+    coco = cocomask.encode(np.asfortranarray(mask))
+    for seg in ({"size": [10, 20], "counts": coco["counts"].decode()},
+                {"size": [10, 20], "counts": rle.string_to_counts(coco["counts"], 10, 20)}):
+        sub = tmp_path / str(len(os.listdir(tmp_path)))
+        sub.mkdir()
+        (rec,) = load_refer(*_release_with(sub, seg=seg))
+        assert np.array_equal(cocomask.decode(rec.rle), mask)
+
+
+@pytest.mark.parametrize("sent", ["", "   "])
+def test_empty_expression_names_ref_and_sentence(tmp_path, sent):
+    ann, imgs = _release_with(tmp_path, sent=sent)
+    with pytest.raises(ValueError, match="ref 1, sentence 9: the expression is empty"):
+        load_refer(ann, imgs)
+
+
+def test_images_are_read_robustly(tmp_path):
+    from PIL import Image
+
+    from ssrvg_ext.data.dataset import read_image
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 4, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    assert torch.equal(read_image(str(tmp_path / "rgb.png")), torch.from_numpy(rgb).permute(2, 0, 1))
+    # EXIF orientation 6 (rotate 90 clockwise to display): the tensor is the displayed image.
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "rot.jpg", exif=exif, quality=100)
+    assert read_image(str(tmp_path / "rot.jpg")).shape == (3, 4, 6)
+    # 16-bit grayscale: scaled to 8 bits, not saturated.
+    g16 = np.array([[0, 257 * 100], [65535, 257 * 7]], np.uint16)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    out = read_image(str(tmp_path / "g16.png"))
+    assert out.shape == (3, 2, 2) and out[0].tolist() == [[0, 100], [255, 7]] and torch.equal(out[0], out[2])
+    # Grayscale, palette, RGBA.
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "g.png")
+    assert torch.equal(read_image(str(tmp_path / "g.png"))[1], torch.from_numpy(rgb[..., 0]))
+    Image.fromarray(rgb).convert("P").save(tmp_path / "p.png")
+    Image.fromarray(np.dstack([rgb, np.full((6, 4), 255, np.uint8)])).save(tmp_path / "rgba.png")
+    assert torch.equal(read_image(str(tmp_path / "rgba.png")), torch.from_numpy(rgb).permute(2, 0, 1))
+    assert read_image(str(tmp_path / "p.png")).shape == (3, 6, 4)
+    # Truncated and non-image files are named.
+    data = (tmp_path / "rot.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    for bad in ("cut.jpg", "junk.png"):
+        with pytest.raises(ValueError, match=bad):
+            read_image(str(tmp_path / bad))
+
+
+def test_over_long_expressions_keep_the_closing_token():
+    from ssrvg_ext.data.tokenizer import WordTokenizer
+    tok = WordTokenizer.train(["a b c d e f g h"], max_len=5)
+    ids, mask = tok.encode(["a b c d e f g h", "a b"])
+    sep = tok.tok.token_to_id("[SEP]")
+    assert ids[0].tolist()[-1] == sep and ids[0].tolist()[0] == tok.tok.token_to_id("[CLS]") and bool(mask[0].all())
+    assert ids[1].tolist()[:4] == [tok.tok.token_to_id(t) for t in ("[CLS]", "a", "b", "[SEP]")]

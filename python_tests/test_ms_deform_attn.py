@@ -141,8 +141,10 @@ def test_bad_inputs_raise(rng):
     value, shapes, starts, loc, attn = make(rng, 2, 5, 2, 4, 2, 2)
     with pytest.raises(ValueError, match="level_start_index"):
         ms_deform_attn(value, shapes, starts + 1, loc, attn)
-    with pytest.raises(ValueError, match="positions but spatial_shapes"):
+    with pytest.raises(ValueError, match="cover more than value.s S|positions but spatial_shapes"):
         ms_deform_attn(value[:, :-1], shapes, starts, loc, attn)
+    with pytest.raises(ValueError, match="positions but spatial_shapes"):
+        ms_deform_attn(torch.cat([value, value[:, :1]], 1), shapes, starts, loc, attn)
     with pytest.raises(ValueError, match="sampling_locations must have shape"):
         ms_deform_attn(value, shapes, starts, loc[..., :1], attn)
     with pytest.raises(ValueError, match="attention_weights must have shape"):

@@ -310,3 +310,64 @@ def test_cuda_zero_sizes_and_opcheck():
     counts, offsets = torch.ops.ssrvg.rle_encode(m)
     torch.library.opcheck(torch.ops.ssrvg.rle_decode.default, (counts, offsets, 17, 9))
     torch.library.opcheck(torch.ops.ssrvg.mask_iou.default, (m, m, torch.zeros(3, dtype=torch.uint8, device="cuda")))
+
+
+# ---- non-canonical RLEs: zero-length runs anywhere encode the same mask --------------------------
+def non_canonical(counts, g):
+    """The same mask's counts with empty runs inserted: a run split as (a, 0, b), a (0, 0) pair
+    put between two runs, and (0, 0) at the very start or end."""
+    out = []
+    for c in counts:
+        r = float(torch.rand(1, generator=g))
+        if r < 0.3 and c > 1:
+            a = int(torch.randint(0, c + 1, (1,), generator=g))
+            out += [a, 0, c - a]
+        elif r < 0.5:
+            out += [c, 0, 0]
+        else:
+            out.append(c)
+    if float(torch.rand(1, generator=g)) < 0.5:
+        out = [0, 0] + out
+    return out
+
+
+@pytest.mark.parametrize("use_ref", [False, True])
+def test_non_canonical_rles_give_the_true_answers(rng, use_ref):
+    from ssrvg_ext.ops.reference import rle_encode
+    with extension.force_reference(use_ref):
+        for trial in range(30):
+            h, w = (int(v) for v in torch.randint(1, 12, (2,), generator=rng))
+            masks = random_masks(rng, 4, h, w, kind="noise" if trial % 2 else "blobs")
+            masks[0] = 0  # an empty mask among them
+            counts, offsets = rle_encode(masks)
+            canon = [{"size": [h, w], "counts": counts[offsets[i]:offsets[i + 1]].tolist()} for i in range(4)]
+            odd = [{"size": [h, w], "counts": non_canonical(r["counts"], rng)} for r in canon]
+            assert torch.equal(rle.decode(odd), masks)
+            assert torch.equal(rle.area(odd), masks.flatten(1).sum(1).long())
+            coco = coco_encode(masks)
+            # Boxes: pycocotools' on the canonical RLE (right there), and the mask's true box.
+            assert torch.equal(rle.to_bbox(odd), torch.from_numpy(cocomask.toBbox(coco)).double())
+            for i in range(4):
+                ys, xs = torch.nonzero(masks[i], as_tuple=True)
+                true = [0.0] * 4 if xs.numel() == 0 else [xs.min().item(), ys.min().item(),
+                                                          (xs.max() - xs.min() + 1).item(), (ys.max() - ys.min() + 1).item()]
+                assert rle.to_bbox(odd[i]).reshape(-1).tolist() == true
+            crowd = [0, 1, 0, 0]
+            want = torch.from_numpy(np.asarray(cocomask.iou(coco, coco, crowd), dtype=np.float64)).reshape(4, 4)
+            assert torch.equal(rle.iou(odd, odd, crowd), want)
+            assert torch.equal(rle.iou(odd, canon, crowd), want)
+            for intersect in (False, True):
+                merged = cocomask.merge(coco, intersect=intersect)
+                assert rle.merge(odd, intersect)["counts"] == merged["counts"]
+                assert rle.merge(odd[1:2], intersect)["counts"] == coco[1]["counts"]  # one RLE: canonicalised
+
+
+def test_issue_examples_of_empty_runs():
+    # An empty run at the same place in both: the intersection must not stop there.
+    c = [1, 1, 5, 5, 6, 1, 0, 0, 2]
+    r = {"size": [sum(c), 1], "counts": c}
+    for use_ref in (False, True):
+        with extension.force_reference(use_ref):
+            assert rle.iou([r], [r]).item() == 1.0
+            # Leading empty runs: the box of the one pixel at column 1, row 0 of a 3x3 mask.
+            assert rle.to_bbox([{"size": [3, 3], "counts": [0, 0, 3, 1, 5]}]).tolist() == [[1.0, 0.0, 1.0, 1.0]]

@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
 
 #include <cmath>
 
@@ -181,12 +182,24 @@ inline void check_inputs(const at::Tensor& logits, const at::Tensor& targets,
   }
 }
 
+// Focal parameters: gamma finite and >= 0; alpha finite and <= 1 (alpha < 0 switches the alpha
+// weighting off, as torchvision's sigmoid_focal_loss).
+inline void check_focal_params(double alpha, double gamma) {
+  TORCH_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0, "gamma must be a finite number >= 0; got ", gamma);
+  TORCH_CHECK_VALUE(std::isfinite(alpha) && alpha <= 1, "alpha must be a finite number <= 1 (< 0: no alpha weighting); got ",
+                    alpha);
+}
+
 // Checked, contiguous inputs of the loss kernels and their sizes (valid undefined when absent).
+// All checks run before any device guard or kernel (a CPU tensor given to a CUDA kernel is an error
+// here, not an internal assert).
 struct LossInputs {
   at::Tensor logits, targets, valid;
   int64_t B, h, w, H, W;
-  LossInputs(const at::Tensor& l, const at::Tensor& t, const c10::optional<at::Tensor>& v) {
+  LossInputs(const at::Tensor& l, const at::Tensor& t, const c10::optional<at::Tensor>& v, double alpha,
+             double gamma) {
     check_inputs(l, t, v);
+    check_focal_params(alpha, gamma);
     logits = l.contiguous();
     targets = t.contiguous();
     valid = v.has_value() ? v->contiguous() : at::Tensor();
@@ -197,6 +210,9 @@ struct LossInputs {
   void check_grad(const at::Tensor& grad) const {
     TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == B && grad.size(1) == kSums, "grad must have shape (", B,
                       ", ", kSums, "); got ", grad.sizes());
+    TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), "grad must be floating point; got ", grad.scalar_type());
+    TORCH_CHECK_VALUE(grad.device() == logits.device(), "grad must be on the device of logits (", logits.device(),
+                      "); got ", grad.device());
   }
 };
 
@@ -210,6 +226,10 @@ inline void check_postprocess(const at::Tensor& logits, int64_t in_h, int64_t in
   TORCH_CHECK_VALUE(crop_h > 0 && crop_w > 0 && crop_h <= in_h && crop_w <= in_w, "crop ", crop_h, "x",
                     crop_w, " must be positive and fit the ", in_h, "x", in_w, " input");
   TORCH_CHECK_VALUE(out_h > 0 && out_w > 0, "output size must be positive; got ", out_h, "x", out_w);
+  int64_t hw = 0, total = 0;
+  TORCH_CHECK_VALUE(!c10::mul_overflows(out_h, out_w, &hw) && !c10::mul_overflows(hw, logits.size(0), &total),
+                    "output size ", logits.size(0), " x ", out_h, " x ", out_w, " overflows int64");
+  TORCH_CHECK_VALUE(!c10::mul_overflows(in_h, in_w, &hw), "input size ", in_h, " x ", in_w, " overflows int64");
 }
 
 }  // namespace mask_loss

@@ -213,7 +213,7 @@ void backward_row_any(int, const double* v, int64_t w, const Lerp<double>& ly, c
 
 at::Tensor sums_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
                     const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
-  const LossInputs in(logits_in, targets_in, valid_in);
+  const LossInputs in(logits_in, targets_in, valid_in, alpha, gamma);
   const at::Tensor& logits = in.logits;
   const int64_t B = in.B, h = in.h, w = in.w, H = in.H, W = in.W;
   const int gk = gamma_kind(gamma);
@@ -250,7 +250,7 @@ at::Tensor sums_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
 at::Tensor sums_backward_cpu(const at::Tensor& grad_in, const at::Tensor& logits_in,
                              const at::Tensor& targets_in, const c10::optional<at::Tensor>& valid_in,
                              double alpha, double gamma) {
-  const LossInputs in(logits_in, targets_in, valid_in);
+  const LossInputs in(logits_in, targets_in, valid_in, alpha, gamma);
   const at::Tensor& logits = in.logits;
   const int64_t B = in.B, h = in.h, w = in.w, H = in.H, W = in.W;
   in.check_grad(grad_in);
@@ -309,6 +309,7 @@ at::Tensor sums_backward_cpu(const at::Tensor& grad_in, const at::Tensor& logits
 at::Tensor postprocess_cpu(const at::Tensor& logits_in, int64_t in_h, int64_t in_w, int64_t crop_h,
                            int64_t crop_w, int64_t out_h, int64_t out_w, double threshold) {
   check_postprocess(logits_in, in_h, in_w, crop_h, crop_w, out_h, out_w);
+  TORCH_CHECK_VALUE(std::isfinite(threshold), "threshold must be finite; got ", threshold);
   const at::Tensor logits = logits_in.contiguous();
   const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);
   at::Tensor out = at::empty({B, out_h, out_w}, logits.options().dtype(at::kByte));

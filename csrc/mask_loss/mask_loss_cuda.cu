@@ -83,12 +83,12 @@ __global__ void finish_sums_kernel(const T* __restrict__ partials, int64_t B, in
 
 at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
                      const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
+  const LossInputs in(logits_in, targets_in, valid_in, alpha, gamma);
+  TORCH_CHECK_VALUE(logits_in.is_cuda(), "logits must be a CUDA tensor here; got ", logits_in.device());
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const LossInputs in(logits_in, targets_in, valid_in);
   const at::Tensor& logits = in.logits;
   const int64_t B = in.B, h = in.h, w = in.w, H = in.H, W = in.W;
-  TORCH_CHECK_VALUE(B <= 65535, "upsampled_mask_sums: at most 65535 masks per call on CUDA; got ", B);
   const int64_t per_block = (int64_t)kThreads * kPixelsPerThread;
   const int blocks = static_cast<int>(std::min<int64_t>(kMaxBlocksPerMask, (H * W + per_block - 1) / per_block));
   const bool is_double = logits.scalar_type() == at::kDouble;
@@ -97,10 +97,16 @@ at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
     using T = at::opmath_type<scalar_t>;
     at::Tensor partials = at::empty({B, blocks, kSums}, logits.options().dtype(c10::CppTypeToScalarType<T>::value));
     if (B == 0) return;
-    sums_kernel<scalar_t><<<dim3(blocks, B), kThreads, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), in.target_data(), in.valid_data(), h, w, H, W,
-        static_cast<float>(alpha), static_cast<float>(gamma), blocks, partials.data_ptr<T>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // grid.y (masks) is at most 65535: launch in chunks of masks, pointers offset per chunk.
+    for (int64_t b0 = 0; b0 < B; b0 += 65535) {
+      const int64_t nb = std::min<int64_t>(65535, B - b0);
+      const uint8_t* vd = in.valid_data();
+      sums_kernel<scalar_t><<<dim3(blocks, (unsigned)nb), kThreads, 0, stream>>>(
+          logits.data_ptr<scalar_t>() + b0 * h * w, in.target_data() + b0 * H * W, vd ? vd + b0 * H * W : nullptr,
+          h, w, H, W, static_cast<float>(alpha), static_cast<float>(gamma), blocks,
+          partials.data_ptr<T>() + b0 * blocks * kSums);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     const int64_t n = B * kSums;
     if (is_double) {
       finish_sums_kernel<T, double><<<(n + kThreads - 1) / kThreads, kThreads, 0, stream>>>(partials.data_ptr<T>(), B, blocks, out.data_ptr<double>());
@@ -158,9 +164,10 @@ __global__ void gather_y_kernel(const at::opmath_type<scalar_t>* __restrict__ R,
 
 at::Tensor sums_backward_cuda(const at::Tensor& grad_in, const at::Tensor& logits_in, const at::Tensor& targets_in,
                               const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
+  const LossInputs in(logits_in, targets_in, valid_in, alpha, gamma);
+  TORCH_CHECK_VALUE(logits_in.is_cuda(), "logits must be a CUDA tensor here; got ", logits_in.device());
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const LossInputs in(logits_in, targets_in, valid_in);
   const at::Tensor& logits = in.logits;
   const int64_t B = in.B, h = in.h, w = in.w, H = in.H, W = in.W;
   in.check_grad(grad_in);
@@ -202,6 +209,7 @@ __global__ void postprocess_kernel(const scalar_t* __restrict__ logits, int64_t 
 at::Tensor postprocess_cuda(const at::Tensor& logits_in, int64_t in_h, int64_t in_w, int64_t crop_h, int64_t crop_w,
                             int64_t out_h, int64_t out_w, double threshold) {
   check_postprocess(logits_in, in_h, in_w, crop_h, crop_w, out_h, out_w);
+  TORCH_CHECK_VALUE(std::isfinite(threshold), "threshold must be finite; got ", threshold);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
   const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
 
 #include <cmath>
 #include <vector>
@@ -81,6 +82,9 @@ inline std::vector<int64_t> check_inputs(const at::Tensor& value, const at::Tens
   TORCH_CHECK_VALUE(loc.device() == value.device() && attn.device() == value.device(),
                     "value, sampling_locations and attention_weights must be on one device; got ", value.device(),
                     ", ", loc.device(), ", ", attn.device());
+  TORCH_CHECK_VALUE(spatial_shapes.device() == level_start_index.device(),
+                    "spatial_shapes and level_start_index must be on one device; got ", spatial_shapes.device(), " and ",
+                    level_start_index.device());
   const at::Tensor shapes = spatial_shapes.cpu().contiguous(), starts = level_start_index.cpu().contiguous();
   const int64_t* sh = shapes.data_ptr<int64_t>();
   const int64_t* st = starts.data_ptr<int64_t>();
@@ -92,7 +96,11 @@ inline std::vector<int64_t> check_inputs(const at::Tensor& value, const at::Tens
     TORCH_CHECK_VALUE(st[l] == total, "level_start_index[", l, "] = ", st[l],
                       " is inconsistent with spatial_shapes (expected ", total, ", the pixels of the levels before it)");
     levels[3 * l] = H, levels[3 * l + 1] = W, levels[3 * l + 2] = total;
-    total += H * W;
+    // Overflow-proof: H*W and the running total must fit int64 and stay within S.
+    int64_t hw = 0;
+    TORCH_CHECK_VALUE(!c10::mul_overflows(H, W, &hw) && hw <= S - total, "spatial_shapes[", l, "] = (", H, ", ", W,
+                      ") does not fit: the levels up to it cover more than value's S = ", S, " positions");
+    total += hw;
   }
   TORCH_CHECK_VALUE(total == S, "value has S = ", S, " positions but spatial_shapes cover ", total);
   return levels;

@@ -245,9 +245,12 @@ struct Inputs {
 
 at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes, const at::Tensor& starts,
                         const at::Tensor& loc_in, const at::Tensor& attn_in) {
+  // Checks first: a CPU tensor reaching this kernel is an error, not a device-guard assert.
+  TORCH_CHECK_VALUE(value_in.is_cuda(), "value must be a CUDA tensor here (all inputs on one device); got ",
+                    value_in.device());
+  const Inputs in(value_in, shapes, starts, loc_in, attn_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const Inputs in(value_in, shapes, starts, loc_in, attn_in);
   const at::Tensor &value = in.value, &loc = in.loc, &attn = in.attn, &levels = in.levels;
   const Geometry g = geometry(value, loc, aligned16(value));
   at::Tensor out = at::empty({g.N, g.Lq, g.M * g.D}, value.options());
@@ -268,11 +271,16 @@ at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& value_in,
                                                              const at::Tensor& shapes, const at::Tensor& starts,
                                                              const at::Tensor& loc_in, const at::Tensor& attn_in) {
+  // Checks first: a CPU tensor reaching this kernel is an error, not a device-guard assert.
+  TORCH_CHECK_VALUE(value_in.is_cuda(), "value must be a CUDA tensor here (all inputs on one device); got ",
+                    value_in.device());
+  const Inputs in(value_in, shapes, starts, loc_in, attn_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const Inputs in(value_in, shapes, starts, loc_in, attn_in);
   const at::Tensor &value = in.value, &loc = in.loc, &attn = in.attn, &levels = in.levels;
   const auto mt = in.math_type;
+  TORCH_CHECK_VALUE(grad_out_in.device() == value.device(), "grad_output must be on the device of value; got ",
+                    grad_out_in.device());
   const at::Tensor grad_out = grad_out_in.to(value.scalar_type()).contiguous();
   TORCH_CHECK_VALUE(grad_out.dim() == 3 && grad_out.size(0) == value.size(0) && grad_out.size(1) == loc.size(1) &&
                         grad_out.size(2) == value.size(2) * value.size(3),

@@ -1,7 +1,8 @@
 // CPU kernels of the COCO RLE ops (schemas in csrc/ops.cpp; semantics in DESIGN.md 4.3).
-// Each loop mirrors pycocotools' maskApi.c so that results are identical, including its quirks
-// (the bbox of a run spanning columns, zero-length runs), with 64-bit counts and every read
-// bounds-checked.
+// Results equal pycocotools (>= 2.0.7) on canonical RLEs; on RLEs with zero-length runs anywhere
+// box, area, IoU and merge are those of the mask the RLE encodes (the true values), since the
+// walks below skip empty runs instead of stopping at them. Counts are 64-bit, validated
+// overflow-proof before any kernel runs (check_rles_host), and every loop is bounded by H*W.
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -24,29 +25,8 @@ struct Rle {
   int64_t h, w;
 };
 
-// Validates counts/offsets/sizes fully: non-negative sizes and counts, counts summing to H*W.
 void check_rles(const at::Tensor& counts, const at::Tensor& offsets, const at::Tensor& sizes) {
-  check_offsets_cpu(counts, offsets);
-  const int64_t n = offsets.numel() - 1;
-  check_sizes(sizes, n);
-  const int64_t* c = counts.data_ptr<int64_t>();
-  const int64_t* o = offsets.data_ptr<int64_t>();
-  const int64_t* s = sizes.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t h = s[2 * i], w = s[2 * i + 1];
-    TORCH_CHECK_VALUE(h >= 0 && w >= 0, "RLE ", i, ": size must be non-negative; got [", h, ", ",
-                      w, "]");
-    TORCH_CHECK_VALUE(o[i + 1] > o[i], "RLE ", i, ": counts are empty (a valid RLE has at least one)");
-    int64_t total = 0;
-    for (int64_t j = o[i]; j < o[i + 1]; ++j) {
-      TORCH_CHECK_VALUE(c[j] >= 0, "RLE ", i, ": count ", j - o[i], " is negative (", c[j], ")");
-      total += c[j];
-      TORCH_CHECK_VALUE(total <= h * w, "RLE ", i, ": counts overrun the ", h, "x", w,
-                        " mask (they sum past ", h * w, ")");
-    }
-    TORCH_CHECK_VALUE(total == h * w, "RLE ", i, ": counts sum to ", total, " but the ", h, "x",
-                      w, " mask has ", h * w, " pixels");
-  }
+  check_rles_host(counts, offsets, sizes);
 }
 
 std::vector<Rle> view_rles(const at::Tensor& counts, const at::Tensor& offsets,
@@ -116,6 +96,7 @@ at::Tensor rle_decode_cpu(const at::Tensor& counts_in, const at::Tensor& offsets
   const int64_t n = offsets.numel() - 1;
   TORCH_CHECK_VALUE(h >= 0 && w >= 0, "rle_decode: size must be non-negative; got [", h, ", ", w,
                     "]");
+  checked_mul(n, checked_mul(h, w, "rle_decode: h x w"), "rle_decode: N x h x w");
   at::Tensor sizes = at::empty({n, 2}, at::kLong);
   sizes.select(1, 0).fill_(h);
   sizes.select(1, 1).fill_(w);
@@ -149,7 +130,7 @@ at::Tensor rle_decode_cpu(const at::Tensor& counts_in, const at::Tensor& offsets
 std::tuple<at::Tensor, at::Tensor> rle_to_string_cpu(const at::Tensor& counts_in,
                                                      const at::Tensor& offsets_in) {
   const at::Tensor counts = counts_in.contiguous(), offsets = offsets_in.contiguous();
-  check_offsets_cpu(counts, offsets);
+  check_counts_nonnegative(counts, offsets);  // so cn[j] - cn[j - 2] cannot overflow
   const int64_t n = offsets.numel() - 1;
   const int64_t* c = counts.data_ptr<int64_t>();
   const int64_t* o = offsets.data_ptr<int64_t>();
@@ -202,6 +183,7 @@ std::tuple<at::Tensor, at::Tensor> rle_from_string_cpu(const at::Tensor& chars_i
       const int64_t h = sz[2 * i], w = sz[2 * i + 1];
       TORCH_CHECK_VALUE(h >= 0 && w >= 0, "RLE ", i, ": size must be non-negative; got [", h,
                         ", ", w, "]");
+      const int64_t hw = checked_mul(h, w, "RLE size H x W");
       std::vector<int64_t>& out = cnts[i];
       int64_t p = co[i];
       const int64_t end = co[i + 1];
@@ -224,18 +206,19 @@ std::tuple<at::Tensor, at::Tensor> rle_from_string_cpu(const at::Tensor& chars_i
           if (!more && (c & 0x10)) x |= static_cast<int64_t>(-1) * (int64_t(1) << (5 * k));
         }
         const int64_t m = static_cast<int64_t>(out.size());
-        if (m > 2) x += out[m - 2];
+        TORCH_CHECK_VALUE(m <= 2 || !c10::add_overflows(x, out[m - 2], &x), "RLE ", i, ": count ", m,
+                          " overflows int64");
         TORCH_CHECK_VALUE(x >= 0, "RLE ", i, ": count ", m, " decodes to a negative value (", x,
                           ")");
+        TORCH_CHECK_VALUE(x <= hw - total, "RLE ", i, ": counts overrun the ", h, "x", w,
+                          " mask (they sum past ", hw, ")");
         total += x;
-        TORCH_CHECK_VALUE(total <= h * w, "RLE ", i, ": counts overrun the ", h, "x", w,
-                          " mask (they sum past ", h * w, ")");
         out.push_back(x);
       }
-      TORCH_CHECK_VALUE(!out.empty() || h * w == 0,
-                        "RLE ", i, ": counts string is empty but the mask has ", h * w, " pixels");
-      TORCH_CHECK_VALUE(total == h * w, "RLE ", i, ": counts sum to ", total, " but the ", h, "x",
-                        w, " mask has ", h * w, " pixels");
+      TORCH_CHECK_VALUE(!out.empty() || hw == 0,
+                        "RLE ", i, ": counts string is empty but the mask has ", hw, " pixels");
+      TORCH_CHECK_VALUE(total == hw, "RLE ", i, ": counts sum to ", total, " but the ", h, "x",
+                        w, " mask has ", hw, " pixels");
       if (out.empty()) out.push_back(0);  // pycocotools writes "0" for a 0-pixel mask
     }
   });
@@ -248,7 +231,7 @@ void rle_check_cpu(const at::Tensor& counts, const at::Tensor& offsets, const at
 
 at::Tensor rle_area_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_in) {
   const at::Tensor counts = counts_in.contiguous(), offsets = offsets_in.contiguous();
-  check_offsets_cpu(counts, offsets);
+  check_counts_nonnegative(counts, offsets);  // the op has no sizes: sums in range, no negatives
   const int64_t n = offsets.numel() - 1;
   const int64_t* c = counts.data_ptr<int64_t>();
   const int64_t* o = offsets.data_ptr<int64_t>();
@@ -264,34 +247,71 @@ at::Tensor rle_area_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_i
   return out;
 }
 
-// pycocotools' rleToBbox for one RLE.
+// Box [x, y, w, h] of the mask one valid RLE encodes: the extent of its non-empty foreground runs.
+// A run that crosses a column boundary covers the bottom row of one column and the top row of the
+// next, so it spans every row. No foreground: [0, 0, 0, 0] (as pycocotools).
 void bbox_of(const Rle& r, double* bb) {
-  const int64_t m = (r.m / 2) * 2;
-  if (m == 0 || r.h == 0) {
+  const int64_t h = r.h;
+  int64_t xs = r.w, ys = r.h, xe = -1, ye = -1, start = 0;
+  for (int64_t j = 0; j < r.m; ++j) {
+    const int64_t len = r.cnts[j];
+    if (j % 2 == 1 && len > 0) {
+      const int64_t end = start + len - 1;
+      const int64_t x0 = start / h, x1 = end / h;
+      xs = std::min(xs, x0);
+      xe = std::max(xe, x1);
+      if (x0 != x1) {
+        ys = 0;
+        ye = h - 1;
+      } else {
+        ys = std::min(ys, start % h);
+        ye = std::max(ye, end % h);
+      }
+    }
+    start += len;
+  }
+  if (xe < 0) {
     bb[0] = bb[1] = bb[2] = bb[3] = 0;
     return;
   }
-  const int64_t h = r.h;
-  int64_t xs = r.w, ys = r.h, xe = 0, ye = 0, cc = 0, xp = 0;
-  for (int64_t j = 0; j < m; ++j) {
-    cc += r.cnts[j];
-    const int64_t t = cc - j % 2;
-    const int64_t y = t % h, x = (t - y) / h;
-    if (j % 2 == 0) {
-      xp = x;
-    } else if (xp < x) {
-      ys = 0;
-      ye = h - 1;
-    }
-    xs = std::min(xs, x);
-    xe = std::max(xe, x);
-    ys = std::min(ys, y);
-    ye = std::max(ye, y);
-  }
   bb[0] = static_cast<double>(xs);
-  bb[2] = static_cast<double>(xe - xs + 1);
   bb[1] = static_cast<double>(ys);
+  bb[2] = static_cast<double>(xe - xs + 1);
   bb[3] = static_cast<double>(ye - ys + 1);
+}
+
+// Walks one valid RLE run by run, skipping zero-length runs: `left` pixels of value `v` remain.
+struct RunCursor {
+  const int64_t* c;
+  int64_t m, j, left;
+  bool v;
+  explicit RunCursor(const Rle& r) : c(r.cnts), m(r.m), j(0), left(r.cnts[0]), v(false) {}
+  // Moves past empty runs; with pixels left in the mask, `left` > 0 afterwards.
+  void settle() {
+    while (left == 0 && j + 1 < m) {
+      left = c[++j];
+      v = !v;
+    }
+  }
+};
+
+// Calls f(value_a, value_b, length) for each maximal stretch of equal values of two same-size
+// valid RLEs, in pixel order. Each call consumes length > 0 pixels, so it ends after at most
+// m_a + m_b calls, whatever the runs (the counts of each sum to hw, checked before).
+template <typename F>
+void walk_pair(const Rle& A, const Rle& B, F&& f) {
+  const int64_t hw = A.h * A.w;
+  RunCursor a(A), b(B);
+  for (int64_t done = 0; done < hw;) {
+    a.settle();
+    b.settle();
+    const int64_t c = std::min(a.left, b.left);
+    TORCH_INTERNAL_ASSERT(c > 0, "RLE walk made no progress (counts not validated?)");
+    f(a.v, b.v, c);
+    a.left -= c;
+    b.left -= c;
+    done += c;
+  }
 }
 
 at::Tensor rle_to_bbox_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_in,
@@ -321,36 +341,29 @@ at::Tensor rle_merge_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_
     TORCH_CHECK_VALUE(r[i].h == r[0].h && r[i].w == r[0].w, "rle_merge: RLE ", i, " has size [",
                       r[i].h, ", ", r[i].w, "] but RLE 0 has [", r[0].h, ", ", r[0].w, "]");
   }
-  std::vector<int64_t> acc(r[0].cnts, r[0].cnts + r[0].m), next;
-  for (int64_t i = 1; i < n; ++i) {
-    const Rle& B = r[i];
-    next.clear();
-    const int64_t am = static_cast<int64_t>(acc.size());
-    int64_t ca = acc[0], cb = B.cnts[0], a = 1, bi = 1, cc = 0, ct = 1;
-    bool v = false, va = false, vb = false;
-    while (ct > 0) {
-      const int64_t c = std::min(ca, cb);
-      cc += c;
-      ct = 0;
-      ca -= c;
-      if (!ca && a < am) {
-        ca = acc[a++];
-        va = !va;
-      }
-      ct += ca;
-      cb -= c;
-      if (!cb && bi < B.m) {
-        cb = B.cnts[bi++];
-        vb = !vb;
-      }
-      ct += cb;
-      const bool vp = v;
-      v = intersect ? (va && vb) : (va || vb);
-      if (v != vp || ct == 0) {
-        next.push_back(cc);
-        cc = 0;
-      }
+  // The result is canonical (only the first run may be empty), whatever runs the inputs have.
+  std::vector<int64_t> acc, next;
+  const int64_t hw = r[0].h * r[0].w;
+  auto append = [](std::vector<int64_t>& out, bool& cur, bool v, int64_t len) {
+    if (v != cur) {
+      out.push_back(0);
+      cur = v;
     }
+    out.back() += len;
+  };
+  {  // the first RLE, canonicalised
+    acc.assign(1, 0);
+    bool cur = false;
+    for (int64_t j = 0; j < r[0].m; ++j)
+      if (r[0].cnts[j] > 0) append(acc, cur, j % 2 == 1, r[0].cnts[j]);
+  }
+  for (int64_t i = 1; i < n && hw > 0; ++i) {
+    const Rle A{acc.data(), static_cast<int64_t>(acc.size()), r[0].h, r[0].w};
+    next.assign(1, 0);
+    bool cur = false;
+    walk_pair(A, r[i], [&](bool va, bool vb, int64_t len) {
+      append(next, cur, intersect ? (va && vb) : (va || vb), len);
+    });
     acc.swap(next);
   }
   at::Tensor out = at::empty({static_cast<int64_t>(acc.size())}, at::kLong);
@@ -358,28 +371,13 @@ at::Tensor rle_merge_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_
   return out;
 }
 
-// Intersection of two same-size RLEs, pycocotools' rleIou inner loop.
+// Intersection (pixels foreground in both) of two same-size valid RLEs.
 int64_t rle_intersection(const Rle& A, const Rle& B) {
-  int64_t ca = A.cnts[0], cb = B.cnts[0], a = 1, b = 1, i = 0, ct = 1;
-  bool va = false, vb = false;
-  while (ct > 0) {
-    const int64_t c = std::min(ca, cb);
-    if (va && vb) i += c;
-    ct = 0;
-    ca -= c;
-    if (!ca && a < A.m) {
-      ca = A.cnts[a++];
-      va = !va;
-    }
-    ct += ca;
-    cb -= c;
-    if (!cb && b < B.m) {
-      cb = B.cnts[b++];
-      vb = !vb;
-    }
-    ct += cb;
-  }
-  return i;
+  int64_t inter = 0;
+  walk_pair(A, B, [&](bool va, bool vb, int64_t len) {
+    if (va && vb) inter += len;
+  });
+  return inter;
 }
 
 int64_t area_of(const Rle& r) {

@@ -14,6 +14,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "rle.h"
 
 namespace ssrvg {
@@ -83,6 +85,7 @@ __global__ void boundaries_to_counts(const int64_t* __restrict__ pos,
 
 std::tuple<at::Tensor, at::Tensor> rle_encode_cuda(const at::Tensor& masks_in) {
   check_masks(masks_in, "masks");
+  TORCH_CHECK_VALUE(masks_in.is_cuda(), "rle_encode: masks must be a CUDA tensor here; got ", masks_in.device());
   const c10::cuda::CUDAGuard guard(masks_in.device());
   const at::Tensor masks = masks_in.contiguous();
   const int64_t n = masks.size(0), h = masks.size(1), w = masks.size(2);
@@ -139,15 +142,29 @@ __global__ void decode_kernel(const int64_t* __restrict__ ends, const int64_t* _
   out[t] = (lo < last) ? static_cast<uint8_t>((lo - first) & 1) : 0;
 }
 
-at::Tensor rle_decode_cuda(const at::Tensor& counts, const at::Tensor& offsets, int64_t h,
+at::Tensor rle_decode_cuda(const at::Tensor& counts_in, const at::Tensor& offsets, int64_t h,
                            int64_t w) {
-  check_int64_1d(counts, "counts");
-  check_offsets_cpu(counts, offsets.cpu());
+  check_int64_1d(counts_in, "counts");
+  check_int64_1d(offsets, "offsets");
+  // Checked before any guard: a CPU tensor here would make the CUDA guard fail with an internal
+  // assert rather than this error.
+  TORCH_CHECK_VALUE(counts_in.is_cuda() && offsets.device() == counts_in.device(),
+                    "rle_decode: counts and offsets must be on one CUDA device; got ",
+                    counts_in.device(), " and ", offsets.device());
   TORCH_CHECK_VALUE(h >= 0 && w >= 0, "rle_decode: size must be non-negative; got [", h, ", ", w,
                     "]");
-  const c10::cuda::CUDAGuard guard(counts.device());
   const int64_t n = offsets.numel() - 1;
-  const at::Tensor dev_offsets = offsets.to(counts.device()).contiguous();
+  TORCH_CHECK_VALUE(n >= 0, "offsets must have N+1 >= 1 entries");
+  checked_mul(n, checked_mul(h, w, "rle_decode: h x w"), "rle_decode: N x h x w");
+  // The same full validation as the CPU kernel, on the host: counts are a few numbers per run,
+  // far fewer than the pixels written.
+  at::Tensor sizes = at::empty({n, 2}, at::kLong);
+  sizes.select(1, 0).fill_(h);
+  sizes.select(1, 1).fill_(w);
+  check_rles_host(counts_in.cpu(), offsets.cpu(), sizes);
+  const c10::cuda::CUDAGuard guard(counts_in.device());
+  const at::Tensor counts = counts_in.contiguous();
+  const at::Tensor dev_offsets = offsets.contiguous();
   const at::Tensor ends = at::cumsum(counts, 0);
   at::Tensor out = at::empty({n, h, w}, counts.options().dtype(at::kByte));
   if (out.numel() > 0) {
@@ -173,9 +190,9 @@ __global__ void pack_kernel(const uint8_t* __restrict__ masks, int64_t rows, int
 }
 
 __global__ void area_kernel(const unsigned long long* __restrict__ words, int64_t per_mask,
-                            int64_t* __restrict__ area) {
+                            int64_t first, int64_t* __restrict__ area) {
   __shared__ int64_t partial[kThreads];
-  const int64_t i = blockIdx.x;
+  const int64_t i = first + blockIdx.x;
   int64_t s = 0;
   for (int64_t k = threadIdx.x; k < per_mask; k += blockDim.x) s += __popcll(words[i * per_mask + k]);
   partial[threadIdx.x] = s;
@@ -194,17 +211,19 @@ __global__ void pair_iou_kernel(const unsigned long long* __restrict__ a,
                                 const unsigned long long* __restrict__ b, int64_t n, int64_t m,
                                 int64_t per_mask, const int64_t* __restrict__ area_a,
                                 const int64_t* __restrict__ area_b,
-                                const uint8_t* __restrict__ crowd, double* __restrict__ out) {
+                                const uint8_t* __restrict__ crowd, int64_t row_tile0,
+                                double* __restrict__ out) {
   __shared__ unsigned long long sa[kTile][kChunk + 1];
   __shared__ unsigned long long sb[kTile][kChunk + 1];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t i = blockIdx.y * (int64_t)kTile + ty, j = blockIdx.x * (int64_t)kTile + tx;
+  const int64_t tile_y = row_tile0 + blockIdx.y;  // launches are chunked along the rows
+  const int64_t i = tile_y * kTile + ty, j = blockIdx.x * (int64_t)kTile + tx;
   const int tid = ty * kTile + tx;
   int64_t inter = 0;
   for (int64_t k0 = 0; k0 < per_mask; k0 += kChunk) {
     for (int e = tid; e < kTile * kChunk; e += kTile * kTile) {
       const int r = e / kChunk, c = e % kChunk;
-      const int64_t ia = blockIdx.y * (int64_t)kTile + r, jb = blockIdx.x * (int64_t)kTile + r;
+      const int64_t ia = tile_y * kTile + r, jb = blockIdx.x * (int64_t)kTile + r;
       const bool in_k = k0 + c < per_mask;
       sa[r][c] = (ia < n && in_k) ? a[ia * per_mask + k0 + c] : 0ull;
       sb[r][c] = (jb < m && in_k) ? b[jb * per_mask + k0 + c] : 0ull;
@@ -230,8 +249,9 @@ at::Tensor mask_iou_cuda(const at::Tensor& a_in, const at::Tensor& b_in,
   check_masks(b_in, "b");
   check_same_hw(a_in, b_in);
   check_iscrowd(iscrowd_in, b_in.size(0));
-  TORCH_CHECK_VALUE(a_in.device() == b_in.device(), "mask_iou: a and b must be on one device; got ",
-                    a_in.device(), " and ", b_in.device());
+  TORCH_CHECK_VALUE(a_in.is_cuda() && a_in.device() == b_in.device(),
+                    "mask_iou: a and b must be on one CUDA device; got ", a_in.device(), " and ",
+                    b_in.device());
   const c10::cuda::CUDAGuard guard(a_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
@@ -252,16 +272,27 @@ at::Tensor mask_iou_cuda(const at::Tensor& a_in, const at::Tensor& b_in,
       static_cast<const uint8_t*>(b.data_ptr()), m * h, w, wpr, pb);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor area_a = at::empty({n}, lopt), area_b = at::empty({m}, lopt);
-  area_kernel<<<n, kThreads, 0, stream>>>(pa, per_mask, area_a.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  area_kernel<<<m, kThreads, 0, stream>>>(pb, per_mask, area_b.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const dim3 grid((m + kTile - 1) / kTile, (n + kTile - 1) / kTile), block(kTile, kTile);
-  pair_iou_kernel<<<grid, block, 0, stream>>>(pa, pb, n, m, per_mask, area_a.data_ptr<int64_t>(),
-                                              area_b.data_ptr<int64_t>(),
-                                              crowd.numel() ? crowd.data_ptr<uint8_t>() : nullptr,
-                                              out.data_ptr<double>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Grid limits: x < 2^31, y < 2^16. Areas and row tiles are launched in chunks, so any N and M
+  // that fit in memory work (as on the CPU).
+  constexpr int64_t kMaxX = (int64_t(1) << 31) - 1, kMaxY = 65535;
+  for (int64_t s0 = 0; s0 < n; s0 += kMaxX) {
+    area_kernel<<<(unsigned)std::min(kMaxX, n - s0), kThreads, 0, stream>>>(pa, per_mask, s0, area_a.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  for (int64_t s0 = 0; s0 < m; s0 += kMaxX) {
+    area_kernel<<<(unsigned)std::min(kMaxX, m - s0), kThreads, 0, stream>>>(pb, per_mask, s0, area_b.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const int64_t col_tiles = (m + kTile - 1) / kTile, row_tiles = (n + kTile - 1) / kTile;
+  TORCH_CHECK_VALUE(col_tiles <= kMaxX, "mask_iou: too many masks in b (", m, ")");
+  for (int64_t t0 = 0; t0 < row_tiles; t0 += kMaxY) {
+    const dim3 grid((unsigned)col_tiles, (unsigned)std::min(kMaxY, row_tiles - t0)), block(kTile, kTile);
+    pair_iou_kernel<<<grid, block, 0, stream>>>(pa, pb, n, m, per_mask, area_a.data_ptr<int64_t>(),
+                                                area_b.data_ptr<int64_t>(),
+                                                crowd.numel() ? crowd.data_ptr<uint8_t>() : nullptr,
+                                                t0, out.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   return out;
 }
 

@@ -6,11 +6,33 @@ import random
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from pycocotools import mask as cocomask
 from torch.utils.data import Dataset
 
 from .refer import InstanceLabels, Record
+
+
+def read_image(path: str) -> torch.Tensor:
+    """An image file as uint8 RGB ``(3, H, W)``: EXIF orientation applied; grayscale, palette (with
+    transparency), RGBA, CMYK converted; 16-bit and 32-bit integer images scaled from 0..65535 to
+    0..255 (not clipped); a truncated, unreadable or float image is a ValueError naming the file."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                a = np.asarray(im, dtype=np.float64)
+                a = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
+                rgb = np.repeat(a[..., None], 3, axis=2)
+            elif im.mode == "F":
+                raise ValueError("floating-point images are not supported (their value range is unknown)")
+            else:
+                if im.mode == "P" and "transparency" in im.info:
+                    im = im.convert("RGBA")
+                rgb = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"image {path} is unreadable or truncated ({type(e).__name__}: {e})") from None
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
 
 
 class RefDataset(Dataset):
@@ -39,8 +61,7 @@ class RefDataset(Dataset):
     def _image(self, path: str) -> torch.Tensor:
         if self.cache is not None and path in self.cache:
             return self.cache[path]
-        with Image.open(path) as im:
-            img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+        img = read_image(path)
         if self.cache is not None:
             self.cache[path] = img
         return img

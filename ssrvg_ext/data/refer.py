@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
 
 from pycocotools import mask as cocomask
+
+from ..ops import rle as rle_ops
 
 SPLIT_BY = {"refcoco": ("unc",), "refcoco+": ("unc",), "refcocog": ("umd", "google"), "synthetic": ("unc",)}
 
@@ -61,21 +64,53 @@ class Record:
     split: str = ""
 
 
+def _polygon(poly, where: str) -> list[float]:
+    if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
+        raise ValueError(f"{where}: a polygon must be a flat list of at least 3 (x, y) points; got "
+                         f"{type(poly).__name__} of length {len(poly) if hasattr(poly, '__len__') else '?'}")
+    out = []
+    for v in poly:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1e7:
+            raise ValueError(f"{where}: polygon coordinates must be finite numbers; got {v!r}")
+        out.append(float(v))
+    return out
+
+
 def segmentation_to_rle(seg, h: int, w: int, where: str) -> dict:
-    """Polygon list, uncompressed or compressed RLE -> one compressed RLE (union of the parts)."""
-    if isinstance(seg, list):
-        if not seg:
-            raise ValueError(f"{where}: empty polygon list")
-        parts = cocomask.frPyObjects(seg, h, w)
-        return cocomask.merge(parts) if len(parts) > 1 else parts[0]
-    if isinstance(seg, dict) and "counts" in seg:
-        if list(seg.get("size", [])) != [h, w]:
-            raise ValueError(f"{where}: RLE size {seg.get('size')} differs from the image size {[h, w]}")
-        if isinstance(seg["counts"], list):
-            return cocomask.frPyObjects(seg, h, w)
-        counts = seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]
-        return {"size": [h, w], "counts": counts}
+    """Polygon list, uncompressed or compressed RLE -> one compressed RLE (union of the parts).
+
+    Untrusted input: RLEs are decoded and checked by the library's own validated ops (counts that do
+    not fill H*W, bad characters, negative or overflowing runs are errors); polygons must be flat
+    lists of finite coordinates before pycocotools rasterises them. Errors name ``where``."""
+    try:
+        if isinstance(seg, list):
+            if not seg:
+                raise ValueError("empty polygon list")
+            polys = [_polygon(p, where) for p in seg]
+            parts = cocomask.frPyObjects(polys, h, w)
+            return rle_ops.merge([{"size": [h, w], "counts": p["counts"]} for p in parts])
+        if isinstance(seg, dict) and "counts" in seg:
+            if list(seg.get("size", [])) != [h, w]:
+                raise ValueError(f"RLE size {seg.get('size')} differs from the image size {[h, w]}")
+            return rle_ops.frPyObjects_uncompressed({"size": [h, w], "counts": seg["counts"]})
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
     raise ValueError(f"{where}: unsupported segmentation of type {type(seg).__name__}")
+
+
+def image_path(image_dir: str, file_name, where: str) -> str:
+    """``image_dir``/``file_name``, refused unless it stays inside ``image_dir`` (no absolute names,
+    no ``..`` or links leading out)."""
+    if not isinstance(file_name, str) or not file_name or "\0" in file_name:
+        raise ValueError(f"{where}: file_name must be a non-empty string; got {file_name!r}")
+    if os.path.isabs(file_name):
+        raise ValueError(f"{where}: file_name {file_name!r} is absolute; it must be relative to the image folder")
+    root = os.path.realpath(image_dir)
+    path = os.path.realpath(os.path.join(root, file_name))
+    if os.path.commonpath([root, path]) != root or path == root:
+        raise ValueError(f"{where}: file_name {file_name!r} leads outside the image folder {image_dir}")
+    return os.path.join(image_dir, file_name)
 
 
 def load_refer(ann_dir: str, image_dir: str, split_by: str = "unc", splits: list[str] | None = None,
@@ -109,7 +144,7 @@ def load_refer(ann_dir: str, image_dir: str, split_by: str = "unc", splits: list
         im = images.get(r["image_id"])
         if im is None:
             raise KeyError(f"ref {r['ref_id']}: image id {r['image_id']} not found in {inst_path}")
-        path = os.path.join(image_dir, im["file_name"])
+        path = image_path(image_dir, im.get("file_name"), f"image {im['id']}")
         if check_images and not os.path.isfile(path):
             raise FileNotFoundError(f"ref {r['ref_id']}: image file {path} is missing")
         h, w = int(im["height"]), int(im["width"])
@@ -117,6 +152,8 @@ def load_refer(ann_dir: str, image_dir: str, split_by: str = "unc", splits: list
         x, y, bw, bh = (float(v) for v in ann["bbox"])
         for s in r["sentences"]:
             text = s.get("sent") or s.get("raw", "")
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"ref {r['ref_id']}, sentence {s.get('sent_id')}: the expression is empty")
             records.append(Record(path, int(r["image_id"]), (h, w), text, list(s.get("tokens") or text.split()),
                                   (x, y, x + bw, y + bh), rle, int(r.get("category_id", ann["category_id"])),
                                   int(r["ref_id"]), int(r["ann_id"]), int(s["sent_id"]), r["split"]))

@@ -19,11 +19,21 @@ class Tokenizer:
     def __init__(self, max_len: int = 20):
         self.max_len = max_len
 
+    end_id: int | None = None  # a closing special token ([SEP]) kept when an expression is cut
+
+    def _cut(self, ids: list[int]) -> list[int]:
+        """At most max_len ids; an over-long expression keeps its closing special token."""
+        if len(ids) <= self.max_len:
+            return ids
+        if self.end_id is not None and ids[-1] == self.end_id:
+            return ids[: self.max_len - 1] + [self.end_id]
+        return ids[: self.max_len]
+
     def _ids(self, texts: list[str]) -> list[list[int]]:
         raise NotImplementedError
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [ids[: self.max_len] for ids in self._ids(list(texts))]
+        rows = [self._cut(ids) for ids in self._ids(list(texts))]
         ids = torch.full((len(rows), self.max_len), self.pad_id, dtype=torch.long)
         mask = torch.zeros(len(rows), self.max_len, dtype=torch.bool)
         for i, r in enumerate(rows):
@@ -40,6 +50,7 @@ class WordTokenizer(Tokenizer):
         self.tok = tok
         self.vocab_size = tok.get_vocab_size()
         self.pad_id = tok.token_to_id("[PAD]")
+        self.end_id = tok.token_to_id("[SEP]")
 
     @classmethod
     def train(cls, texts, max_len: int = 20) -> "WordTokenizer":
@@ -77,6 +88,7 @@ class HFTokenizer(Tokenizer):
         self.tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
         self.vocab_size = self.tok.vocab_size
         self.pad_id = self.tok.pad_token_id or 0
+        self.end_id = self.tok.sep_token_id if self.tok.sep_token_id is not None else self.tok.eos_token_id
 
     def save(self, path: str) -> None:
         self.tok.save_pretrained(path)

@@ -84,6 +84,11 @@ def make_dataset(cfg: dict, records, train: bool, instances=None) -> RefDataset:
                       instances=instances)
 
 
+def loader_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of a rank's DataLoader generator for an epoch: distinct per rank and epoch."""
+    return seed * 1000 + epoch + rank * 1_000_003
+
+
 def make_loader(cfg: dict, ds: RefDataset, tokenizer, train: bool, epoch_seed: int = 0):
     """A loader over ``ds`` (made once, so its image cache lives across epochs) and its sampler (call
     ``set_epoch`` on it when not None). The shuffling is seeded by the epoch so that a resumed run
@@ -97,7 +102,9 @@ def make_loader(cfg: dict, ds: RefDataset, tokenizer, train: bool, epoch_seed: i
         sampler = ImageGroupBatchSampler(ds.records, k, t["batch_size"], t.get("seed", 0), dist.rank(), dist.world_size())
         return DataLoader(ds, batch_sampler=sampler, **common), sampler
     sampler = DistributedSampler(ds, shuffle=train, seed=t.get("seed", 0)) if dist.world_size() > 1 else None
-    g = torch.Generator().manual_seed(t.get("seed", 0) * 1000 + epoch_seed)
+    # Seeds the shuffle (one process) and the workers' base seed; the rank term gives every rank its
+    # own augmentation stream in its workers (0 on a single process: unchanged there).
+    g = torch.Generator().manual_seed(loader_seed(t.get("seed", 0), epoch_seed, dist.rank()))
     loader = DataLoader(ds, batch_size=t["batch_size"], shuffle=train and sampler is None, sampler=sampler,
                         drop_last=train, generator=g, **common)
     return loader, sampler

@@ -68,7 +68,12 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
         if ema is not None and ckpt.get("ema"):
             ema.load_state_dict(ckpt["ema"])
         start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("best", -math.inf)
-        checkpoint.set_rng_state(ckpt["rng"])
+        own = checkpoint.rank_rng_state(ckpt, rank, world)
+        if own is not None:
+            checkpoint.set_rng_state(own)  # this rank's own stream, not rank 0's
+        else:
+            seed_all(t.get("seed", 0) + rank + 1_000_003 * start_epoch)
+            print(f"rank {rank}: the checkpoint was written by a run of another world size; RNG reseeded")
         if dist.is_main():
             print(f"resumed from {resume}: epoch {start_epoch}, step {step}")
     core = model
@@ -89,6 +94,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
         if (epoch + 1) % t.get("eval_every", 1) == 0 or epoch + 1 == t["epochs"]:
             evaluated, _ = evaluate(model, val_loader, device, amp_dtype, desc=f"val {epoch + 1}")
             metrics = evaluated
+        rngs = dist.gather_objects(checkpoint.rng_state())  # collective: every rank takes part
         if dist.is_main():
             rec = {"epoch": epoch, "step": step, "time_s": round(time.time() - t_start, 1),
                    **{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": v for k, v in evaluated.items()}}
@@ -101,7 +107,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
             state = {"model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else None,
                      "ema": ema.state_dict() if ema is not None else None, "epoch": epoch, "step": step,
-                     "rng": checkpoint.rng_state(), "config": cfg, "tokenizer": tokenizer_state(tok),
+                     "rng": rngs[0], "rng_per_rank": rngs, "config": cfg, "tokenizer": tokenizer_state(tok),
                      "best": best, "metrics": evaluated}
             if evaluated and score(evaluated) > best:
                 best = state["best"] = score(evaluated)

@@ -15,6 +15,8 @@ original image size (upsample to the input, crop the valid region, resize, thres
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Mapping, Sequence
 
 import torch
@@ -78,6 +80,14 @@ def upsampled_mask_loss(logits: torch.Tensor, targets: torch.Tensor, losses: Map
     unknown = set(losses) - set(LOSSES)
     if unknown:
         raise ValueError(f"unknown mask loss(es) {sorted(unknown)}; choose from {LOSSES}")
+    bad = {k: w for k, w in losses.items() if not (isinstance(w, (int, float)) and math.isfinite(w))}
+    if bad:
+        raise ValueError(f"mask loss weights must be finite numbers; got {bad}")
+    if num_masks is not None:
+        n = float(num_masks.detach().reshape(-1)[0]) if isinstance(num_masks, torch.Tensor) and num_masks.numel() == 1 \
+            else (float(num_masks) if not isinstance(num_masks, torch.Tensor) else math.nan)
+        if not (math.isfinite(n) and n > 0):
+            raise ValueError(f"num_masks must be a finite number > 0 (a scalar); got {num_masks!r}")
     per_mask = upsampled_mask_losses(logits, targets, valid, alpha, gamma)
     denom = num_masks if num_masks is not None else max(logits.shape[0], 1)
     return sum(w * per_mask[name].sum() for name, w in losses.items()) / denom
@@ -94,10 +104,10 @@ def mask_postprocess(logits: torch.Tensor, input_size: Sequence[int], valid_size
     if not (len(valid_sizes) == len(orig_sizes) == logits.shape[0]):
         raise ValueError(f"need one valid size and one original size per mask ({logits.shape[0]}); "
                          f"got {len(valid_sizes)} and {len(orig_sizes)}")
-    in_h, in_w = (int(v) for v in input_size)
+    in_h, in_w = _size2(input_size, "input_size")
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (vs, os_) in enumerate(zip(valid_sizes, orig_sizes)):
-        groups.setdefault((*map(int, vs), *map(int, os_)), []).append(i)
+        groups.setdefault((*_size2(vs, f"valid_sizes[{i}]"), *_size2(os_, f"orig_sizes[{i}]")), []).append(i)
     out: list[torch.Tensor | None] = [None] * logits.shape[0]
     for (vh, vw, oh, ow), idx in groups.items():
         sel = logits if len(idx) == logits.shape[0] else logits[idx]
@@ -105,6 +115,16 @@ def mask_postprocess(logits: torch.Tensor, input_size: Sequence[int], valid_size
         for k, i in enumerate(idx):
             out[i] = masks[k]
     return out
+
+
+def _size2(size, what: str) -> tuple[int, int]:
+    """(h, w) of two integers (numpy / torch integer scalars too); 8.5 or "8" is a TypeError."""
+    try:
+        if len(size) != 2 or any(isinstance(v, bool) for v in size):
+            raise TypeError
+        return tuple(operator.index(v) for v in size)
+    except TypeError:
+        raise TypeError(f"{what} must be (h, w) of two integers; got {size!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ straight from the semantics in DESIGN.md rather than from the kernels.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -29,10 +31,17 @@ def _split(counts: torch.Tensor, offsets: torch.Tensor) -> list[list[int]]:
     return [c[o[i]:o[i + 1]] for i in range(len(o) - 1)]
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def rle_check(counts: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor) -> None:
+    if sizes.dtype != torch.int64 or sizes.dim() != 2 or sizes.shape != (offsets.numel() - 1, 2):
+        raise ValueError(f"sizes must be int64 of shape ({offsets.numel() - 1}, 2); got {sizes.dtype} {tuple(sizes.shape)}")
     for i, (cn, (h, w)) in enumerate(zip(_split(counts, offsets), sizes.tolist())):
         if h < 0 or w < 0:
             raise ValueError(f"RLE {i}: size must be non-negative; got [{h}, {w}]")
+        if h * w > _INT64_MAX:
+            raise ValueError(f"RLE {i}: size H x W = {h} x {w} overflows int64")
         if not cn:
             raise ValueError(f"RLE {i}: counts are empty (a valid RLE has at least one)")
         if min(cn) < 0:
@@ -81,7 +90,9 @@ def rle_decode(counts: torch.Tensor, offsets: torch.Tensor, h: int, w: int) -> t
 
 def rle_to_string(counts: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     strings = []
-    for cn in _split(counts, offsets):
+    for j, cn in enumerate(_split(counts, offsets)):
+        if cn and min(cn) < 0:
+            raise ValueError(f"RLE {j}: a count is negative")
         s = bytearray()
         for i, x in enumerate(cn):
             if i > 2:
@@ -108,6 +119,8 @@ def rle_from_string(chars: torch.Tensor, char_offsets: torch.Tensor, sizes: torc
     for i, (h, w) in enumerate(sizes.tolist()):
         if h < 0 or w < 0:
             raise ValueError(f"RLE {i}: size must be non-negative; got [{h}, {w}]")
+        if h * w > _INT64_MAX:
+            raise ValueError(f"RLE {i}: size H x W = {h} x {w} overflows int64")
         cn, p, end = [], o[i], o[i + 1]
         while p < end:
             x = k = 0
@@ -128,6 +141,8 @@ def rle_from_string(chars: torch.Tensor, char_offsets: torch.Tensor, sizes: torc
                     x |= -1 << (5 * k)
             if len(cn) > 2:
                 x += cn[-2]
+            if x > _INT64_MAX:
+                raise ValueError(f"RLE {i}: count {len(cn)} overflows int64")
             if x < 0:
                 raise ValueError(f"RLE {i}: count {len(cn)} decodes to a negative value ({x})")
             cn.append(x)
@@ -140,23 +155,29 @@ def rle_from_string(chars: torch.Tensor, char_offsets: torch.Tensor, sizes: torc
 
 
 def rle_area(counts: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([sum(cn[1::2]) for cn in _split(counts, offsets)], dtype=torch.int64)
+    parts = _split(counts, offsets)
+    for i, cn in enumerate(parts):
+        if cn and min(cn) < 0:
+            raise ValueError(f"RLE {i}: a count is negative")
+        if sum(cn) > _INT64_MAX:
+            raise ValueError(f"RLE {i}: counts sum past the int64 range")
+    return torch.tensor([sum(cn[1::2]) for cn in parts], dtype=torch.int64)
 
 
 def _bbox(cn: list[int], h: int, w: int) -> list[float]:
-    m = (len(cn) // 2) * 2
-    if m == 0 or h == 0:
+    """[x, y, w, h] of the mask a valid RLE encodes (empty runs anywhere allowed); [0]*4 when empty."""
+    xs, ys, xe, ye, start = w, h, -1, -1, 0
+    for j, n in enumerate(cn):
+        if j % 2 == 1 and n > 0:
+            (x0, y0), (x1, y1) = divmod(start, h), divmod(start + n - 1, h)
+            xs, xe = min(xs, x0), max(xe, x1)
+            if x0 != x1:  # a run crossing a column covers the last row of one, the first of the next
+                ys, ye = 0, h - 1
+            else:
+                ys, ye = min(ys, y0), max(ye, y1)
+        start += n
+    if xe < 0:
         return [0.0, 0.0, 0.0, 0.0]
-    xs, ys, xe, ye, cc, xp = w, h, 0, 0, 0, 0
-    for j in range(m):
-        cc += cn[j]
-        t = cc - j % 2
-        y, x = t % h, t // h
-        if j % 2 == 0:
-            xp = x
-        elif xp < x:  # a run of ones crossing a column spans every row
-            ys, ye = 0, h - 1
-        xs, xe, ys, ye = min(xs, x), max(xe, x), min(ys, y), max(ye, y)
     return [float(xs), float(ys), float(xe - xs + 1), float(ye - ys + 1)]
 
 
@@ -238,12 +259,30 @@ def _math_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
-def upsampled_mask_sums(logits, targets, valid, alpha: float, gamma: float) -> torch.Tensor:
+def _check_loss_inputs(logits, targets, valid, alpha: float, gamma: float) -> None:
+    """The checks of the compiled kernels (csrc/mask_loss/mask_loss.h), same errors."""
     if logits.dim() != 3 or targets.dim() != 3 or logits.shape[0] != targets.shape[0]:
         raise ValueError(f"logits (B, h, w) and targets (B, H, W) must share B; got {tuple(logits.shape)} "
                          f"and {tuple(targets.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be float64/float32/float16/bfloat16; got {logits.dtype}")
     if targets.dtype not in (torch.uint8, torch.bool):
         raise TypeError(f"targets must be uint8 or bool (binary masks); got {targets.dtype}")
+    if min(logits.shape[1:]) < 1 or min(targets.shape[1:]) < 1:
+        raise ValueError(f"logits and targets must have spatial sizes >= 1; got {tuple(logits.shape)}, {tuple(targets.shape)}")
+    if valid is not None:
+        if valid.dtype not in (torch.uint8, torch.bool):
+            raise TypeError(f"valid must be uint8 or bool; got {valid.dtype}")
+        if valid.shape != targets.shape:
+            raise ValueError(f"valid must have the shape of targets {tuple(targets.shape)}; got {tuple(valid.shape)}")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"gamma must be a finite number >= 0; got {gamma}")
+    if not (math.isfinite(alpha) and alpha <= 1):
+        raise ValueError(f"alpha must be a finite number <= 1 (< 0: no alpha weighting); got {alpha}")
+
+
+def upsampled_mask_sums(logits, targets, valid, alpha: float, gamma: float) -> torch.Tensor:
+    _check_loss_inputs(logits, targets, valid, alpha, gamma)
     z = F.interpolate(logits.to(_math_dtype(logits)).unsqueeze(1), size=tuple(targets.shape[1:]),
                       mode="bilinear", align_corners=False).squeeze(1)
     t = targets.to(z.dtype)
@@ -259,6 +298,8 @@ def upsampled_mask_sums(logits, targets, valid, alpha: float, gamma: float) -> t
 
 
 def upsampled_mask_sums_backward(grad, logits, targets, valid, alpha: float, gamma: float) -> torch.Tensor:
+    if grad.shape != (logits.shape[0], 5):
+        raise ValueError(f"grad must have shape ({logits.shape[0]}, 5); got {tuple(grad.shape)}")
     with torch.enable_grad():
         x = logits.detach().requires_grad_(True)
         sums = upsampled_mask_sums(x, targets, valid, alpha, gamma)
@@ -268,6 +309,16 @@ def upsampled_mask_sums_backward(grad, logits, targets, valid, alpha: float, gam
 
 def mask_postprocess(logits, in_h: int, in_w: int, crop_h: int, crop_w: int, out_h: int, out_w: int,
                      threshold: float) -> torch.Tensor:
+    if logits.dim() != 3 or min(logits.shape[1:]) < 1 or not logits.is_floating_point():
+        raise ValueError(f"logits must be floating point of shape (B, h, w) with h, w >= 1; got {logits.dtype} "
+                         f"{tuple(logits.shape)}")
+    if not (in_h > 0 and in_w > 0 and 0 < crop_h <= in_h and 0 < crop_w <= in_w and out_h > 0 and out_w > 0):
+        raise ValueError(f"sizes must be positive with the crop inside the input; got input {in_h}x{in_w}, "
+                         f"crop {crop_h}x{crop_w}, output {out_h}x{out_w}")
+    if logits.shape[0] * out_h * out_w > _INT64_MAX or in_h * in_w > _INT64_MAX:
+        raise ValueError(f"output size {logits.shape[0]} x {out_h} x {out_w} overflows int64")
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite; got {threshold}")
     z = F.interpolate(logits.to(_math_dtype(logits)).unsqueeze(1), size=(in_h, in_w), mode="bilinear",
                       align_corners=False)[..., :crop_h, :crop_w]
     z = F.interpolate(z, size=(out_h, out_w), mode="bilinear", align_corners=False).squeeze(1)
@@ -278,16 +329,50 @@ def mask_postprocess(logits, in_h: int, in_w: int, crop_h: int, crop_w: int, out
 # Multi-scale deformable attention (DESIGN.md 4.1): grid_sample per level
 
 
+def _check_msda(value, spatial_shapes, level_start_index, loc, attn) -> list[tuple[int, int]]:
+    """The checks of the compiled kernels (csrc/ms_deform_attn/ms_deform_attn.h); the level shapes."""
+    if value.dim() != 4:
+        raise ValueError(f"value must have shape (N, S, M, D); got {tuple(value.shape)}")
+    for name, t in (("value", value), ("sampling_locations", loc), ("attention_weights", attn)):
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be floating point; got {t.dtype}")
+    for name, t in (("spatial_shapes", spatial_shapes), ("level_start_index", level_start_index)):
+        if t.dtype != torch.int64:
+            raise TypeError(f"{name} must be int64; got {t.dtype}")
+    n, s, m, d = value.shape
+    if m < 1 or d < 1:
+        raise ValueError(f"value must have M >= 1 heads and D >= 1 channels; got {tuple(value.shape)}")
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2 or spatial_shapes.shape[0] < 1:
+        raise ValueError(f"spatial_shapes must have shape (L, 2) with L >= 1; got {tuple(spatial_shapes.shape)}")
+    nl = spatial_shapes.shape[0]
+    if level_start_index.shape != (nl,):
+        raise ValueError(f"level_start_index must have shape ({nl},); got {tuple(level_start_index.shape)}")
+    if loc.dim() != 6 or loc.shape[0] != n or loc.shape[2] != m or loc.shape[3] != nl or loc.shape[5] != 2 or loc.shape[4] < 1:
+        raise ValueError(f"sampling_locations must have shape (N, Lq, M, L, P, 2) = ({n}, Lq, {m}, {nl}, P>=1, 2); "
+                         f"got {tuple(loc.shape)}")
+    if attn.shape != loc.shape[:5]:
+        raise ValueError(f"attention_weights must have shape {tuple(loc.shape[:5])}; got {tuple(attn.shape)}")
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    total = 0
+    for lvl, ((h, w), start) in enumerate(zip(shapes, level_start_index.tolist())):
+        if h < 1 or w < 1:
+            raise ValueError(f"spatial_shapes[{lvl}] = ({h}, {w}) must be positive")
+        if start != total:
+            raise ValueError(f"level_start_index[{lvl}] = {start} is inconsistent with spatial_shapes (expected {total})")
+        total += h * w
+        if total > s:
+            raise ValueError(f"spatial_shapes[{lvl}] = ({h}, {w}) does not fit: the levels up to it cover more than "
+                             f"value's S = {s} positions")
+    if total != s:
+        raise ValueError(f"value has S = {s} positions but spatial_shapes cover {total}")
+    return shapes
+
+
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> torch.Tensor:
+    shapes = _check_msda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     n, s, m, d = value.shape
     _, lq, _, nl, p, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    starts = [0]
-    for h, w in shapes[:-1]:
-        starts.append(starts[-1] + h * w)
-    if starts != [int(v) for v in level_start_index.tolist()] or starts[-1] + shapes[-1][0] * shapes[-1][1] != s:
-        raise ValueError(f"level_start_index {level_start_index.tolist()} / value S={s} inconsistent with "
-                         f"spatial_shapes {shapes}")
+    starts = [int(v) for v in level_start_index.tolist()]
     dtype = torch.promote_types(value.dtype, torch.float32)
     grids = 2 * sampling_locations.to(dtype) - 1  # grid_sample's [-1, 1] with align_corners=False
     sampled = []

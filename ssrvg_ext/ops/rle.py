@@ -15,6 +15,7 @@ Malformed RLEs (bad characters, counts that do not fill H*W, negative sizes, wro
 
 from __future__ import annotations
 
+import operator
 from typing import Iterable, Sequence, Union
 
 import torch
@@ -36,9 +37,11 @@ def _size_of(r, i: int) -> tuple[int, int]:
                         + (f" with keys {sorted(r)}" if isinstance(r, dict) else ""))
     size = r["size"]
     try:
-        h, w = (int(v) for v in size)
+        if isinstance(size, (str, bytes)) or len(size) != 2 or any(isinstance(v, bool) for v in size):
+            raise TypeError
+        h, w = (operator.index(v) for v in size)  # ints only: 2.5 or "3" are not silently truncated
     except (TypeError, ValueError):
-        raise ValueError(f"RLE {i}: 'size' must be [H, W]; got {size!r}") from None
+        raise ValueError(f"RLE {i}: 'size' must be [H, W] of two integers; got {size!r}") from None
     if h < 0 or w < 0:
         raise ValueError(f"RLE {i}: 'size' must be non-negative; got {size!r}")
     return h, w
@@ -54,11 +57,24 @@ def _counts_of(r: RLE, i: int) -> Union[bytes, torch.Tensor]:
     if isinstance(c, (bytes, bytearray)):
         return bytes(c)
     if isinstance(c, (list, tuple, torch.Tensor)) or type(c).__name__ == "ndarray":
-        try:
-            return torch.as_tensor(list(c) if not isinstance(c, torch.Tensor) else c, dtype=torch.int64).reshape(-1)
-        except (TypeError, ValueError, RuntimeError, OverflowError) as e:
-            raise TypeError(f"RLE {i}: uncompressed 'counts' must be integers ({e})") from None
+        return _int64_counts(c, f"RLE {i}: uncompressed 'counts'")
     raise TypeError(f"RLE {i}: 'counts' must be compressed bytes/str or a list of ints; got {type(c).__name__}")
+
+
+def _int64_counts(c, what: str) -> torch.Tensor:
+    """A sequence / tensor / ndarray of integers as a flat int64 tensor; floats, bools, strings and
+    values outside int64 are a TypeError (never silently truncated)."""
+    if isinstance(c, torch.Tensor) or type(c).__name__ == "ndarray":
+        t = torch.as_tensor(c)
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool or t.dtype == torch.uint64:
+            raise TypeError(f"{what} must be integers; got dtype {t.dtype}")
+        return t.to(torch.int64).reshape(-1)
+    try:
+        if any(isinstance(v, bool) for v in c):
+            raise TypeError("bool is not a count")
+        return torch.tensor([operator.index(v) for v in c], dtype=torch.int64).reshape(-1)  # rejects 1.5, "3"
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise TypeError(f"{what} must be int64 integers ({e})") from None
 
 
 def _pack(rles: Sequence[RLE]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -180,7 +196,7 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor, iscrowd: Sequence[int] | torch.Te
 
 def counts_to_string(counts: Sequence[int]) -> bytes:
     """Uncompressed run lengths -> COCO's compressed counts string."""
-    c = torch.as_tensor(list(counts), dtype=torch.int64)
+    c = _int64_counts(counts, "counts")
     chars, _ = call("rle_to_string", _CPU, c, torch.tensor([0, c.numel()]))
     return chars.numpy().tobytes()
 
@@ -203,6 +219,8 @@ def _crowd(iscrowd, n: int) -> torch.Tensor:
     t = torch.as_tensor(iscrowd)
     if t.dtype not in (torch.uint8, torch.bool) and t.is_floating_point():
         raise TypeError(f"iscrowd must hold 0/1 flags; got dtype {t.dtype}")
+    if t.numel() and not bool(((t == 0) | (t == 1)).all()):
+        raise ValueError(f"iscrowd must hold 0/1 flags; got values {sorted(set(t.reshape(-1).tolist()))[:8]}")
     t = t.to(torch.uint8).reshape(-1)
     if n >= 0 and t.numel() != n:
         raise ValueError(f"iscrowd must have one entry per gt ({n}); got {t.numel()}")
