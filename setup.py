@@ -34,26 +34,23 @@ def log(msg):
     print(f"[ssrvg_ext setup] {msg}", flush=True)
 
 
-REJECTED = []  # toolkit candidates refused, with the reason (printed, and kept in the build record)
-
-
 def decide_cuda():
+    """(toolkit or None, reason, rejected candidates with their reasons)."""
     force = os.environ.get("FORCE_CUDA", "")
     if force == "0":
-        return None, "FORCE_CUDA=0: CPU-only build"
+        return None, "FORCE_CUDA=0: CPU-only build", []
     home, why, rejected = find_cuda_home(torch.version.cuda)
     report(home, why, rejected, log)
-    REJECTED[:] = rejected
     if force == "1":
         if home is None:
             sys.exit(f"FORCE_CUDA=1 but {why}. Set CUDA_HOME to a toolkit matching torch.")
-        return home, f"FORCE_CUDA=1: {why}"
+        return home, f"FORCE_CUDA=1: {why}", rejected
     if home is None:
-        return None, f"CPU-only build: {why} (set FORCE_CUDA=1 with CUDA_HOME to insist)"
-    return home, why
+        return None, f"CPU-only build: {why} (set FORCE_CUDA=1 with CUDA_HOME to insist)", rejected
+    return home, why, rejected
 
 
-CUDA_HOME, REASON = decide_cuda()
+CUDA_HOME, REASON, REJECTED = decide_cuda()
 if CUDA_HOME:
     os.environ["CUDA_HOME"] = CUDA_HOME  # read by torch.utils.cpp_extension at import
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

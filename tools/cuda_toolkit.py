@@ -95,9 +95,10 @@ def check_toolkit(home, torch_cuda):
         return False, f"nvcc {ver[0]}.{ver[1]} does not match torch CUDA {torch_cuda} (same major, minor not older)"
     if not os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
         return False, f"nvcc {ver[0]}.{ver[1]} but no include/cuda_runtime.h"
-    if cudart_dir(home) is None:
+    lib = cudart_dir(home)
+    if lib is None:
         return False, f"nvcc {ver[0]}.{ver[1]} but no libcudart.so* in lib64/ or lib/"
-    return True, f"nvcc {ver[0]}.{ver[1]}, include/cuda_runtime.h, {os.path.relpath(cudart_dir(home), home)}/libcudart"
+    return True, f"nvcc {ver[0]}.{ver[1]}, include/cuda_runtime.h, {os.path.relpath(lib, home)}/libcudart"
 
 
 def _homes_of_nvcc(nvcc):

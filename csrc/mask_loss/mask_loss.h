@@ -217,7 +217,7 @@ struct LossInputs {
 };
 
 inline void check_postprocess(const at::Tensor& logits, int64_t in_h, int64_t in_w, int64_t crop_h,
-                              int64_t crop_w, int64_t out_h, int64_t out_w) {
+                              int64_t crop_w, int64_t out_h, int64_t out_w, double threshold) {
   TORCH_CHECK_VALUE(logits.dim() == 3 && logits.size(1) > 0 && logits.size(2) > 0,
                     "logits must have shape (B, h, w) with h, w >= 1; got ", logits.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), "logits must be floating point; got ",
@@ -230,6 +230,7 @@ inline void check_postprocess(const at::Tensor& logits, int64_t in_h, int64_t in
   TORCH_CHECK_VALUE(!c10::mul_overflows(out_h, out_w, &hw) && !c10::mul_overflows(hw, logits.size(0), &total),
                     "output size ", logits.size(0), " x ", out_h, " x ", out_w, " overflows int64");
   TORCH_CHECK_VALUE(!c10::mul_overflows(in_h, in_w, &hw), "input size ", in_h, " x ", in_w, " overflows int64");
+  TORCH_CHECK_VALUE(std::isfinite(threshold), "threshold must be finite; got ", threshold);
 }
 
 }  // namespace mask_loss

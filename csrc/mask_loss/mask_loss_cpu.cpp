@@ -308,8 +308,7 @@ at::Tensor sums_backward_cpu(const at::Tensor& grad_in, const at::Tensor& logits
 // valid top-left (crop_h, crop_w), resize to (out_h, out_w), threshold -- one pass, no buffers.
 at::Tensor postprocess_cpu(const at::Tensor& logits_in, int64_t in_h, int64_t in_w, int64_t crop_h,
                            int64_t crop_w, int64_t out_h, int64_t out_w, double threshold) {
-  check_postprocess(logits_in, in_h, in_w, crop_h, crop_w, out_h, out_w);
-  TORCH_CHECK_VALUE(std::isfinite(threshold), "threshold must be finite; got ", threshold);
+  check_postprocess(logits_in, in_h, in_w, crop_h, crop_w, out_h, out_w, threshold);
   const at::Tensor logits = logits_in.contiguous();
   const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);
   at::Tensor out = at::empty({B, out_h, out_w}, logits.options().dtype(at::kByte));

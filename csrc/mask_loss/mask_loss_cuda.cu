@@ -98,9 +98,9 @@ at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
     at::Tensor partials = at::empty({B, blocks, kSums}, logits.options().dtype(c10::CppTypeToScalarType<T>::value));
     if (B == 0) return;
     // grid.y (masks) is at most 65535: launch in chunks of masks, pointers offset per chunk.
+    const uint8_t* vd = in.valid_data();
     for (int64_t b0 = 0; b0 < B; b0 += 65535) {
       const int64_t nb = std::min<int64_t>(65535, B - b0);
-      const uint8_t* vd = in.valid_data();
       sums_kernel<scalar_t><<<dim3(blocks, (unsigned)nb), kThreads, 0, stream>>>(
           logits.data_ptr<scalar_t>() + b0 * h * w, in.target_data() + b0 * H * W, vd ? vd + b0 * H * W : nullptr,
           h, w, H, W, static_cast<float>(alpha), static_cast<float>(gamma), blocks,
@@ -208,8 +208,7 @@ __global__ void postprocess_kernel(const scalar_t* __restrict__ logits, int64_t 
 
 at::Tensor postprocess_cuda(const at::Tensor& logits_in, int64_t in_h, int64_t in_w, int64_t crop_h, int64_t crop_w,
                             int64_t out_h, int64_t out_w, double threshold) {
-  check_postprocess(logits_in, in_h, in_w, crop_h, crop_w, out_h, out_w);
-  TORCH_CHECK_VALUE(std::isfinite(threshold), "threshold must be finite; got ", threshold);
+  check_postprocess(logits_in, in_h, in_w, crop_h, crop_w, out_h, out_w, threshold);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
   const int64_t B = logits.size(0), h = logits.size(1), w = logits.size(2);

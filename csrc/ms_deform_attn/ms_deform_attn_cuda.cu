@@ -224,6 +224,9 @@ struct Inputs {
   at::ScalarType math_type;
   Inputs(const at::Tensor& value_in, const at::Tensor& shapes, const at::Tensor& starts, const at::Tensor& loc_in,
          const at::Tensor& attn_in) {
+    // Checked before the caller's device guard: a CPU tensor here is an error, not a guard assert.
+    TORCH_CHECK_VALUE(value_in.is_cuda(), "value must be a CUDA tensor here (all inputs on one device); got ",
+                      value_in.device());
     const std::vector<int64_t> lv = check_inputs(value_in, shapes, starts, loc_in, attn_in);
     value = value_in.contiguous();
     math_type = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -245,9 +248,6 @@ struct Inputs {
 
 at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes, const at::Tensor& starts,
                         const at::Tensor& loc_in, const at::Tensor& attn_in) {
-  // Checks first: a CPU tensor reaching this kernel is an error, not a device-guard assert.
-  TORCH_CHECK_VALUE(value_in.is_cuda(), "value must be a CUDA tensor here (all inputs on one device); got ",
-                    value_in.device());
   const Inputs in(value_in, shapes, starts, loc_in, attn_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -271,9 +271,6 @@ at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& value_in,
                                                              const at::Tensor& shapes, const at::Tensor& starts,
                                                              const at::Tensor& loc_in, const at::Tensor& attn_in) {
-  // Checks first: a CPU tensor reaching this kernel is an error, not a device-guard assert.
-  TORCH_CHECK_VALUE(value_in.is_cuda(), "value must be a CUDA tensor here (all inputs on one device); got ",
-                    value_in.device());
   const Inputs in(value_in, shapes, starts, loc_in, attn_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();

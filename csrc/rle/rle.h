@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <c10/util/safe_numerics.h>
 
@@ -119,6 +120,20 @@ inline void check_rles_host(const at::Tensor& counts_in, const at::Tensor& offse
     TORCH_CHECK_VALUE(total == hw, "RLE ", i, ": counts sum to ", total, " but the ", h, "x", w,
                       " mask has ", hw, " pixels");
   }
+}
+
+// rle_decode's inputs (CPU tensors, any strides): N masks of one h x w size, N*h*w in int64, and
+// the full check_rles_host validation; returns their (N, 2) sizes. Shared by the CPU and CUDA kernels.
+inline at::Tensor check_decode_host(const at::Tensor& counts, const at::Tensor& offsets, int64_t h, int64_t w) {
+  check_offsets_cpu(counts, offsets);
+  TORCH_CHECK_VALUE(h >= 0 && w >= 0, "rle_decode: size must be non-negative; got [", h, ", ", w, "]");
+  const int64_t n = offsets.numel() - 1;
+  checked_mul(n, checked_mul(h, w, "rle_decode: h x w"), "rle_decode: N x h x w");
+  at::Tensor sizes = at::empty({n, 2}, at::kLong);
+  sizes.select(1, 0).fill_(h);
+  sizes.select(1, 1).fill_(w);
+  check_rles_host(counts, offsets, sizes);
+  return sizes;
 }
 
 }  // namespace rle

@@ -25,10 +25,6 @@ struct Rle {
   int64_t h, w;
 };
 
-void check_rles(const at::Tensor& counts, const at::Tensor& offsets, const at::Tensor& sizes) {
-  check_rles_host(counts, offsets, sizes);
-}
-
 std::vector<Rle> view_rles(const at::Tensor& counts, const at::Tensor& offsets,
                            const at::Tensor& sizes) {
   const int64_t n = offsets.numel() - 1;
@@ -92,15 +88,8 @@ std::tuple<at::Tensor, at::Tensor> rle_encode_cpu(const at::Tensor& masks_in) {
 at::Tensor rle_decode_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_in, int64_t h,
                           int64_t w) {
   const at::Tensor counts = counts_in.contiguous(), offsets = offsets_in.contiguous();
-  check_offsets_cpu(counts, offsets);
+  const at::Tensor sizes = check_decode_host(counts, offsets, h, w);
   const int64_t n = offsets.numel() - 1;
-  TORCH_CHECK_VALUE(h >= 0 && w >= 0, "rle_decode: size must be non-negative; got [", h, ", ", w,
-                    "]");
-  checked_mul(n, checked_mul(h, w, "rle_decode: h x w"), "rle_decode: N x h x w");
-  at::Tensor sizes = at::empty({n, 2}, at::kLong);
-  sizes.select(1, 0).fill_(h);
-  sizes.select(1, 1).fill_(w);
-  check_rles(counts, offsets, sizes);
   at::Tensor out = at::zeros({n, h, w}, at::kByte);
   uint8_t* o = out.data_ptr<uint8_t>();
   const std::vector<Rle> r = view_rles(counts, offsets, sizes);
@@ -226,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor> rle_from_string_cpu(const at::Tensor& chars_i
 }
 
 void rle_check_cpu(const at::Tensor& counts, const at::Tensor& offsets, const at::Tensor& sizes) {
-  check_rles(counts.contiguous(), offsets.contiguous(), sizes.contiguous());
+  check_rles_host(counts.contiguous(), offsets.contiguous(), sizes.contiguous());
 }
 
 at::Tensor rle_area_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_in) {
@@ -318,7 +307,7 @@ at::Tensor rle_to_bbox_cpu(const at::Tensor& counts_in, const at::Tensor& offset
                            const at::Tensor& sizes_in) {
   const at::Tensor counts = counts_in.contiguous(), offsets = offsets_in.contiguous(),
                    sizes = sizes_in.contiguous();
-  check_rles(counts, offsets, sizes);
+  check_rles_host(counts, offsets, sizes);
   const std::vector<Rle> r = view_rles(counts, offsets, sizes);
   const int64_t n = static_cast<int64_t>(r.size());
   at::Tensor out = at::empty({n, 4}, at::kDouble);
@@ -333,7 +322,7 @@ at::Tensor rle_merge_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_
                          const at::Tensor& sizes_in, bool intersect) {
   const at::Tensor counts = counts_in.contiguous(), offsets = offsets_in.contiguous(),
                    sizes = sizes_in.contiguous();
-  check_rles(counts, offsets, sizes);
+  check_rles_host(counts, offsets, sizes);
   const std::vector<Rle> r = view_rles(counts, offsets, sizes);
   const int64_t n = static_cast<int64_t>(r.size());
   TORCH_CHECK_VALUE(n >= 1, "rle_merge needs at least one RLE");
@@ -391,8 +380,8 @@ at::Tensor rle_iou_cpu(const at::Tensor& dc, const at::Tensor& doff, const at::T
                        const at::Tensor& iscrowd_in) {
   const at::Tensor dcc = dc.contiguous(), doc = doff.contiguous(), dsc = dsz.contiguous();
   const at::Tensor gcc = gc.contiguous(), goc = goff.contiguous(), gsc = gsz.contiguous();
-  check_rles(dcc, doc, dsc);
-  check_rles(gcc, goc, gsc);
+  check_rles_host(dcc, doc, dsc);
+  check_rles_host(gcc, goc, gsc);
   const std::vector<Rle> dt = view_rles(dcc, doc, dsc), gt = view_rles(gcc, goc, gsc);
   const int64_t m = static_cast<int64_t>(dt.size()), n = static_cast<int64_t>(gt.size());
   check_iscrowd(iscrowd_in, n);

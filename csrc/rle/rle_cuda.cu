@@ -151,17 +151,10 @@ at::Tensor rle_decode_cuda(const at::Tensor& counts_in, const at::Tensor& offset
   TORCH_CHECK_VALUE(counts_in.is_cuda() && offsets.device() == counts_in.device(),
                     "rle_decode: counts and offsets must be on one CUDA device; got ",
                     counts_in.device(), " and ", offsets.device());
-  TORCH_CHECK_VALUE(h >= 0 && w >= 0, "rle_decode: size must be non-negative; got [", h, ", ", w,
-                    "]");
-  const int64_t n = offsets.numel() - 1;
-  TORCH_CHECK_VALUE(n >= 0, "offsets must have N+1 >= 1 entries");
-  checked_mul(n, checked_mul(h, w, "rle_decode: h x w"), "rle_decode: N x h x w");
   // The same full validation as the CPU kernel, on the host: counts are a few numbers per run,
   // far fewer than the pixels written.
-  at::Tensor sizes = at::empty({n, 2}, at::kLong);
-  sizes.select(1, 0).fill_(h);
-  sizes.select(1, 1).fill_(w);
-  check_rles_host(counts_in.cpu(), offsets.cpu(), sizes);
+  check_decode_host(counts_in.cpu(), offsets.cpu(), h, w);
+  const int64_t n = offsets.numel() - 1;
   const c10::cuda::CUDAGuard guard(counts_in.device());
   const at::Tensor counts = counts_in.contiguous();
   const at::Tensor dev_offsets = offsets.contiguous();

@@ -64,14 +64,14 @@ class Record:
     split: str = ""
 
 
-def _polygon(poly, where: str) -> list[float]:
+def _polygon(poly) -> list[float]:
     if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
-        raise ValueError(f"{where}: a polygon must be a flat list of at least 3 (x, y) points; got "
+        raise ValueError(f"a polygon must be a flat list of at least 3 (x, y) points; got "
                          f"{type(poly).__name__} of length {len(poly) if hasattr(poly, '__len__') else '?'}")
     out = []
     for v in poly:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1e7:
-            raise ValueError(f"{where}: polygon coordinates must be finite numbers; got {v!r}")
+            raise ValueError(f"polygon coordinates must be finite numbers; got {v!r}")
         out.append(float(v))
     return out
 
@@ -86,7 +86,7 @@ def segmentation_to_rle(seg, h: int, w: int, where: str) -> dict:
         if isinstance(seg, list):
             if not seg:
                 raise ValueError("empty polygon list")
-            polys = [_polygon(p, where) for p in seg]
+            polys = [_polygon(p) for p in seg]
             parts = cocomask.frPyObjects(polys, h, w)
             return rle_ops.merge([{"size": [h, w], "counts": p["counts"]} for p in parts])
         if isinstance(seg, dict) and "counts" in seg:
@@ -94,8 +94,7 @@ def segmentation_to_rle(seg, h: int, w: int, where: str) -> dict:
                 raise ValueError(f"RLE size {seg.get('size')} differs from the image size {[h, w]}")
             return rle_ops.frPyObjects_uncompressed({"size": [h, w], "counts": seg["counts"]})
     except (ValueError, TypeError) as e:
-        msg = str(e)
-        raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+        raise ValueError(f"{where}: {e}") from None
     raise ValueError(f"{where}: unsupported segmentation of type {type(seg).__name__}")
 
 

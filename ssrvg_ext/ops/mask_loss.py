@@ -84,8 +84,10 @@ def upsampled_mask_loss(logits: torch.Tensor, targets: torch.Tensor, losses: Map
     if bad:
         raise ValueError(f"mask loss weights must be finite numbers; got {bad}")
     if num_masks is not None:
-        n = float(num_masks.detach().reshape(-1)[0]) if isinstance(num_masks, torch.Tensor) and num_masks.numel() == 1 \
-            else (float(num_masks) if not isinstance(num_masks, torch.Tensor) else math.nan)
+        try:
+            n = float(num_masks)  # a number or a one-element tensor (a CUDA one costs a sync here)
+        except (TypeError, ValueError, RuntimeError):
+            n = math.nan
         if not (math.isfinite(n) and n > 0):
             raise ValueError(f"num_masks must be a finite number > 0 (a scalar); got {num_masks!r}")
     per_mask = upsampled_mask_losses(logits, targets, valid, alpha, gamma)
