@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import device_name, timeit  # noqa: E402
+from common import alternating, device_name  # noqa: E402
 from ssrvg_ext.ops import upsampled_mask_loss  # noqa: E402
 
 CASES = [(32, 160, 640), (8, 120, 480)]  # (masks, low-res side, full-res side)
@@ -98,6 +98,7 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the unfused code")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -107,6 +108,7 @@ def main():
     dev = args.device
     print(f"device: {device_name() if dev == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'}; torch {torch.__version__}")
     print(f"{'case':22s} {'impl':22s} {'fwd+bwd (ms)':>12s} {'speed-up':>9s} {'peak extra (MiB)':>17s} {'mem ratio':>10s}")
+    results = []
     for b, lo, hi in CASES:
         case = f"{b}x{lo}^2->{hi}^2"
         logits, targets = inputs(b, lo, hi, dev)
@@ -122,14 +124,21 @@ def main():
             except Exception as e:  # report, do not hide
                 print(f"{case:22s} torch.compile of the unfused code failed: {type(e).__name__}: {str(e)[:120]}")
         rows.append(("ours (fused)", fused, None))
+        times = alternating({name: (lambda fn=fn: step(fn, logits, targets)) for name, fn, _ in rows},
+                            repeat=args.repeat, device=dev)
         t_ref = m_ref = None
         for name, fn, comp in rows:
-            t = timeit(lambda: step(fn, logits, targets), repeat=args.repeat, device=dev)
+            t = times[name]
             m = peak_mib("ours" if fn is fused else "unfused", b, lo, hi, dev, comp)
             if t_ref is None:
                 t_ref, m_ref = t, m
-            print(f"{case:22s} {name:22s} {t * 1e3:12.1f} {t_ref / t:9.2f} {m:17.1f} {m / m_ref if m_ref else float('nan'):10.3f}")
-
+            print(f"{case:22s} {name:22s} {t * 1e3:12.2f} {t_ref / t:9.2f} {m:17.1f} {m / m_ref if m_ref else float('nan'):10.3f}")
+            results.append({"case": case, "impl": name, "fwd_bwd_ms": t * 1e3, "speedup_vs_eager": t_ref / t,
+                            "peak_extra_mib": m, "memory_vs_eager": m / m_ref if m_ref else None})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name() if dev == "cuda" else "cpu", "torch": torch.__version__, "rows": results}, f,
+                      indent=2)
 
 if __name__ == "__main__":
     main()

@@ -10,17 +10,21 @@ Reported: forward and forward+backward time, speed-up over the reference, and th
 bytes/s of the memory-traffic floor (every input read once, every output written once; for the
 backward also the gradients written once) against the device's measured copy bandwidth.
 
-    python benchmarks/bench_ms_deform_attn.py [--device cpu|cuda] [--repeat 5]
+Implementations: the grid_sample reference (eager, and under torch.compile), and ours; the
+variants alternate within every round.
+
+    python benchmarks/bench_ms_deform_attn.py [--device cpu|cuda] [--repeat 5] [--compile-cases enc512]
 """
 
 import argparse
+import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import device_name, timeit  # noqa: E402
+from common import alternating, device_name, timeit  # noqa: E402
 from ssrvg_ext.ops import ms_deform_attn, reference  # noqa: E402
 
 M, D, P = 8, 32, 4
@@ -48,7 +52,8 @@ def make_case(shapes, lq, n, device, dtype, seed=0):
     loc = ref[:, :, None, None, None, :] + off
     value = torch.randn(n, s, M, D, generator=g)
     attn = torch.rand(n, lq, M, nl, P, generator=g).softmax(-1)
-    return (value.to(device, dtype), sh.to(device), starts.to(device), loc.to(device), attn.to(device, dtype))
+    # the level table stays on the CPU, as the model passes it (no host synchronisation per call)
+    return (value.to(device, dtype), sh, starts, loc.to(device), attn.to(device, dtype))
 
 
 def floor_bytes(args, backward):
@@ -68,6 +73,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--compile-cases", nargs="*", default=None,
+                   help="cases that also time the reference under torch.compile (default: all; none: skip)")
+    p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args()
     dev = args.device
     bw = copy_bandwidth(dev)
@@ -77,32 +85,45 @@ def main():
     if dev == "cuda":
         cases.insert(1, ("enc800", level_shapes(800, 1333), None))
     dtypes = [torch.float32] + ([torch.bfloat16] if dev == "cuda" else [])
-    print(f"{'case':8s} {'dtype':9s} {'impl':10s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'speed-up f+b':>12s} {'floor GB/s':>11s} {'of copy bw':>10s}")
+    print(f"{'case':8s} {'dtype':9s} {'impl':20s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'speed-up f+b':>12s} {'floor GB/s':>11s} {'of copy bw':>10s}")
+    rows = []
     for name, shapes, lq in cases:
         for dtype in dtypes:
             base = make_case(shapes, lq, 2, dev, dtype)
             ref_out = reference.ms_deform_attn(*base)
             torch.testing.assert_close(ms_deform_attn(*base).float(), ref_out.float(), rtol=2e-2, atol=2e-2)
-            t_ref = None
-            for impl, fn in (("reference", reference.ms_deform_attn), ("ours", ms_deform_attn)):
+            impls = {"reference": reference.ms_deform_attn}
+            if args.compile_cases is None or name in args.compile_cases:
+                impls["reference compiled"] = torch.compile(reference.ms_deform_attn, dynamic=False)
+            impls["ours"] = ms_deform_attn
+            fwd, fwd_bwd = {}, {}
+            for impl, fn in impls.items():
                 xs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in base]
 
-                def fwd():
+                def f(fn=fn, xs=xs):
                     with torch.no_grad():
                         fn(*xs)
 
-                def fwd_bwd():
+                def fb(fn=fn, xs=xs):
                     for x in xs:
                         x.grad = None
                     fn(*xs).sum().backward()
 
-                t_f = timeit(fwd, repeat=args.repeat, device=dev)
-                t_fb = timeit(fwd_bwd, repeat=args.repeat, device=dev)
-                t_ref = t_ref or t_fb
-                gbs = floor_bytes(base, True) / t_fb
-                print(f"{name:8s} {str(dtype)[6:]:9s} {impl:10s} {t_f * 1e3:9.2f} {t_fb * 1e3:11.2f} {t_ref / t_fb:12.2f} "
+                fwd[impl], fwd_bwd[impl] = f, fb
+            t_f = alternating(fwd, repeat=args.repeat, warmup=2, device=dev)
+            t_fb = alternating(fwd_bwd, repeat=args.repeat, warmup=2, device=dev)
+            for impl in impls:
+                gbs = floor_bytes(base, True) / t_fb[impl]
+                speed = t_fb["reference"] / t_fb[impl]
+                print(f"{name:8s} {str(dtype)[6:]:9s} {impl:20s} {t_f[impl] * 1e3:9.3f} {t_fb[impl] * 1e3:11.3f} {speed:12.2f} "
                       f"{gbs / 1e9:11.2f} {gbs / bw:10.3f}")
-
+                rows.append({"case": name, "dtype": str(dtype)[6:], "impl": impl, "fwd_ms": t_f[impl] * 1e3,
+                             "fwd_bwd_ms": t_fb[impl] * 1e3, "speedup_fwd_bwd_vs_reference": speed,
+                             "floor_GBps": gbs / 1e9, "fraction_of_copy_bw": gbs / bw})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+                       "copy_bw_GBps": bw / 1e9, "rows": rows}, f, indent=2)
 
 if __name__ == "__main__":
     main()

@@ -11,12 +11,13 @@ N x N IoU matrix of those masks.
 """
 
 import argparse
+import json
 
 import numpy as np
 import torch
 from pycocotools import mask as cocomask
 
-from common import device_name, object_masks, timeit
+from common import alternating, device_name, object_masks
 from ssrvg_ext.ops import rle
 
 
@@ -25,10 +26,12 @@ def main():
     p.add_argument("--n", type=int, nargs="+", default=[1000, 100])
     p.add_argument("--size", type=int, nargs=2, default=[480, 640])
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args()
     h, w = args.size
     print(f"device: {device_name()}; torch {torch.__version__}")
     print(f"{'case':24s} {'impl':28s} {'time (ms)':>10s} {'speed-up vs pycocotools':>24s}")
+    results = []
     for n in args.n:
         masks = object_masks(n, h, w)
         crowd = [0] * n
@@ -46,24 +49,30 @@ def main():
             return rles, rle.mask_iou(masks, masks)
 
         ref = coco()
+        want_rles = cocomask.encode(np.asfortranarray(masks.permute(1, 2, 0).numpy()))
         assert np.array_equal(ours_cpu().numpy(), ref) and np.array_equal(ours_cpu_masks()[1].numpy(), ref)
-        case = f"{n}x{h}x{w}"
-        t_ref = timeit(coco, repeat=args.repeat)
-        print(f"{case:24s} {'pycocotools (host)':28s} {t_ref * 1e3:10.1f} {1.0:24.2f}")
-        for name, fn in (("ours cpu: encode+iou", ours_cpu), ("ours cpu: encode+mask_iou", ours_cpu_masks)):
-            t = timeit(fn, repeat=args.repeat)
-            print(f"{case:24s} {name:28s} {t * 1e3:10.1f} {t_ref / t:24.2f}")
+        fns = {"pycocotools (host)": coco, "ours cpu: encode+iou": ours_cpu, "ours cpu: encode+mask_iou": ours_cpu_masks}
         if torch.cuda.is_available():
             mc = masks.cuda()
 
             def ours_cuda():
                 rles = rle.encode(mc)
-                return rles, rle.mask_iou(mc, mc).cpu()
+                return rles, rle.mask_iou(mc, mc, crowd).cpu()
 
-            assert np.array_equal(ours_cuda()[1].numpy(), ref)
-            t = timeit(ours_cuda, repeat=args.repeat * 3, device="cuda")
-            print(f"{case:24s} {'ours cuda: encode+mask_iou':28s} {t * 1e3:10.1f} {t_ref / t:24.2f}")
-
+            got_rles, got_iou = ours_cuda()
+            exact = [r["counts"] for r in got_rles] == [r["counts"] for r in want_rles] and np.array_equal(got_iou.numpy(), ref)
+            assert exact, "CUDA RLE / IoU differ from pycocotools"
+            print(f"{n}x{h}x{w}: CUDA encode and mask_iou bit-exact with pycocotools")
+            fns["ours cuda: encode+mask_iou"] = ours_cuda
+        case = f"{n}x{h}x{w}"
+        times = alternating(fns, repeat=args.repeat, device="cuda" if torch.cuda.is_available() else None)
+        t_ref = times["pycocotools (host)"]
+        for name, t in times.items():
+            print(f"{case:24s} {name:28s} {t * 1e3:10.1f} {t_ref / t:24.2f}")
+            results.append({"case": case, "impl": name, "ms": t * 1e3, "speedup_vs_pycocotools": t_ref / t})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name(), "torch": torch.__version__, "rows": results}, f, indent=2)
 
 if __name__ == "__main__":
     main()

@@ -31,10 +31,31 @@ __device__ inline T warp_sum(T v) {
   return v;
 }
 
-template <typename scalar_t>
+// The focal term's (1 - p_t)^gamma as the CPU computes it: gamma 0 and 2 without pow.
+#define SSRVG_GAMMA_SWITCH(gamma, ...)          \
+  switch (gamma_kind(gamma)) {                  \
+    case kGammaZero: {                          \
+      constexpr int G = kGammaZero;             \
+      __VA_ARGS__;                              \
+      break;                                    \
+    }                                           \
+    case kGammaTwo: {                           \
+      constexpr int G = kGammaTwo;              \
+      __VA_ARGS__;                              \
+      break;                                    \
+    }                                           \
+    default: {                                  \
+      constexpr int G = kGammaAny;              \
+      __VA_ARGS__;                              \
+    }                                           \
+  }
+
+// alpha / gamma arrive in the math type (float64 for float64 logits), as on the CPU.
+template <typename scalar_t, int G>
 __global__ void sums_kernel(const scalar_t* __restrict__ logits, const uint8_t* __restrict__ targets,
                             const uint8_t* __restrict__ valid, int64_t h, int64_t w, int64_t H, int64_t W,
-                            float alpha, float gamma, int blocks_per_mask, at::opmath_type<scalar_t>* __restrict__ partials) {
+                            at::opmath_type<scalar_t> alpha, at::opmath_type<scalar_t> gamma, int blocks_per_mask,
+                            at::opmath_type<scalar_t>* __restrict__ partials) {
   using T = at::opmath_type<scalar_t>;
   const int64_t b = blockIdx.y;
   const int64_t HW = H * W;
@@ -49,7 +70,7 @@ __global__ void sums_kernel(const scalar_t* __restrict__ logits, const uint8_t* 
     const int64_t Y = k / W, X = k % W;
     const T z = interp(v, w, source_index<T>(Y, sy, h), source_index<T>(X, sx, w));
     const T t = tg[k] ? T(1) : T(0);
-    const Pixel<kGammaAny, StdMath, T> px(z, t);
+    const Pixel<G, StdMath, T> px(z, t);
     acc[0] += px.p * t;
     acc[1] += px.p;
     acc[2] += t;
@@ -101,10 +122,10 @@ at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
     const uint8_t* vd = in.valid_data();
     for (int64_t b0 = 0; b0 < B; b0 += 65535) {
       const int64_t nb = std::min<int64_t>(65535, B - b0);
-      sums_kernel<scalar_t><<<dim3(blocks, (unsigned)nb), kThreads, 0, stream>>>(
+      SSRVG_GAMMA_SWITCH(gamma, sums_kernel<scalar_t, G><<<dim3(blocks, (unsigned)nb), kThreads, 0, stream>>>(
           logits.data_ptr<scalar_t>() + b0 * h * w, in.target_data() + b0 * H * W, vd ? vd + b0 * H * W : nullptr,
-          h, w, H, W, static_cast<float>(alpha), static_cast<float>(gamma), blocks,
-          partials.data_ptr<T>() + b0 * blocks * kSums);
+          h, w, H, W, static_cast<T>(alpha), static_cast<T>(gamma), blocks,
+          partials.data_ptr<T>() + b0 * blocks * kSums));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     const int64_t n = B * kSums;
@@ -119,11 +140,11 @@ at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
 }
 
 // R[b, Y, j] = sum over the output columns X that read column j of tap_weight * dL/dz(Y, X).
-template <typename scalar_t>
+template <typename scalar_t, int G>
 __global__ void gather_x_kernel(const scalar_t* __restrict__ logits, const uint8_t* __restrict__ targets,
                                 const uint8_t* __restrict__ valid, const at::opmath_type<scalar_t>* __restrict__ grad,
-                                int64_t B, int64_t h, int64_t w, int64_t H, int64_t W, float alpha, float gamma,
-                                at::opmath_type<scalar_t>* __restrict__ R) {
+                                int64_t B, int64_t h, int64_t w, int64_t H, int64_t W, at::opmath_type<scalar_t> alpha,
+                                at::opmath_type<scalar_t> gamma, at::opmath_type<scalar_t>* __restrict__ R) {
   using T = at::opmath_type<scalar_t>;
   const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (t >= B * H * w) return;
@@ -142,7 +163,7 @@ __global__ void gather_x_kernel(const scalar_t* __restrict__ logits, const uint8
     const Lerp<T> lx = source_index<T>(X, sx, w);
     const T z = interp(v, w, ly, lx);
     const T t = trow[X] ? T(1) : T(0);
-    acc += tap_weight(lx, j) * Pixel<kGammaAny, StdMath, T>(z, t).dz(t, g, T(alpha), T(gamma));
+    acc += tap_weight(lx, j) * Pixel<G, StdMath, T>(z, t).dz(t, g, alpha, gamma);
   }
   R[t] = acc;
 }
@@ -178,9 +199,9 @@ at::Tensor sums_backward_cuda(const at::Tensor& grad_in, const at::Tensor& logit
     const at::Tensor g = grad_in.to(topt).contiguous();
     at::Tensor R = at::empty({B, H, w}, topt);
     if (R.numel() == 0) return;
-    gather_x_kernel<scalar_t><<<(R.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+    SSRVG_GAMMA_SWITCH(gamma, gather_x_kernel<scalar_t, G><<<(R.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
         logits.data_ptr<scalar_t>(), in.target_data(), in.valid_data(), g.data_ptr<T>(), B, h, w, H, W,
-        static_cast<float>(alpha), static_cast<float>(gamma), R.data_ptr<T>());
+        static_cast<T>(alpha), static_cast<T>(gamma), R.data_ptr<T>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     gather_y_kernel<scalar_t><<<(grad_logits.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
         R.data_ptr<T>(), B, h, w, H, grad_logits.data_ptr<scalar_t>());
@@ -192,7 +213,7 @@ at::Tensor sums_backward_cuda(const at::Tensor& grad_in, const at::Tensor& logit
 template <typename scalar_t>
 __global__ void postprocess_kernel(const scalar_t* __restrict__ logits, int64_t B, int64_t h, int64_t w, int64_t in_h,
                                    int64_t in_w, int64_t crop_h, int64_t crop_w, int64_t out_h, int64_t out_w,
-                                   float threshold, uint8_t* __restrict__ out) {
+                                   at::opmath_type<scalar_t> threshold, uint8_t* __restrict__ out) {
   using T = at::opmath_type<scalar_t>;
   const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (t >= B * out_h * out_w) return;
@@ -203,7 +224,7 @@ __global__ void postprocess_kernel(const scalar_t* __restrict__ logits, int64_t 
   const Lerp<T> ay0 = source_index<T>(ly.i0, s1y, h), ay1 = source_index<T>(ly.i1, s1y, h);
   const Lerp<T> ax0 = source_index<T>(lx.i0, s1x, w), ax1 = source_index<T>(lx.i1, s1x, w);
   const T z = resize_of_upsample(logits + b * h * w, w, ly, lx, ay0, ay1, ax0, ax1);
-  out[t] = z > static_cast<T>(threshold) ? 1 : 0;
+  out[t] = z > threshold ? 1 : 0;
 }
 
 at::Tensor postprocess_cuda(const at::Tensor& logits_in, int64_t in_h, int64_t in_w, int64_t crop_h, int64_t crop_w,
@@ -216,7 +237,8 @@ at::Tensor postprocess_cuda(const at::Tensor& logits_in, int64_t in_h, int64_t i
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "mask_postprocess_cuda", [&] {
     postprocess_kernel<scalar_t><<<(out.numel() + kThreads - 1) / kThreads, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        logits.data_ptr<scalar_t>(), B, h, w, in_h, in_w, crop_h, crop_w, out_h, out_w, static_cast<float>(threshold),
+        logits.data_ptr<scalar_t>(), B, h, w, in_h, in_w, crop_h, crop_w, out_h, out_w,
+        static_cast<at::opmath_type<scalar_t>>(threshold),
         out.data_ptr<uint8_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

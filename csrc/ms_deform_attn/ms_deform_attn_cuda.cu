@@ -7,6 +7,10 @@
 // the group with warp shuffles (fixed order, no atomics). The value gradient uses float atomics by
 // default; under torch.use_deterministic_algorithms(True) it is gathered instead: the (value row,
 // sample corner) pairs are stable-sorted by row and each (row, channel) sums its samples in order.
+//
+// No host synchronisation: the level table (H, W, start) travels by value in the kernel arguments
+// (at most kMaxLevels levels). spatial_shapes / level_start_index on the CPU (as the model passes
+// them) are validated on the host for free; on the GPU they cost one device-to-host copy per call.
 
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -28,6 +32,12 @@ namespace msda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kMaxLevels = 16;
+
+// Level l: rows h[l] x w[l], first flattened position start[l]. Passed by value (384 bytes).
+struct Levels {
+  int64_t h[kMaxLevels], w[kMaxLevels], start[kMaxLevels];
+};
 
 struct Geometry {
   int64_t N, S, M, D, Lq, L, P;
@@ -57,9 +67,8 @@ __device__ inline T group_sum(T v, int group) {
   return v;
 }
 
-// levels: device array of L rows (H, W, start).
 template <typename scalar_t, int VEC>
-__global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ levels,
+__global__ void forward_kernel(const scalar_t* __restrict__ value, const Levels levels,
                                const at::opmath_type<scalar_t>* __restrict__ loc,
                                const at::opmath_type<scalar_t>* __restrict__ attn, Geometry g,
                                scalar_t* __restrict__ out) {
@@ -74,7 +83,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t
 #pragma unroll
     for (int i = 0; i < VEC; ++i) acc[i] = 0;
     for (int64_t l = 0; l < g.L; ++l) {
-      const int64_t H = levels[3 * l], W = levels[3 * l + 1], start = levels[3 * l + 2];
+      const int64_t H = levels.h[l], W = levels.w[l], start = levels.start[l];
       const scalar_t* vbase = value + ((n * g.S + start) * g.M + m) * g.D + c * VEC;
       for (int64_t p = 0; p < g.P; ++p) {
         const int64_t s = (qm * g.L + l) * g.P + p;
@@ -98,7 +107,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t
 
 // Location / weight gradients (group shuffles) and, when ATOMIC, the value gradient (atomics).
 template <typename scalar_t, int VEC, bool ATOMIC>
-__global__ void backward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ levels,
+__global__ void backward_kernel(const scalar_t* __restrict__ value, const Levels levels,
                                 const at::opmath_type<scalar_t>* __restrict__ loc,
                                 const at::opmath_type<scalar_t>* __restrict__ attn,
                                 const scalar_t* __restrict__ grad_out, Geometry g,
@@ -113,7 +122,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value, const int64_
   const int64_t qm = active ? qm_raw : 0;
   const int64_t m = qm % g.M, n = qm / (g.Lq * g.M);
   for (int64_t l = 0; l < g.L; ++l) {
-    const int64_t H = levels[3 * l], W = levels[3 * l + 1], start = levels[3 * l + 2];
+    const int64_t H = levels.h[l], W = levels.w[l], start = levels.start[l];
     const int64_t base = ((n * g.S + start) * g.M + m) * g.D;
     for (int64_t p = 0; p < g.P; ++p) {
       const int64_t s = (qm * g.L + l) * g.P + p;
@@ -158,7 +167,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value, const int64_
 // Deterministic value gradient, step 1: one key per (sample, corner): the value row it reads
 // ((n * S + s) * M + m), or INT64_MAX when the corner is outside.
 template <typename T>
-__global__ void corner_keys_kernel(const int64_t* __restrict__ levels, const T* __restrict__ loc, Geometry g,
+__global__ void corner_keys_kernel(const Levels levels, const T* __restrict__ loc, Geometry g,
                                    int64_t* __restrict__ keys) {
   const int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   const int64_t samples = g.N * g.Lq * g.M * g.L * g.P;
@@ -167,14 +176,14 @@ __global__ void corner_keys_kernel(const int64_t* __restrict__ levels, const T* 
   const int k = static_cast<int>(e % 4);
   const int64_t l = (s / g.P) % g.L, qm = s / (g.P * g.L);
   const int64_t m = qm % g.M, n = qm / (g.Lq * g.M);
-  const int64_t H = levels[3 * l], W = levels[3 * l + 1], start = levels[3 * l + 2];
+  const int64_t H = levels.h[l], W = levels.w[l], start = levels.start[l];
   const Corners<T> cr(loc[2 * s], loc[2 * s + 1], H, W);
   keys[e] = cr.inside(k, H, W) ? (n * g.S + start + cr.offset(k, W)) * g.M + m : INT64_MAX;
 }
 
 // Step 2: thread per (value row, channel): sum its sorted (sample, corner) entries in order.
 template <typename scalar_t>
-__global__ void gather_value_grad_kernel(const int64_t* __restrict__ levels,
+__global__ void gather_value_grad_kernel(const Levels levels,
                                          const at::opmath_type<scalar_t>* __restrict__ loc,
                                          const at::opmath_type<scalar_t>* __restrict__ attn,
                                          const scalar_t* __restrict__ grad_out, const int64_t* __restrict__ order,
@@ -190,7 +199,7 @@ __global__ void gather_value_grad_kernel(const int64_t* __restrict__ levels,
     const int64_t e = order[j], s = e / 4;
     const int k = static_cast<int>(e % 4);
     const int64_t l = (s / g.P) % g.L, qm = s / (g.P * g.L);
-    const Corners<T> cr(loc[2 * s], loc[2 * s + 1], levels[3 * l], levels[3 * l + 1]);
+    const Corners<T> cr(loc[2 * s], loc[2 * s + 1], levels.h[l], levels.w[l]);
     acc += attn[s] * cr.weight(k) * static_cast<T>(grad_out[qm * g.D + ch]);
   }
   grad_value[t] = static_cast<scalar_t>(acc);
@@ -209,18 +218,21 @@ Geometry geometry(const at::Tensor& value, const at::Tensor& loc, bool aligned) 
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
-at::Tensor levels_on(const std::vector<int64_t>& lv, const at::Tensor& like) {
-  at::Tensor host = at::empty({static_cast<int64_t>(lv.size())}, at::kLong);
-  std::copy(lv.begin(), lv.end(), host.data_ptr<int64_t>());
-  return host.to(like.device(), /*non_blocking=*/false);
+Levels levels_by_value(const std::vector<int64_t>& lv) {
+  const int64_t L = static_cast<int64_t>(lv.size()) / 3;
+  TORCH_CHECK_VALUE(L <= kMaxLevels, "the CUDA kernel takes at most ", kMaxLevels, " levels; got ", L);
+  Levels out{};
+  for (int64_t l = 0; l < L; ++l) out.h[l] = lv[3 * l], out.w[l] = lv[3 * l + 1], out.start[l] = lv[3 * l + 2];
+  return out;
 }
 
 int64_t blocks(int64_t threads) { return (threads + kThreads - 1) / kThreads; }
 
 // Checked inputs on the device: value contiguous in its dtype, locations and weights in the math
-// type (float32, or float64 for float64 values), level table (H, W, start) on the device.
+// type (float32, or float64 for float64 values), level table (H, W, start) by value.
 struct Inputs {
-  at::Tensor value, loc, attn, levels;
+  at::Tensor value, loc, attn;
+  Levels levels;
   at::ScalarType math_type;
   Inputs(const at::Tensor& value_in, const at::Tensor& shapes, const at::Tensor& starts, const at::Tensor& loc_in,
          const at::Tensor& attn_in) {
@@ -232,7 +244,7 @@ struct Inputs {
     math_type = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     loc = loc_in.to(math_type).contiguous();
     attn = attn_in.to(math_type).contiguous();
-    levels = levels_on(lv, value);
+    levels = levels_by_value(lv);
   }
 };
 
@@ -251,7 +263,7 @@ at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes, co
   const Inputs in(value_in, shapes, starts, loc_in, attn_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor &value = in.value, &loc = in.loc, &attn = in.attn, &levels = in.levels;
+  const at::Tensor &value = in.value, &loc = in.loc, &attn = in.attn;
   const Geometry g = geometry(value, loc, aligned16(value));
   at::Tensor out = at::empty({g.N, g.Lq, g.M * g.D}, value.options());
   const int64_t threads = g.N * g.Lq * g.M * g.group;
@@ -260,7 +272,7 @@ at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes, co
     using T = at::opmath_type<scalar_t>;
     SSRVG_VEC_SWITCH(g.vec, {
       forward_kernel<scalar_t, VEC><<<blocks(threads), kThreads, 0, stream>>>(
-          value.data_ptr<scalar_t>(), levels.data_ptr<int64_t>(), loc.data_ptr<T>(), attn.data_ptr<T>(), g,
+          value.data_ptr<scalar_t>(), in.levels, loc.data_ptr<T>(), attn.data_ptr<T>(), g,
           out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -274,7 +286,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
   const Inputs in(value_in, shapes, starts, loc_in, attn_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor &value = in.value, &loc = in.loc, &attn = in.attn, &levels = in.levels;
+  const at::Tensor &value = in.value, &loc = in.loc, &attn = in.attn;
   const auto mt = in.math_type;
   TORCH_CHECK_VALUE(grad_out_in.device() == value.device(), "grad_output must be on the device of value; got ",
                     grad_out_in.device());
@@ -295,11 +307,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
       SSRVG_VEC_SWITCH(g.vec, {
         if (deterministic) {
           backward_kernel<scalar_t, VEC, false><<<blocks(threads), kThreads, 0, stream>>>(
-              value.data_ptr<scalar_t>(), levels.data_ptr<int64_t>(), loc.data_ptr<T>(), attn.data_ptr<T>(),
+              value.data_ptr<scalar_t>(), in.levels, loc.data_ptr<T>(), attn.data_ptr<T>(),
               grad_out.data_ptr<scalar_t>(), g, nullptr, grad_loc.data_ptr<T>(), grad_attn.data_ptr<T>());
         } else {
           backward_kernel<scalar_t, VEC, true><<<blocks(threads), kThreads, 0, stream>>>(
-              value.data_ptr<scalar_t>(), levels.data_ptr<int64_t>(), loc.data_ptr<T>(), attn.data_ptr<T>(),
+              value.data_ptr<scalar_t>(), in.levels, loc.data_ptr<T>(), attn.data_ptr<T>(),
               grad_out.data_ptr<scalar_t>(), g, grad_value_acc.data_ptr<T>(), grad_loc.data_ptr<T>(),
               grad_attn.data_ptr<T>());
         }
@@ -314,7 +326,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
     const int64_t entries = g.N * g.Lq * g.M * g.L * g.P * 4, rows = g.N * g.S * g.M;
     at::Tensor keys = at::empty({entries}, value.options().dtype(at::kLong));
     if (entries > 0) {
-      corner_keys_kernel<T><<<blocks(entries), kThreads, 0, stream>>>(levels.data_ptr<int64_t>(), loc.data_ptr<T>(), g,
+      corner_keys_kernel<T><<<blocks(entries), kThreads, 0, stream>>>(in.levels, loc.data_ptr<T>(), g,
                                                                       keys.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -322,7 +334,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
     const at::Tensor row_start = at::searchsorted(sorted, at::arange(rows + 1, keys.options()));
     if (rows * g.D > 0) {
       gather_value_grad_kernel<scalar_t><<<blocks(rows * g.D), kThreads, 0, stream>>>(
-          levels.data_ptr<int64_t>(), loc.data_ptr<T>(), attn.data_ptr<T>(), grad_out.data_ptr<scalar_t>(),
+          in.levels, loc.data_ptr<T>(), attn.data_ptr<T>(), grad_out.data_ptr<scalar_t>(),
           order.data_ptr<int64_t>(), row_start.data_ptr<int64_t>(), g, grad_value.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

@@ -168,6 +168,30 @@ class EMA:
         self.shadow = {k: v.clone() for k, v in s.items()}
 
 
+def train_step(model, crit, batch: dict, opt, sched, scaler, amp_dtype, clip) -> dict:
+    """One optimisation step on a batch already on the device; returns the loss tensors (reading
+    them is left to the caller: each read is a host synchronisation on a GPU)."""
+    with torch.autocast(batch["images"].device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = model(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"))
+    out = {k: v.float() for k, v in out.items()}
+    losses = crit(out, batch)
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(losses["total"]).backward()
+        scaler.unscale_(opt)
+    else:
+        losses["total"].backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    sched.step()
+    return losses
+
+
 def train_one_epoch(model, crit, loader, opt, sched, scaler, amp_dtype, clip, epoch, epochs, device, log, ema=None,
                     step=0, max_steps=None) -> tuple[int, dict]:
     model.train()
@@ -175,24 +199,7 @@ def train_one_epoch(model, crit, loader, opt, sched, scaler, amp_dtype, clip, ep
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not dist.is_main() or None, dynamic_ncols=True)
     for batch in bar:
         batch = to_device(batch, device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"))
-        out = {k: v.float() for k, v in out.items()}
-        losses = crit(out, batch)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(losses["total"]).backward()
-            scaler.unscale_(opt)
-        else:
-            losses["total"].backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        sched.step()
+        losses = train_step(model, crit, batch, opt, sched, scaler, amp_dtype, clip)
         if ema is not None:
             ema.update(model.module if hasattr(model, "module") else model)
         step += 1

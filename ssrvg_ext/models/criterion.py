@@ -20,11 +20,11 @@ def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
 
 def global_count(n: int, device) -> float:
     """Expressions in this step over all ranks, divided by the world size (DDP averages gradients)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return max(float(n), 1.0)  # one process: no tensor, no host synchronisation
     t = torch.tensor(float(n), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-        t = t / dist.get_world_size()
-    return max(float(t), 1.0)
+    dist.all_reduce(t)
+    return max(float(t) / dist.get_world_size(), 1.0)
 
 
 def box_to_mask(boxes_cxcywh: torch.Tensor, size: int) -> torch.Tensor:

@@ -69,7 +69,9 @@ class FusionEncoder(nn.Module):
         if self.spectrum is not None:
             maps = [self.spectrum(m, sentence) for m in maps]
         b = maps[0].shape[0]
-        shapes = torch.tensor([m.shape[-2:] for m in maps], device=maps[0].device, dtype=torch.long)
+        # The level table stays on the CPU: the deformable-attention op reads it there without a
+        # device-to-host copy (no host synchronisation per layer).
+        shapes = torch.tensor([m.shape[-2:] for m in maps], dtype=torch.long)
         areas = shapes[:, 0] * shapes[:, 1]
         starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
         pix = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)

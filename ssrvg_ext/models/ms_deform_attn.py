@@ -18,6 +18,15 @@ from torch import nn
 from ..ops import ms_deform_attn
 
 
+def level_scale(spatial_shapes: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(L, 2) rows (1 / W, 1 / H) on ``device``. CPU shapes (as FusionEncoder makes them) reach a
+    GPU through pinned memory and a non-blocking copy: no host synchronisation."""
+    inv = 1 / spatial_shapes.flip(-1).to(torch.float64)
+    if inv.device == device or device.type != "cuda":
+        return inv.to(device, dtype)
+    return inv.to(dtype).pin_memory().to(device, non_blocking=True)
+
+
 class MSDeformAttn(nn.Module):
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
                  d_lang: int | None = None):
@@ -90,8 +99,7 @@ class MSDeformAttn(nn.Module):
         if reference_points.shape[-1] == 2:
             # loc = reference + offset / (W, H) of the level: the scale is folded into the offset
             # layer and the reference added by ref_spread, both dense; float32 even under autocast.
-            wh = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).to(query.dtype)  # (L, 2) as (W, H)
-            scale = (1 / wh)[None, :, None, :].expand(m, nl, p, 2).reshape(-1)
+            scale = level_scale(spatial_shapes, query.device, query.dtype)[None, :, None, :].expand(m, nl, p, 2).reshape(-1)
             off = F.linear(query, self.sampling_offsets.weight * scale[:, None], self.sampling_offsets.bias * scale)
             dt = torch.promote_types(off.dtype, torch.float32)
             with torch.autocast(query.device.type, enabled=False):
