@@ -121,7 +121,7 @@ step bench_msda 150 $PY benchmarks/bench_ms_deform_attn.py --device cuda --repea
   --json "$LOG/bench_msda.json"
 # Nsight Compute on our kernels in the benchmark cases (speed-of-light: the fraction of the memory
 # and compute peaks each kernel reaches).
-step ncu 90 ncu --clock-control none --kernel-name regex:ssrvg --section SpeedOfLight --section LaunchStats \
+step ncu 90 ncu --clock-control none --kernel-name-base demangled --kernel-name regex:ssrvg --section SpeedOfLight --section LaunchStats \
   $PY benchmarks/gpu_profile_case.py
 step bench_model 150 $PY benchmarks/bench_gpu_model.py --batch 8 --rounds 4 --steps 3 --json "$LOG/bench_model.json"
 
