@@ -12,7 +12,8 @@ of --steps steps each, alternating the variants, and the peak memory allocated d
 
 Evaluation: per batch, the model's prediction (boxes, masks resized to 480x640) and the mask
 statistics the evaluator keeps (intersection and union with the ground truth). Metric path
-"ours": ssrvg RLE encode of the CUDA masks + RLE intersection (what engine.evaluate runs);
+"ours": ssrvg RLE encode of the CUDA masks (kept as predictions) + intersection / union against the
+ground-truth RLEs decoded on the GPU (evaluation.mask_stats_batch; what engine.evaluate runs);
 "pycocotools": masks copied to the host, pycocotools encode + merge + area. Reported: expressions/s
 of the metric path alone and of prediction + metric path.
 """
@@ -33,7 +34,7 @@ from common import device_name, synthetic_batch  # noqa: E402
 from ssrvg_ext import extension  # noqa: E402
 from ssrvg_ext.config import load_config  # noqa: E402
 from ssrvg_ext.engine.loops import param_groups, train_step  # noqa: E402
-from ssrvg_ext.evaluation import mask_stats  # noqa: E402
+from ssrvg_ext.evaluation import mask_stats_batch  # noqa: E402
 from ssrvg_ext.models import build_criterion, build_model  # noqa: E402
 from ssrvg_ext.ops import rle  # noqa: E402
 
@@ -109,7 +110,8 @@ def bench_eval(cfg, batch, args):
         return torch.stack([p["mask"] for p in preds])  # (B, 480, 640) uint8 on the GPU
 
     def metric_ours(masks):
-        return [mask_stats(r, g) for r, g in zip(rle.encode(masks), gts)]
+        rle.encode(masks)  # the predictions kept as RLEs, as engine.evaluate keeps them
+        return mask_stats_batch(list(masks), gts)
 
     def metric_coco(masks):
         rles = cocomask.encode(np.asfortranarray(masks.cpu().permute(1, 2, 0).numpy()))

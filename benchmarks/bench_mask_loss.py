@@ -99,6 +99,7 @@ def main():
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the unfused code")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--profile", action="store_true", help="CUDA: also print a torch.profiler table per implementation")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -135,6 +136,15 @@ def main():
             print(f"{case:22s} {name:22s} {t * 1e3:12.2f} {t_ref / t:9.2f} {m:17.1f} {m / m_ref if m_ref else float('nan'):10.3f}")
             results.append({"case": case, "impl": name, "fwd_bwd_ms": t * 1e3, "speedup_vs_eager": t_ref / t,
                             "peak_extra_mib": m, "memory_vs_eager": m / m_ref if m_ref else None})
+        if args.profile and dev == "cuda":  # where the time goes: kernels and their host-side launch cost
+            from torch.profiler import ProfilerActivity, profile
+            for name, fn, _ in rows:
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    for _ in range(5):
+                        step(fn, logits, targets)
+                    torch.cuda.synchronize()
+                print(f"--- {case} {name}: 5 steps under torch.profiler")
+                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device_name() if dev == "cuda" else "cpu", "torch": torch.__version__, "rows": results}, f,

@@ -3,6 +3,7 @@
     python benchmarks/gpu_check_summary.py LOG
 """
 
+import collections
 import json
 import os
 import re
@@ -21,7 +22,9 @@ def summary(log: str) -> dict:
         if os.path.exists(p):
             text = open(p, errors="replace").read()
             m = re.search(r"ERROR SUMMARY: (\d+) error", text)
-            res[tool] = {"errors": int(m.group(1)) if m else None, "all kernels ran": "all kernels ran" in text}
+            where = collections.Counter(re.findall(r"^=+\s+at (.+?)\(", text, flags=re.M))  # kernels of printed errors
+            res[tool] = {"errors": int(m.group(1)) if m else None, "all kernels ran": "all kernels ran" in text,
+                         "printed errors by kernel": dict(where)}
     p = os.path.join(log, "tests.log")
     if os.path.exists(p):
         lines = [l for l in open(p, errors="replace").read().splitlines() if re.search(r"\d+ (passed|failed|error)", l)]

@@ -165,7 +165,7 @@ def test_msda_level_table_on_either_device(rng, device):
 LOSS_SHAPES = {
     "h<H": ((12, 10), (48, 40)), "h>H": ((40, 36), (17, 13)), "h=1": ((1, 9), (20, 30)), "w=1": ((9, 1), (30, 20)),
     "h=w=1": ((1, 1), (7, 5)), "HW~4096": ((16, 16), (64, 63)), "HW=4097": ((16, 16), (17, 241)),
-    "HW~3M": ((108, 108), (1732, 1732)),
+    "HW~3M": ((108, 108), (1732, 1732)), "W=12300": ((3, 5), (4, 12300)),  # a target row over 48 KiB of float32
 }
 
 
@@ -203,13 +203,20 @@ def test_mask_loss_shapes_valid_gamma(rng, device, shape, valid, gamma):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("gamma", [0.0, 1.5, 2.0])
-def test_mask_loss_float64_parameters_are_not_rounded(rng, device, gamma):
+@pytest.mark.parametrize("hw,HW", [((6, 7), (12, 14)), ((2, 3), (3, 7000))])  # the second: a row over 48 KiB
+def test_mask_loss_float64_parameters_are_not_rounded(rng, device, gamma, hw, HW):
     """float64 logits take alpha / gamma in float64 (an alpha that float32 rounds changes the sum)."""
-    logits, targets, _ = loss_case(rng, 2, (6, 7), (12, 14), "absent", device)
+    logits, targets, _ = loss_case(rng, 2, hw, HW, "absent", device)
     alpha = 0.1 + 1e-12
-    got = upsampled_mask_sums(logits.double(), targets, None, alpha, gamma)
-    want = reference.upsampled_mask_sums(logits.double(), targets, None, alpha, gamma)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    x = logits.double().requires_grad_(True)
+    got = upsampled_mask_sums(x, targets, None, alpha, gamma)
+    xr = logits.double().requires_grad_(True)
+    want = reference.upsampled_mask_sums(xr, targets, None, alpha, gamma)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-10)
+    w = torch.randn(2, 5, generator=rng, dtype=torch.float64).to(device)
+    (got * w).sum().backward()
+    (want * w).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-10, atol=1e-12)
 
 
 # ---- RLE ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -15,7 +16,7 @@ from pycocotools import mask as cocomask
 from ssrvg_ext.config import load_config
 from ssrvg_ext.data.synthetic import generate
 from ssrvg_ext.engine import checkpoint
-from ssrvg_ext.evaluation import grounding_metrics, mask_stats
+from ssrvg_ext.evaluation import grounding_metrics, mask_stats, mask_stats_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -68,6 +69,28 @@ def test_mask_stats_exact():
 
 
 # ---- end to end ----
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_mask_stats_batch_equals_per_expression_stats(rng, device):
+    """The batched statistics (ground truth decoded where the predictions are) equal the RLE ones,
+    with sizes mixed, empty and full masks included; a size mismatch is an error."""
+    preds, gts = [], []
+    for i in range(9):
+        h, w = [(5, 7), (12, 3), (5, 7)][i % 3]
+        p = (torch.rand(h, w, generator=rng) < 0.5).to(torch.uint8)
+        g = (torch.rand(h, w, generator=rng) < 0.4).to(torch.uint8)
+        if i == 4:
+            p.zero_()
+        if i == 5:
+            g.fill_(1)
+        preds.append(p.to(device))
+        gts.append(cocomask.encode(np.asfortranarray(g.numpy())))
+    got = mask_stats_batch(preds, gts)
+    want = [mask_stats(cocomask.encode(np.asfortranarray(p.cpu().numpy())), g) for p, g in zip(preds, gts)]
+    assert got == want
+    with pytest.raises(ValueError, match="ground truth"):
+        mask_stats_batch([preds[0]], [gts[1]])
+
+
 def test_train_eval_demo_end_to_end(data, tmp_path):
     out = str(tmp_path / "run")
     r = run_tool(["tools/train.py", "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data),

@@ -241,3 +241,46 @@ def test_attention_equals_multihead_attention(shared_kv, padded):
     grads_ref = torch.autograd.grad(want, [q, k, *([] if shared_kv else [v]), *ref.parameters()], g)
     for a, b in zip(grads_ours, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_giou_loss_equals_torchvision(rng):
+    """The criterion's GIoU (no boolean indexing: no host sync on a GPU) is torchvision's."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    from ssrvg_ext.models.criterion import giou_loss
+
+    xy = torch.rand(400, 2, generator=rng, dtype=torch.float64)
+    wh = torch.rand(400, 2, generator=rng, dtype=torch.float64) * 0.5
+    a = torch.cat([xy, xy + wh], 1)
+    b = a.flip(0).clone()
+    b[:50] = a[:50]                    # identical boxes
+    b[50:100, :2] = a[50:100, 2:] + 0.1  # disjoint boxes
+    b[50:100, 2:] = b[50:100, :2] + 0.2
+    a.requires_grad_(True), b.requires_grad_(True)
+    ours, ref = giou_loss(a, b), generalized_box_iou_loss(a, b, reduction="none")
+    torch.testing.assert_close(ours, ref)
+    w = torch.rand(400, generator=rng, dtype=torch.float64)
+    for g, r in zip(torch.autograd.grad((ours * w).sum(), (a, b)), torch.autograd.grad((ref * w).sum(), (a, b))):
+        torch.testing.assert_close(g, r)
+
+
+def test_text_encoder_4d_mask_equals_2d_mask(rng):
+    """Under transformers >= 5 the text encoder hands BERT a prepared 4-D mask (no host sync); it
+    must mean what the 2-D padding mask means."""
+    from ssrvg_ext.models.text import TextEncoder
+
+    torch.manual_seed(0)
+    enc = TextEncoder(32, vocab_size=50, hidden=32, layers=2, heads=2, max_len=9).eval()
+    ids = torch.randint(1, 50, (3, 9), generator=rng)
+    mask = torch.arange(9)[None] < torch.tensor([[9], [4], [1]])
+    use_4d = enc.mask_4d
+    if not use_4d:
+        pytest.skip("transformers < 5 or no SDPA: the 2-D mask is used")
+    a = enc(ids, mask)
+    enc.mask_4d = not use_4d
+    b = enc(ids, mask)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    enc.mask_4d = use_4d
+    unmasked = enc(ids, torch.ones_like(mask))[0]
+    assert not torch.allclose(unmasked[1, :4], a[0][1, :4], atol=1e-4)  # the padding really is masked

@@ -1,10 +1,12 @@
 // CUDA kernels of the fused upsampled mask loss and of the fused inference path (mask_loss.h).
 //
-// Forward: a fixed number of blocks per mask (set by the shape only) accumulate the five sums in
-// float32 registers, reduce with warp shuffles, and write per-block partials; a second kernel adds
-// them in double in a fixed order. No atomics: bit-identical from run to run.
-// Backward: thread per (b, Y, j) gathers dL/dz along x into R (B, H, w); thread per (b, i, j)
-// gathers R along y. Nothing of size H x W is allocated.
+// Forward: a fixed number of blocks per mask (set by the shape only), each taking whole target
+// rows, accumulate the five sums in the math type, reduce with warp shuffles, and write per-block
+// partials; a second kernel adds them in double in a fixed order. No atomics: bit-identical from
+// run to run.
+// Backward: a block per (b, Y) computes the row's dL/dz once into shared memory and gathers it
+// along x into R (B, H, w) (rows too wide for shared memory: a thread per (b, Y, j) recomputes
+// its taps); thread per (b, i, j) gathers R along y. Nothing of size H x W is allocated.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -15,6 +17,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <limits>
+
 #include "mask_loss.h"
 
 namespace ssrvg {
@@ -24,6 +29,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kPixelsPerThread = 16;
 constexpr int kMaxBlocksPerMask = 512;
+constexpr size_t kMaxRowBytes = 48 * 1024;  // dL/dz of one target row in shared memory (default limit)
 
 template <typename T>
 __device__ inline T warp_sum(T v) {
@@ -58,24 +64,28 @@ __global__ void sums_kernel(const scalar_t* __restrict__ logits, const uint8_t* 
                             at::opmath_type<scalar_t>* __restrict__ partials) {
   using T = at::opmath_type<scalar_t>;
   const int64_t b = blockIdx.y;
-  const int64_t HW = H * W;
   const T sy = static_cast<T>(h) / static_cast<T>(H), sx = static_cast<T>(w) / static_cast<T>(W);
   const scalar_t* v = logits + b * h * w;
-  const uint8_t* tg = targets + b * HW;
-  const uint8_t* vd = valid ? valid + b * HW : nullptr;
+  const uint8_t* tg = targets + b * H * W;
+  const uint8_t* vd = valid ? valid + b * H * W : nullptr;
   T acc[kSums] = {0, 0, 0, 0, 0};
-  const T a = alpha, g = gamma;
-  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < HW; k += (int64_t)blocks_per_mask * blockDim.x) {
-    if (vd && !vd[k]) continue;
-    const int64_t Y = k / W, X = k % W;
-    const T z = interp(v, w, source_index<T>(Y, sy, h), source_index<T>(X, sx, w));
-    const T t = tg[k] ? T(1) : T(0);
-    const Pixel<G, StdMath, T> px(z, t);
-    acc[0] += px.p * t;
-    acc[1] += px.p;
-    acc[2] += t;
-    acc[3] += px.bce;
-    acc[4] += px.focal(t, a, g);
+  // Block k of a mask takes rows k, k + blocks_per_mask, ...; its threads stride over a row's
+  // columns (the row's source taps once per row, no per-pixel index division).
+  for (int64_t Y = blockIdx.x; Y < H; Y += blocks_per_mask) {
+    const Lerp<T> ly = source_index<T>(Y, sy, h);
+    const uint8_t* trow = tg + Y * W;
+    const uint8_t* vrow = vd ? vd + Y * W : nullptr;
+    for (int64_t X = threadIdx.x; X < W; X += blockDim.x) {
+      if (vrow && !vrow[X]) continue;
+      const T z = interp(v, w, ly, source_index<T>(X, sx, w));
+      const T t = trow[X] ? T(1) : T(0);
+      const Pixel<G, StdMath, T> px(z, t);
+      acc[0] += px.p * t;
+      acc[1] += px.p;
+      acc[2] += t;
+      acc[3] += px.bce;
+      acc[4] += px.focal(t, alpha, gamma);
+    }
   }
   __shared__ T warp_acc[kThreads / 32][kSums];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -111,7 +121,8 @@ at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
   const at::Tensor& logits = in.logits;
   const int64_t B = in.B, h = in.h, w = in.w, H = in.H, W = in.W;
   const int64_t per_block = (int64_t)kThreads * kPixelsPerThread;
-  const int blocks = static_cast<int>(std::min<int64_t>(kMaxBlocksPerMask, (H * W + per_block - 1) / per_block));
+  const int blocks = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>({kMaxBlocksPerMask, H, (H * W + per_block - 1) / per_block})));
   const bool is_double = logits.scalar_type() == at::kDouble;
   at::Tensor out = at::empty({B, kSums}, logits.options().dtype(is_double ? at::kDouble : at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "upsampled_mask_sums_cuda", [&] {
@@ -168,6 +179,43 @@ __global__ void gather_x_kernel(const scalar_t* __restrict__ logits, const uint8
   R[t] = acc;
 }
 
+// The same R, a block per (b, Y): dL/dz of the row's W pixels is computed once into shared memory
+// (the per-column kernel above evaluates each pixel for both columns it reads), then each column
+// j gathers its taps in the same order. Used when the row fits in shared memory.
+template <typename scalar_t, int G>
+__global__ void gather_x_row_kernel(const scalar_t* __restrict__ logits, const uint8_t* __restrict__ targets,
+                                    const uint8_t* __restrict__ valid, const at::opmath_type<scalar_t>* __restrict__ grad,
+                                    int64_t h, int64_t w, int64_t H, int64_t W, at::opmath_type<scalar_t> alpha,
+                                    at::opmath_type<scalar_t> gamma, at::opmath_type<scalar_t>* __restrict__ R) {
+  using T = at::opmath_type<scalar_t>;
+  extern __shared__ unsigned char row_smem[];
+  T* dz = reinterpret_cast<T*>(row_smem);
+  const int64_t Y = blockIdx.x, b = blockIdx.y;
+  const T sy = static_cast<T>(h) / static_cast<T>(H), sx = static_cast<T>(w) / static_cast<T>(W);
+  const Lerp<T> ly = source_index<T>(Y, sy, h);
+  const scalar_t* v = logits + b * h * w;
+  const uint8_t* trow = targets + (b * H + Y) * W;
+  const uint8_t* vrow = valid ? valid + (b * H + Y) * W : nullptr;
+  const T* g = grad + b * kSums;
+  for (int64_t X = threadIdx.x; X < W; X += blockDim.x) {
+    T d = 0;
+    if (!vrow || vrow[X]) {
+      const T z = interp(v, w, ly, source_index<T>(X, sx, w));
+      const T t = trow[X] ? T(1) : T(0);
+      d = Pixel<G, StdMath, T>(z, t).dz(t, g, alpha, gamma);
+    }
+    dz[X] = d;
+  }
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < w; j += blockDim.x) {
+    int64_t x0, x1;
+    output_range<T>(j, sx, w, W, &x0, &x1);
+    T acc = 0;
+    for (int64_t X = x0; X <= x1; ++X) acc += tap_weight(source_index<T>(X, sx, w), j) * dz[X];
+    R[(b * H + Y) * w + j] = acc;
+  }
+}
+
 template <typename scalar_t>
 __global__ void gather_y_kernel(const at::opmath_type<scalar_t>* __restrict__ R, int64_t B, int64_t h, int64_t w,
                                 int64_t H, scalar_t* __restrict__ grad_logits) {
@@ -199,10 +247,23 @@ at::Tensor sums_backward_cuda(const at::Tensor& grad_in, const at::Tensor& logit
     const at::Tensor g = grad_in.to(topt).contiguous();
     at::Tensor R = at::empty({B, H, w}, topt);
     if (R.numel() == 0) return;
-    SSRVG_GAMMA_SWITCH(gamma, gather_x_kernel<scalar_t, G><<<(R.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), in.target_data(), in.valid_data(), g.data_ptr<T>(), B, h, w, H, W,
-        static_cast<T>(alpha), static_cast<T>(gamma), R.data_ptr<T>()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const size_t row_bytes = static_cast<size_t>(W) * sizeof(T);
+    if (row_bytes <= kMaxRowBytes && H <= std::numeric_limits<int>::max()) {
+      // grid.y (masks) is at most 65535: launch in chunks of masks, pointers offset per chunk.
+      for (int64_t b0 = 0; b0 < B; b0 += 65535) {
+        const int64_t nb = std::min<int64_t>(65535, B - b0);
+        SSRVG_GAMMA_SWITCH(gamma, gather_x_row_kernel<scalar_t, G><<<dim3((unsigned)H, (unsigned)nb), kThreads, row_bytes, stream>>>(
+            logits.data_ptr<scalar_t>() + b0 * h * w, in.target_data() + b0 * H * W,
+            in.valid_data() ? in.valid_data() + b0 * H * W : nullptr, g.data_ptr<T>() + b0 * kSums, h, w, H, W,
+            static_cast<T>(alpha), static_cast<T>(gamma), R.data_ptr<T>() + b0 * H * w));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    } else {
+      SSRVG_GAMMA_SWITCH(gamma, gather_x_kernel<scalar_t, G><<<(R.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+          logits.data_ptr<scalar_t>(), in.target_data(), in.valid_data(), g.data_ptr<T>(), B, h, w, H, W,
+          static_cast<T>(alpha), static_cast<T>(gamma), R.data_ptr<T>()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     gather_y_kernel<scalar_t><<<(grad_logits.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
         R.data_ptr<T>(), B, h, w, H, grad_logits.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

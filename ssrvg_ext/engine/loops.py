@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..data import Collate, HFTokenizer, ImageGroupBatchSampler, RefDataset, WordTokenizer, build_transforms, load_refer
 from ..data.refer import load_instance_labels
-from ..evaluation import box_iou, grounding_metrics, mask_stats
+from ..evaluation import box_iou, grounding_metrics, mask_stats_batch
 from ..ops import rle
 from . import dist
 
@@ -232,9 +232,9 @@ def evaluate(model, loader, device, amp_dtype=None, desc="eval") -> tuple[dict, 
             preds = core.predict(batch)
         masks = torch.stack([p["mask"] for p in preds]) if len({tuple(p["mask"].shape) for p in preds}) == 1 else None
         rles = rle.encode(masks) if masks is not None else [rle.encode(p["mask"]) for p in preds]
-        for p, r, meta in zip(preds, rles, batch["meta"]):
-            rec = ds.records[meta["index"]]
-            inter, union = mask_stats(r, rec.rle)
+        recs = [ds.records[meta["index"]] for meta in batch["meta"]]
+        stats = mask_stats_batch([p["mask"] for p in preds], [rec.rle for rec in recs])
+        for p, r, meta, rec, (inter, union) in zip(preds, rles, batch["meta"], recs, stats):
             mine[meta["index"]] = {"sent_id": rec.sent_id, "text": meta["text"], "box": [round(float(v), 2) for v in p["box"]],
                                    "mask": {"size": r["size"], "counts": r["counts"].decode("ascii")},
                                    "box_iou": box_iou(p["box"], rec.box_xyxy), "inter": inter, "union": union}

@@ -33,6 +33,27 @@ def mask_stats(pred: dict, gt: dict) -> tuple[int, int]:
     return inter, areas[0] + areas[1] - inter
 
 
+def mask_stats_batch(preds: list[torch.Tensor], gts: list[dict]) -> list[tuple[int, int]]:
+    """(intersection, union) of each predicted (H, W) uint8 / bool mask with its ground-truth RLE,
+    computed where the masks are: the RLEs are decoded on that device (the CUDA decode kernel on a
+    GPU) and each group of equal sizes takes two reductions, one host copy of the counts at the end."""
+    if len(preds) != len(gts):
+        raise ValueError(f"{len(preds)} predicted masks for {len(gts)} ground-truth RLEs")
+    out: list[tuple[int, int]] = [(0, 0)] * len(preds)
+    groups: dict[tuple, list[int]] = {}
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        if p.dim() != 2 or list(p.shape) != [int(v) for v in g["size"]]:
+            raise ValueError(f"prediction {i} has shape {tuple(p.shape)} but its ground truth is {g['size']}")
+        groups.setdefault((tuple(p.shape), p.device), []).append(i)
+    for (_, device), idx in groups.items():
+        pm = torch.stack([preds[i] for i in idx]).bool()
+        gm = rle.decode([gts[i] for i in idx], device=device).bool()
+        stats = torch.stack([(pm & gm).flatten(1).sum(1), (pm | gm).flatten(1).sum(1)], 1).tolist()
+        for i, (inter, union) in zip(idx, stats):
+            out[i] = (int(inter), int(union))
+    return out
+
+
 def grounding_metrics(results: list[dict]) -> dict:
     """results: per expression {"box_iou": float, "inter": int, "union": int}."""
     n = len(results)

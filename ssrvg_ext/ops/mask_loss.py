@@ -41,16 +41,19 @@ def upsampled_mask_sums(logits: torch.Tensor, targets: torch.Tensor, valid: torc
     return call("upsampled_mask_sums", logits.device, logits, targets, valid, float(alpha), float(gamma))
 
 
-def losses_from_sums(sums: torch.Tensor, num_pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-mask losses ``(B,)`` from the five sums: dice (+1 smoothing), soft IoU, mean BCE, mean focal."""
+def losses_from_sums(sums: torch.Tensor, num_pixels: torch.Tensor | None,
+                     names: Sequence[str] = LOSSES) -> dict[str, torch.Tensor]:
+    """Per-mask losses ``(B,)`` from the five sums: dice (+1 smoothing), soft IoU, mean BCE, mean
+    focal; only those in ``names`` (each is a few small ops; num_pixels is read by bce / focal)."""
     pt, p, t, bce, focal = sums.unbind(1)
-    n = num_pixels.to(sums.dtype).clamp_min(1)
-    return {
-        "dice": 1 - (2 * pt + 1) / (p + t + 1),
-        "soft_iou": 1 - (pt + 1) / (p + t - pt + 1),
-        "bce": bce / n,
-        "focal": focal / n,
+    n = num_pixels.to(sums.dtype).clamp_min(1) if {"bce", "focal"} & set(names) else None
+    make = {
+        "dice": lambda: 1 - (2 * pt + 1) / (p + t + 1),
+        "soft_iou": lambda: 1 - (pt + 1) / (p + t - pt + 1),
+        "bce": lambda: bce / n,
+        "focal": lambda: focal / n,
     }
+    return {name: make[name]() for name in names}
 
 
 def _num_pixels(targets: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -90,7 +93,9 @@ def upsampled_mask_loss(logits: torch.Tensor, targets: torch.Tensor, losses: Map
             n = math.nan
         if not (math.isfinite(n) and n > 0):
             raise ValueError(f"num_masks must be a finite number > 0 (a scalar); got {num_masks!r}")
-    per_mask = upsampled_mask_losses(logits, targets, valid, alpha, gamma)
+    sums = upsampled_mask_sums(logits, targets, valid, alpha, gamma)
+    needs_n = {"bce", "focal"} & set(losses)
+    per_mask = losses_from_sums(sums, _num_pixels(targets, valid) if needs_n else None, tuple(losses))
     denom = num_masks if num_masks is not None else max(logits.shape[0], 1)
     return sum(w * per_mask[name].sum() for name, w in losses.items()) / denom
 
