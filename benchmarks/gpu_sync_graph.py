@@ -98,7 +98,34 @@ def train_step_syncs(config: str, overrides: list[str]) -> dict:
     for w in caught:
         if "synchroniz" in str(w.message).lower():
             where[f"{os.path.relpath(w.filename)}:{w.lineno}"] += 1
-    return {"config": config, "overrides": overrides, "input_size": size, "synchronisations": sum(where.values()), "where": dict(where)}
+    res = {"config": config, "overrides": overrides, "input_size": size, "synchronisations": sum(where.values()),
+           "where": dict(where)}
+    if where:  # inside backward the Python line says little: name the ops around each synchronising call
+        res["sync_ops"] = sync_ops(lambda: train_step(model, crit, batch, opt, sched, None, torch.bfloat16,
+                                                      cfg["train"]["clip"]))
+    return res
+
+
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+
+
+def sync_ops(fn) -> dict:
+    """{'op <- parent <- ...': count} for every synchronising CUDA runtime call made by fn(), from
+    the profiler's tree of CPU events (the autograd node names the backward ones)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    chains = collections.Counter()
+    for e in prof.events():
+        if e.name in SYNC_CALLS or e.name.startswith("cudaMemcpy") and "Async" not in e.name:
+            names, p = [], e.cpu_parent
+            while p is not None and len(names) < 6:
+                names.append(p.name)
+                p = p.cpu_parent
+            chains[f"{e.name} <- " + " <- ".join(names)] += 1
+    return dict(chains)
 
 
 def graph_capture() -> dict:

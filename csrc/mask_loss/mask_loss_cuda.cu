@@ -150,12 +150,22 @@ at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
   return out;
 }
 
+// ranges[i] = (first, last) output index whose bilinear taps touch input index i (output_range),
+// once per input row / column instead of once per (mask, row, column).
+template <typename T>
+__global__ void ranges_kernel(int64_t in, int64_t out, int64_t* __restrict__ ranges) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= in) return;
+  output_range<T>(i, static_cast<T>(in) / static_cast<T>(out), in, out, ranges + 2 * i, ranges + 2 * i + 1);
+}
+
 // R[b, Y, j] = sum over the output columns X that read column j of tap_weight * dL/dz(Y, X).
 template <typename scalar_t, int G>
 __global__ void gather_x_kernel(const scalar_t* __restrict__ logits, const uint8_t* __restrict__ targets,
                                 const uint8_t* __restrict__ valid, const at::opmath_type<scalar_t>* __restrict__ grad,
                                 int64_t B, int64_t h, int64_t w, int64_t H, int64_t W, at::opmath_type<scalar_t> alpha,
-                                at::opmath_type<scalar_t> gamma, at::opmath_type<scalar_t>* __restrict__ R) {
+                                at::opmath_type<scalar_t> gamma, const int64_t* __restrict__ xranges,
+                                at::opmath_type<scalar_t>* __restrict__ R) {
   using T = at::opmath_type<scalar_t>;
   const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (t >= B * H * w) return;
@@ -166,8 +176,7 @@ __global__ void gather_x_kernel(const scalar_t* __restrict__ logits, const uint8
   const uint8_t* trow = targets + (b * H + Y) * W;
   const uint8_t* vrow = valid ? valid + (b * H + Y) * W : nullptr;
   const T* g = grad + b * kSums;
-  int64_t x0, x1;
-  output_range<T>(j, sx, w, W, &x0, &x1);
+  const int64_t x0 = xranges[2 * j], x1 = xranges[2 * j + 1];
   T acc = 0;
   for (int64_t X = x0; X <= x1; ++X) {
     if (vrow && !vrow[X]) continue;
@@ -186,7 +195,8 @@ template <typename scalar_t, int G>
 __global__ void gather_x_row_kernel(const scalar_t* __restrict__ logits, const uint8_t* __restrict__ targets,
                                     const uint8_t* __restrict__ valid, const at::opmath_type<scalar_t>* __restrict__ grad,
                                     int64_t h, int64_t w, int64_t H, int64_t W, at::opmath_type<scalar_t> alpha,
-                                    at::opmath_type<scalar_t> gamma, at::opmath_type<scalar_t>* __restrict__ R) {
+                                    at::opmath_type<scalar_t> gamma, const int64_t* __restrict__ xranges,
+                                    at::opmath_type<scalar_t>* __restrict__ R) {
   using T = at::opmath_type<scalar_t>;
   extern __shared__ unsigned char row_smem[];
   T* dz = reinterpret_cast<T*>(row_smem);
@@ -208,8 +218,7 @@ __global__ void gather_x_row_kernel(const scalar_t* __restrict__ logits, const u
   }
   __syncthreads();
   for (int64_t j = threadIdx.x; j < w; j += blockDim.x) {
-    int64_t x0, x1;
-    output_range<T>(j, sx, w, W, &x0, &x1);
+    const int64_t x0 = xranges[2 * j], x1 = xranges[2 * j + 1];
     T acc = 0;
     for (int64_t X = x0; X <= x1; ++X) acc += tap_weight(source_index<T>(X, sx, w), j) * dz[X];
     R[(b * H + Y) * w + j] = acc;
@@ -218,14 +227,13 @@ __global__ void gather_x_row_kernel(const scalar_t* __restrict__ logits, const u
 
 template <typename scalar_t>
 __global__ void gather_y_kernel(const at::opmath_type<scalar_t>* __restrict__ R, int64_t B, int64_t h, int64_t w,
-                                int64_t H, scalar_t* __restrict__ grad_logits) {
+                                int64_t H, const int64_t* __restrict__ yranges, scalar_t* __restrict__ grad_logits) {
   using T = at::opmath_type<scalar_t>;
   const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (t >= B * h * w) return;
   const int64_t j = t % w, i = (t / w) % h, b = t / (w * h);
   const T sy = static_cast<T>(h) / static_cast<T>(H);
-  int64_t y0, y1;
-  output_range<T>(i, sy, h, H, &y0, &y1);
+  const int64_t y0 = yranges[2 * i], y1 = yranges[2 * i + 1];
   T acc = 0;
   for (int64_t Y = y0; Y <= y1; ++Y) acc += tap_weight(source_index<T>(Y, sy, h), i) * R[(b * H + Y) * w + j];
   grad_logits[t] = static_cast<scalar_t>(acc);
@@ -247,6 +255,12 @@ at::Tensor sums_backward_cuda(const at::Tensor& grad_in, const at::Tensor& logit
     const at::Tensor g = grad_in.to(topt).contiguous();
     at::Tensor R = at::empty({B, H, w}, topt);
     if (R.numel() == 0) return;
+    at::Tensor xranges = at::empty({w, 2}, logits.options().dtype(at::kLong));
+    at::Tensor yranges = at::empty({h, 2}, logits.options().dtype(at::kLong));
+    ranges_kernel<T><<<(w + kThreads - 1) / kThreads, kThreads, 0, stream>>>(w, W, xranges.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ranges_kernel<T><<<(h + kThreads - 1) / kThreads, kThreads, 0, stream>>>(h, H, yranges.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     const size_t row_bytes = static_cast<size_t>(W) * sizeof(T);
     if (row_bytes <= kMaxRowBytes && H <= std::numeric_limits<int>::max()) {
       // grid.y (masks) is at most 65535: launch in chunks of masks, pointers offset per chunk.
@@ -255,17 +269,17 @@ at::Tensor sums_backward_cuda(const at::Tensor& grad_in, const at::Tensor& logit
         SSRVG_GAMMA_SWITCH(gamma, gather_x_row_kernel<scalar_t, G><<<dim3((unsigned)H, (unsigned)nb), kThreads, row_bytes, stream>>>(
             logits.data_ptr<scalar_t>() + b0 * h * w, in.target_data() + b0 * H * W,
             in.valid_data() ? in.valid_data() + b0 * H * W : nullptr, g.data_ptr<T>() + b0 * kSums, h, w, H, W,
-            static_cast<T>(alpha), static_cast<T>(gamma), R.data_ptr<T>() + b0 * H * w));
+            static_cast<T>(alpha), static_cast<T>(gamma), xranges.data_ptr<int64_t>(), R.data_ptr<T>() + b0 * H * w));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     } else {
       SSRVG_GAMMA_SWITCH(gamma, gather_x_kernel<scalar_t, G><<<(R.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
           logits.data_ptr<scalar_t>(), in.target_data(), in.valid_data(), g.data_ptr<T>(), B, h, w, H, W,
-          static_cast<T>(alpha), static_cast<T>(gamma), R.data_ptr<T>()));
+          static_cast<T>(alpha), static_cast<T>(gamma), xranges.data_ptr<int64_t>(), R.data_ptr<T>()));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     gather_y_kernel<scalar_t><<<(grad_logits.numel() + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-        R.data_ptr<T>(), B, h, w, H, grad_logits.data_ptr<scalar_t>());
+        R.data_ptr<T>(), B, h, w, H, yranges.data_ptr<int64_t>(), grad_logits.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_logits;
