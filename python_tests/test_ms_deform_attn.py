@@ -229,4 +229,6 @@ def test_cuda_gradcheck_and_determinism(rng):
     ga = assert_bitwise_repeatable(args, grad)
     _, gc = run(ms_deform_attn, *args, grad)  # atomic path: same values up to summation order
     for x, y in zip(ga, gc):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+        # float32 sums of many terms in another order differ by a few ulps of the terms' scale, not
+        # of the (possibly cancelling) result: an H100 run saw 2e-5 on an element of 0.05
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5 * (float(y.abs().max()) + 1))

@@ -22,9 +22,12 @@ def giou_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tens
     """1 - generalised IoU of matching xyxy boxes (..., 4), elementwise: torchvision's
     generalized_box_iou_loss(reduction="none") without its boolean-mask indexing, which costs two
     host synchronisations (forward and backward) per call on a GPU."""
-    inter = (torch.min(a[..., 2:], b[..., 2:]) - torch.max(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
-    union = (a[..., 2:] - a[..., :2]).prod(-1) + (b[..., 2:] - b[..., :2]).prod(-1) - inter
-    hull = (torch.max(a[..., 2:], b[..., 2:]) - torch.min(a[..., :2], b[..., :2])).prod(-1)
+    def area(wh):  # w * h; not prod(-1), whose backward asks the GPU whether any factor is 0 (a sync)
+        return wh[..., 0] * wh[..., 1]
+
+    inter = area((torch.min(a[..., 2:], b[..., 2:]) - torch.max(a[..., :2], b[..., :2])).clamp(min=0))
+    union = area(a[..., 2:] - a[..., :2]) + area(b[..., 2:] - b[..., :2]) - inter
+    hull = area(torch.max(a[..., 2:], b[..., 2:]) - torch.min(a[..., :2], b[..., :2]))
     return 1 - inter / (union + eps) + (hull - union) / (hull + eps)
 
 
