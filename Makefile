@@ -63,8 +63,8 @@ fuzz:
 data: $(DATA)/instances.json
 
 # Remade when the generator changes (the files are derived from its code).
-$(DATA)/instances.json: ssrvg_ext/data/synthetic.py tools/make_synthetic.py | setup
-	$(PYTHON) tools/make_synthetic.py --out $(DATA)
+$(DATA)/instances.json: ssrvg_ext/data/synthetic.py ssrvg_ext/cli/make_synthetic.py | setup
+	$(PYTHON) -m ssrvg_ext.cli.make_synthetic --out $(DATA)
 
 # Training needs CUDA kernels only where there is a GPU: without one, make train builds the CPU
 # kernels alone (about a minute instead of four), unless a CUDA-enabled build is already there.
@@ -78,10 +78,10 @@ train-build: setup
 
 # Resumes an interrupted run (--resume auto); delete $(RUN) to start over.
 train: train-build data
-	$(PYTHON) tools/train.py --config $(CONFIG) --out $(RUN) --resume auto data.ann_dir=$(DATA) data.image_dir=$(DATA)/images
-	$(PYTHON) tools/eval.py --checkpoint $(RUN)/best.pth --split val testB --control val --out-dir $(RUN)
-	$(PYTHON) tools/demo.py --checkpoint $(RUN)/best.pth --example $(DATA)/example.json --out $(RUN)/demo.png
-	$(PYTHON) tools/report.py $(RUN)
+	$(PYTHON) -m ssrvg_ext.cli.train --config $(CONFIG) --out $(RUN) --resume auto data.ann_dir=$(DATA) data.image_dir=$(DATA)/images
+	$(PYTHON) -m ssrvg_ext.cli.eval --checkpoint $(RUN)/best.pth --split val testB --control val --out-dir $(RUN)
+	$(PYTHON) -m ssrvg_ext.cli.demo --checkpoint $(RUN)/best.pth --example $(DATA)/example.json --out $(RUN)/demo.png
+	$(PYTHON) -m ssrvg_ext.cli.report $(RUN)
 
 bench: build
 	$(PYTHON) benchmarks/bench_rle.py

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import sysconfig
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 import torch
 
@@ -110,14 +110,8 @@ def write_build_info():
 
 write_build_info()
 
+# Name, version, dependencies and console scripts: pyproject.toml. This file adds the extension.
 setup(
-    name="ssrvg_ext",
-    version="0.1.0",
-    description="Referring expression grounding (box + mask) with C++/CUDA kernels for PyTorch",
-    packages=find_packages(include=["ssrvg_ext", "ssrvg_ext.*"]),
-    package_data={"ssrvg_ext": ["_build_info.json"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.9",
-    install_requires=["torch", "numpy", "pycocotools", "pyyaml", "pillow", "tqdm"],
 )

@@ -93,7 +93,7 @@ def test_mask_stats_batch_equals_per_expression_stats(rng, device):
 
 def test_train_eval_demo_end_to_end(data, tmp_path):
     out = str(tmp_path / "run")
-    r = run_tool(["tools/train.py", "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data),
+    r = run_tool(["-m", "ssrvg_ext.cli.train", "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data),
                   "train.epochs=1"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.path.isfile(os.path.join(out, "last.pth")) and os.path.isfile(os.path.join(out, "config.yaml"))
@@ -104,7 +104,7 @@ def test_train_eval_demo_end_to_end(data, tmp_path):
     saved = yaml.safe_load(open(os.path.join(out, "config.yaml")))
     assert saved["model"]["aux_classes"]["category"] == ["circle", "diamond", "square", "star", "triangle"]
     # an explicit --config has no label classes: eval keeps the checkpoint's, so the weights load
-    r = run_tool(["tools/eval.py", "--checkpoint", os.path.join(out, "last.pth"), "--split", "testB",
+    r = run_tool(["-m", "ssrvg_ext.cli.eval", "--checkpoint", os.path.join(out, "last.pth"), "--split", "testB",
                   "--config", "configs/tiny_synthetic.yaml", "--out", str(tmp_path / "ev.json"), *overrides(data)],
                  timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -113,7 +113,7 @@ def test_train_eval_demo_end_to_end(data, tmp_path):
     p = ev["predictions"][0]
     assert set(p) >= {"box", "mask", "text", "sent_id"} and isinstance(p["mask"]["counts"], str)
     # several evaluations in one process, with the shuffled-expression control, into a folder
-    r = run_tool(["tools/eval.py", "--checkpoint", os.path.join(out, "last.pth"), "--out-dir", str(tmp_path / "evals"),
+    r = run_tool(["-m", "ssrvg_ext.cli.eval", "--checkpoint", os.path.join(out, "last.pth"), "--out-dir", str(tmp_path / "evals"),
                   "--split", "val", "testB", "--control", "val", *overrides(data)], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     written = sorted(os.listdir(tmp_path / "evals"))
@@ -123,11 +123,11 @@ def test_train_eval_demo_end_to_end(data, tmp_path):
     shuffled = json.load(open(tmp_path / "evals" / "eval_val_shuffled.json"))
     plain = json.load(open(tmp_path / "evals" / "eval_val.json"))
     assert shuffled["shuffle_text"] and [p["text"] for p in shuffled["predictions"]] != [p["text"] for p in plain["predictions"]]
-    r = run_tool(["tools/eval.py", "--checkpoint", os.path.join(out, "last.pth"), "--split", "val", "testB",
+    r = run_tool(["-m", "ssrvg_ext.cli.eval", "--checkpoint", os.path.join(out, "last.pth"), "--split", "val", "testB",
                   "--out", str(tmp_path / "one.json")], timeout=300)
     assert r.returncode != 0 and "--out-dir" in r.stderr
     img = os.path.join(data, "images", "synth_000001.jpg")
-    r = run_tool(["tools/demo.py", "--checkpoint", os.path.join(out, "last.pth"), "--image", img,
+    r = run_tool(["-m", "ssrvg_ext.cli.demo", "--checkpoint", os.path.join(out, "last.pth"), "--image", img,
                   "--text", "the big red circle", "--out", str(tmp_path / "demo.png")], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "box (x0, y0, x1, y1)" in r.stdout and os.path.getsize(tmp_path / "demo.png") > 0
@@ -139,7 +139,7 @@ def _params(path):
 
 def test_kill_and_resume_matches_uninterrupted(data, tmp_path):
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    args = ["tools/train.py", "--config", "configs/tiny_synthetic.yaml", *overrides(data)]
+    args = ["-m", "ssrvg_ext.cli.train", "--config", "configs/tiny_synthetic.yaml", *overrides(data)]
     r = run_tool(args + ["--out", full], timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     # start the same run, kill it hard once its first checkpoint exists, then resume
@@ -170,7 +170,7 @@ def _free_port() -> int:
 def test_ddp_two_processes_gloo_counts_every_sample_once(data, tmp_path, exprs_per_image):
     out = str(tmp_path / "ddp")
     r = run_tool(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                  f"--master_port={_free_port()}", "tools/train.py",
+                  f"--master_port={_free_port()}", "-m", "ssrvg_ext.cli.train",
                   "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data), "train.epochs=1",
                   f"data.exprs_per_image={exprs_per_image}",
                   # the second run also takes the crop that keeps every object, without object labels
@@ -188,9 +188,9 @@ def test_corrupt_checkpoint_and_missing_data_fail_clearly(data, tmp_path):
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(RuntimeError, match="unreadable or corrupt"):
         checkpoint.load(str(bad))
-    r = run_tool(["tools/eval.py", "--checkpoint", str(bad)], timeout=300)
+    r = run_tool(["-m", "ssrvg_ext.cli.eval", "--checkpoint", str(bad)], timeout=300)
     assert r.returncode != 0 and "unreadable or corrupt" in r.stderr
-    r = run_tool(["tools/train.py", "--config", "configs/tiny_synthetic.yaml", "--out", str(tmp_path / "x"),
+    r = run_tool(["-m", "ssrvg_ext.cli.train", "--config", "configs/tiny_synthetic.yaml", "--out", str(tmp_path / "x"),
                   *overrides(data), f"data.ann_dir={tmp_path / 'nowhere'}"], timeout=300)
     assert r.returncode != 0 and "nowhere" in r.stderr and "refs(unc).p" in r.stderr
 

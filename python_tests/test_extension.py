@@ -71,3 +71,14 @@ def test_info_lists_kernels(capsys):
     assert built["torch"].split("+")[0] == torch.__version__.split("+")[0]
     # the CUDA column matches what the build says it compiled
     assert extension.has_kernel("rle_encode", "cuda") == built["cuda_build"]
+
+
+def test_op_list_matches_the_schemas():
+    """extension.OPS (how the router learns which ops exist) names exactly the ops csrc/ops.cpp defines."""
+    import os
+    import re
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "ops.cpp")) as f:
+        defined = re.findall(r'm\.def\(\s*"(\w+)\(', f.read())
+    assert sorted(defined) == sorted(extension.OPS)
+    assert len(set(defined)) == len(defined)

@@ -38,14 +38,20 @@ if not AVAILABLE:
     warnings.warn(_msg, RuntimeWarning, stacklevel=2)
 
 
+# Every op csrc/ops.cpp defines (python_tests/test_extension.py checks the list against the file).
+OPS = ("rle_encode", "rle_decode", "rle_to_string", "rle_from_string", "rle_check", "rle_area", "rle_to_bbox",
+       "rle_merge", "rle_iou", "mask_iou", "upsampled_mask_sums", "upsampled_mask_sums_backward", "mask_postprocess",
+       "ms_deform_attn", "ms_deform_attn_backward")
+
+
 def _kernel_table() -> dict[tuple[str, str], bool]:
     """(op, device type) -> has a compiled kernel; read once (registrations happen when _C loads),
-    so that the per-call lookup is a dict access that torch.compile can trace."""
+    so that the per-call lookup is a dict access that torch.compile can trace. Asked through the
+    public OpOverload.has_kernel_for_dispatch_key."""
     if not AVAILABLE:
         return {}
-    ops = [str(n).split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if str(n).startswith("ssrvg::")]
-    return {(op, dev): torch._C._dispatch_has_kernel_for_dispatch_key(f"ssrvg::{op}", key)
-            for op in ops for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))}
+    return {(op, dev): getattr(torch.ops.ssrvg, op).default.has_kernel_for_dispatch_key(key)
+            for op in OPS for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))}
 
 
 _KERNELS = _kernel_table()

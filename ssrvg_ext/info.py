@@ -45,7 +45,7 @@ def lock_drift(path: str | None = None) -> tuple[str | None, list[str]]:
 
 
 def registered_ops() -> list[str]:
-    return sorted({op for op, _ in extension._KERNELS})
+    return sorted(extension.OPS) if extension.AVAILABLE else []
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Generate the embedded synthetic referring-expression dataset in RefCOCO's release format.
 
-    python tools/make_synthetic.py --out data/synthetic [--images 1500] [--eval-images 100] [--seed 0] [--workers N]
+    python -m ssrvg_ext.cli.make_synthetic --out data/synthetic [--images 1500] [--eval-images 100] [--seed 0] [--workers N]
 
 val, testA and testB get 1/15 of the images each, at most --eval-images; the rest is train. Images are
 made by --workers processes (default: one per core); the output does not depend on their number.
@@ -9,14 +9,11 @@ made by --workers processes (default: one per core); the output does not depend 
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from ssrvg_ext.data.synthetic import generate  # noqa: E402
+from ssrvg_ext.data.synthetic import generate
 
 
 def main():

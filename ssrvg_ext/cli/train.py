@@ -1,17 +1,15 @@
 """Train SSRVG-REC.
 
-    python tools/train.py --config configs/tiny_synthetic.yaml [--out runs/tiny] [--resume auto|CKPT] [key=value ...]
-    torchrun --nproc_per_node=K tools/train.py --config ...     # several GPUs (or CPU processes with gloo)
+    python -m ssrvg_ext.cli.train --config configs/tiny_synthetic.yaml [--out runs/tiny] [--resume auto|CKPT] [key=value ...]
+    torchrun --nproc_per_node=K ssrvg_ext.cli.train --config ...     # several GPUs (or CPU processes with gloo)
 """
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssrvg_ext.config import load_config  # noqa: E402
-from ssrvg_ext.engine.trainer import train  # noqa: E402
+from ssrvg_ext.config import load_config
+from ssrvg_ext.engine.trainer import train
 
 
 def main():

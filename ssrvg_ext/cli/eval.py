@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: REC Acc@0.5, RES mIoU / oIoU / Prec@0.5:0.9 at original resolution.
 
-    python tools/eval.py --checkpoint runs/tiny/best.pth [--config CFG] --split val [--shuffle-text] [--out metrics.json]
-    python tools/eval.py --checkpoint runs/tiny/best.pth --split val testB --control val --out-dir runs/tiny
+    python -m ssrvg_ext.cli.eval --checkpoint runs/tiny/best.pth [--config CFG] --split val [--shuffle-text] [--out metrics.json]
+    python -m ssrvg_ext.cli.eval --checkpoint runs/tiny/best.pth --split val testB --control val --out-dir runs/tiny
 
 Writes a JSON with the metrics and every expression's prediction (box + RLE mask): to --out for a
 single evaluation, or eval_<split>.json (eval_<split>_shuffled.json for a control) in --out-dir.
@@ -13,17 +13,15 @@ plain evaluations, with the model loaded once.
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from ssrvg_ext.config import apply_overrides, load_config  # noqa: E402
-from ssrvg_ext.engine import checkpoint, dist  # noqa: E402
-from ssrvg_ext.engine.loops import (amp_setup, evaluate, load_records, make_dataset, make_loader,  # noqa: E402
+from ssrvg_ext.config import apply_overrides, load_config
+from ssrvg_ext.engine import checkpoint, dist
+from ssrvg_ext.engine.loops import (amp_setup, evaluate, load_records, make_dataset, make_loader,
                                    make_tokenizer)
-from ssrvg_ext.models import build_model  # noqa: E402
+from ssrvg_ext.models import build_model
 
 
 def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False) -> list[dict]:

@@ -1,23 +1,21 @@
 """Ground one expression in one image: print the box, write a PNG with the mask and box drawn.
 
-    python tools/demo.py --checkpoint runs/tiny/best.pth --image IMG --text "the small blue triangle" [--out demo.png]
-    python tools/demo.py --checkpoint runs/tiny/best.pth --example data/synthetic/example.json
+    python -m ssrvg_ext.cli.demo --checkpoint runs/tiny/best.pth --image IMG --text "the small blue triangle" [--out demo.png]
+    python -m ssrvg_ext.cli.demo --checkpoint runs/tiny/best.pth --example data/synthetic/example.json
 """
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
 
-from ssrvg_ext.data import Collate, build_transforms  # noqa: E402
-from ssrvg_ext.engine import checkpoint  # noqa: E402
-from ssrvg_ext.engine.loops import make_tokenizer  # noqa: E402
-from ssrvg_ext.models import build_model  # noqa: E402
+from ssrvg_ext.data import Collate, build_transforms
+from ssrvg_ext.engine import checkpoint
+from ssrvg_ext.engine.loops import make_tokenizer
+from ssrvg_ext.models import build_model
 
 
 def ground(ckpt_path: str, image_path: str, text: str):
@@ -57,7 +55,7 @@ def main():
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--image")
     p.add_argument("--text")
-    p.add_argument("--example", help="JSON with 'image' and 'text' (tools/make_synthetic.py writes one)")
+    p.add_argument("--example", help="JSON with 'image' and 'text' (ssrvg_ext.cli.make_synthetic writes one)")
     p.add_argument("--out", default="demo.png")
     a = p.parse_args()
     if a.example:

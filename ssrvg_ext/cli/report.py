@@ -1,6 +1,6 @@
-"""Print the metrics table of the eval JSONs in a run folder (written by tools/eval.py).
+"""Print the metrics table of the eval JSONs in a run folder (written by ssrvg_ext.cli.eval).
 
-    python tools/report.py runs/tiny_synthetic
+    python -m ssrvg_ext.cli.report runs/tiny_synthetic
 """
 
 import glob
@@ -15,7 +15,7 @@ def main():
     run = sys.argv[1] if len(sys.argv) > 1 else "runs/tiny_synthetic"
     files = sorted(glob.glob(os.path.join(run, "eval_*.json")))
     if not files:
-        sys.exit(f"no eval_*.json in {run}; run tools/eval.py --out {run}/eval_<split>.json first")
+        sys.exit(f"no eval_*.json in {run}; run ssrvg_ext.cli.eval --out {run}/eval_<split>.json first")
     print(f"| {'split':22s} | " + " | ".join(f"{c:>8s}" for c in COLS) + " |")
     print("|" + "-" * 24 + "|" + "|".join("-" * 10 for _ in COLS) + "|")
     for f in files:
