@@ -30,9 +30,10 @@ import torch
 from pycocotools import mask as cocomask
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import device_name, synthetic_batch  # noqa: E402
+from common import device_name  # noqa: E402
 from ssrvg_ext import extension  # noqa: E402
-from ssrvg_ext.config import load_config  # noqa: E402
+from ssrvg_ext.config import load_config
+from ssrvg_ext.data.random_batch import random_batch  # noqa: E402
 from ssrvg_ext.engine.loops import param_groups, train_step  # noqa: E402
 from ssrvg_ext.evaluation import mask_stats_batch  # noqa: E402
 from ssrvg_ext.models import build_criterion, build_model  # noqa: E402
@@ -152,7 +153,7 @@ def main():
         raise SystemExit("needs a GPU")
     cfg = load_config(args.config, NO_DOWNLOAD + args.overrides)
     size = cfg["data"]["input_size"]
-    batch = synthetic_batch(args.batch, size, cfg["data"]["max_len"], VOCAB, "cuda")
+    batch = random_batch(args.batch, size, cfg["data"]["max_len"], VOCAB, "cuda")
     res = {"device": device_name(), "torch": torch.__version__, "config": args.config, "overrides": NO_DOWNLOAD + args.overrides,
            "input_size": size, "batch": args.batch, "dtype": "bf16 autocast",
            "train_step": bench_train(cfg, batch, args), "evaluation": bench_eval(cfg, batch, args)}

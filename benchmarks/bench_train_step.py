@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import device_name  # noqa: E402
 from ssrvg_ext.config import load_config  # noqa: E402
-from ssrvg_ext.engine.loops import (load_records, load_train_instances, make_dataset, make_loader,  # noqa: E402
+from ssrvg_ext.engine.loops import (label_classes, load_records, load_train_instances, make_dataset, make_loader,  # noqa: E402
                                     make_tokenizer, param_groups, train_one_epoch)
 from ssrvg_ext.engine.trainer import _fused_if_supported  # noqa: E402
 from ssrvg_ext.models import build_criterion, build_model  # noqa: E402
@@ -34,11 +34,12 @@ def setup(config: str, overrides: list[str], steps: int, device: torch.device) -
     recs = load_records(cfg, cfg["data"]["train_split"])[: (steps + 2) * cfg["train"]["batch_size"]]
     inst = load_train_instances(cfg, recs)
     tok = make_tokenizer(cfg, [r.text for r in recs])
-    model = build_model(cfg, vocab_size=tok.vocab_size).to(device)
+    aux = label_classes(inst)
+    model = build_model(cfg, vocab_size=tok.vocab_size, aux_classes=aux).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg["train"]["weight_decay"], **_fused_if_supported())
     loader = make_loader(cfg, make_dataset(cfg, recs, train=True, instances=inst), tok, train=True)[0]
     batches = list(loader)
-    return dict(model=model, crit=build_criterion(cfg), opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+    return dict(model=model, crit=build_criterion(cfg, aux), opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
                 clip=cfg["train"]["clip"], warm=batches[:2], timed=batches[2:2 + steps], times=[])
 
 

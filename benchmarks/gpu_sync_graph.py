@@ -24,8 +24,8 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import synthetic_batch  # noqa: E402
 from ssrvg_ext.config import load_config  # noqa: E402
+from ssrvg_ext.data.random_batch import random_batch  # noqa: E402
 from ssrvg_ext.engine.loops import param_groups, train_step  # noqa: E402
 from ssrvg_ext.models import build_criterion, build_model  # noqa: E402
 from ssrvg_ext.ops import ms_deform_attn, upsampled_mask_loss  # noqa: E402
@@ -84,7 +84,7 @@ def train_step_syncs(config: str, overrides: list[str]) -> dict:
     opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=1e-4, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     size = cfg["data"]["input_size"]
-    batch = synthetic_batch(4, size, cfg["data"]["max_len"], 1000, "cuda")
+    batch = random_batch(4, size, cfg["data"]["max_len"], 1000, "cuda")
     train_step(model, crit, batch, opt, sched, None, torch.bfloat16, cfg["train"]["clip"])  # warm-up
     torch.cuda.synchronize()
     where = collections.Counter()

@@ -7,12 +7,13 @@ import torch
 
 from ssrvg_ext import extension
 from ssrvg_ext.config import load_config, merge
+from ssrvg_ext.data.random_batch import random_batch
 from ssrvg_ext.models import build_criterion, build_model
 
 TINY = "configs/tiny_synthetic.yaml"
 
 
-def batch_for(cfg, b=4, t=9, vocab=40, seed=0):
+def batch_for(cfg, b=4, t=9, vocab=40, seed=0, with_labels=False):
     g = torch.Generator().manual_seed(seed)
     s = cfg["data"]["input_size"]
     valid = [(s, s - 8 * (i % 3)) for i in range(b)]
@@ -24,7 +25,7 @@ def batch_for(cfg, b=4, t=9, vocab=40, seed=0):
             "meta": [{"valid": v, "input_size": s, "scale": (1.0, 1.0), "orig_size": v} for v in valid],
             **({"instances": torch.randint(0, 4, (b, s, s), generator=g).to(torch.uint8),
                 "inst_labels": torch.cat([torch.zeros(b, 1, 2, dtype=torch.long), torch.randint(1, 3, (b, 3, 2), generator=g)], 1)}
-               if cfg["model"].get("aux_classes") else {})}
+               if with_labels else {})}
 
 
 SWITCHES = {
@@ -36,17 +37,21 @@ SWITCHES = {
     "focal_mask_loss": {"loss": {"mask": {"dice": 1.0, "focal": 5.0}}},
     "no_mask_queries": {"model": {"decoder": {"mask_queries": 0}}},
     "no_proposals": {"model": {"proposals": False}},
-    "object_labels": {"model": {"aux_classes": {"category": ["a", "b"], "color": ["x", "y", "z"]}}},
-    "object_labels_weight_0": {"model": {"aux_classes": {"category": ["a", "b"]}}, "loss": {"attr": 0.0}},
+    "object_labels": {},
+    "object_labels_weight_0": {"loss": {"attr": 0.0}},
 }
+# object-label classes come from the data (the trainer passes them; checkpoints keep them)
+AUX = {"object_labels": {"category": ["a", "b"], "color": ["x", "y", "z"]},
+       "object_labels_weight_0": {"category": ["a", "b"]}}
 
 
 @pytest.mark.parametrize("name", list(SWITCHES))
 def test_forward_backward_every_switch(name):
     cfg = merge(load_config(TINY), SWITCHES[name])
     torch.manual_seed(0)
-    model, crit = build_model(cfg, vocab_size=40), build_criterion(cfg)
-    batch = batch_for(cfg)
+    aux = AUX.get(name)
+    model, crit = build_model(cfg, vocab_size=40, aux_classes=aux), build_criterion(cfg, aux)
+    batch = batch_for(cfg, with_labels=aux is not None)
     out = model(batch["images"], batch["text_ids"], batch["text_mask"])
     s = cfg["data"]["input_size"]
     assert out["boxes"].shape == (4, 4) and out["mask_logits"].shape == (4, s // 4, s // 4)
@@ -63,7 +68,7 @@ def test_object_label_loss_by_hand():
     averaged apart and weighted half each, averaged over the labels; unknown labels are skipped."""
     from ssrvg_ext.models.criterion import Criterion
 
-    crit = Criterion(attr_classes=[3, 2])
+    crit = build_criterion(load_config(TINY)); crit.attr_classes = [3, 2]
     logits = torch.randn(1, 3, 5)
     inst = torch.zeros(1, 8, 8, dtype=torch.uint8)
     inst[0, :4, :4] = 1  # object 1 fills the top-left quadrant
@@ -143,10 +148,10 @@ def test_deform_attn_module_sampling_locations_by_formula(ref_dim):
 def test_shared_backbone_equals_repeated_images():
     """image_index runs the backbone once per image: the outputs equal those of the model given each
     expression's image repeated; in training the label head has one row per image and all gets gradients."""
-    cfg = merge(load_config(TINY), SWITCHES["object_labels"])
+    cfg, aux = load_config(TINY), AUX["object_labels"]
     torch.manual_seed(0)
-    model, crit = build_model(cfg, vocab_size=40).eval(), build_criterion(cfg)
-    batch = batch_for(cfg, b=5)
+    model, crit = build_model(cfg, vocab_size=40, aux_classes=aux).eval(), build_criterion(cfg, aux)
+    batch = batch_for(cfg, b=5, with_labels=True)
     images = batch["images"][:3]
     index = torch.tensor([0, 0, 1, 2, 2])
     shared = model(images, batch["text_ids"], batch["text_mask"], index)
@@ -270,7 +275,7 @@ def test_text_encoder_4d_mask_equals_2d_mask(rng):
     from ssrvg_ext.models.text import TextEncoder
 
     torch.manual_seed(0)
-    enc = TextEncoder(32, vocab_size=50, hidden=32, layers=2, heads=2, max_len=9).eval()
+    enc = TextEncoder(32, None, vocab_size=50, hidden=32, layers=2, heads=2, max_len=9, freeze=False).eval()
     ids = torch.randint(1, 50, (3, 9), generator=rng)
     mask = torch.arange(9)[None] < torch.tensor([[9], [4], [1]])
     use_4d = enc.mask_4d
@@ -284,3 +289,25 @@ def test_text_encoder_4d_mask_equals_2d_mask(rng):
     enc.mask_4d = use_4d
     unmasked = enc(ids, torch.ones_like(mask))[0]
     assert not torch.allclose(unmasked[1, :4], a[0][1, :4], atol=1e-4)  # the padding really is masked
+
+
+def test_criterion_terms_are_unweighted_and_total_uses_the_weight_dict(rng):
+    """Every term comes back unweighted, one per decoder layer for the boxes; total is the weight
+    dict applied to them, so doubling a weight adds that term once more."""
+    cfg = load_config("configs/tiny_synthetic.yaml", ["loss.attr=0"])
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=50).eval()
+    batch = random_batch(2, cfg["data"]["input_size"], cfg["data"]["max_len"], 50, "cpu")
+    with torch.no_grad():
+        out = model(batch["images"], batch["text_ids"], batch["text_mask"])
+    crit = build_criterion(cfg)
+    terms = crit(out, batch)
+    layers = len(out["aux_boxes"])
+    assert layers == cfg["model"]["decoder"]["layers"] - 1
+    expected = {"l1", "giou", "prop_score", "prop_l1", "prop_giou", "mask_dice", "mask_bce", "total"}
+    expected |= {f"{k}_{i}" for i in range(layers) for k in ("l1", "giou")}
+    assert set(terms) == expected
+    weights = crit.weight_dict(layers)
+    torch.testing.assert_close(terms["total"], sum(weights[k] * v for k, v in terms.items() if k != "total"))
+    crit.mask["dice"] *= 2
+    torch.testing.assert_close(crit(out, batch)["total"], terms["total"] + weights["mask_dice"] * terms["mask_dice"])

@@ -13,18 +13,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from ssrvg_ext.data import Collate, build_transforms
-from ssrvg_ext.engine import checkpoint
-from ssrvg_ext.engine.loops import make_tokenizer
-from ssrvg_ext.models import build_model
+from ssrvg_ext.engine.inference import load_for_inference
 
 
 def ground(ckpt_path: str, image_path: str, text: str):
-    ckpt = checkpoint.load(ckpt_path)
-    cfg = ckpt["config"]
-    tok = make_tokenizer(cfg, state=ckpt["tokenizer"])
-    model = build_model(cfg, vocab_size=tok.vocab_size)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    loaded = load_for_inference(ckpt_path)
+    model, tok, cfg = loaded.model, loaded.tokenizer, loaded.cfg
     if not os.path.isfile(image_path):
         raise FileNotFoundError(f"image {image_path} not found")
     with Image.open(image_path) as im:

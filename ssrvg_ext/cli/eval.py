@@ -17,25 +17,17 @@ import os
 
 import torch
 
-from ssrvg_ext.config import apply_overrides, load_config
 from ssrvg_ext.engine import checkpoint, dist
-from ssrvg_ext.engine.loops import (amp_setup, evaluate, load_records, make_dataset, make_loader,
-                                   make_tokenizer)
-from ssrvg_ext.models import build_model
+from ssrvg_ext.engine.inference import load_for_inference
+from ssrvg_ext.engine.loops import amp_setup, evaluate, load_records, make_dataset, make_loader
 
 
 def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False) -> list[dict]:
     """Evaluates every (split, shuffle_text) of ``evals`` with the checkpoint loaded once; writes the
     i-th result to ``outs[i]`` when given. Returns the metrics in order."""
     _, _, device = dist.init_from_env()
-    ckpt = checkpoint.load(ckpt_path)
-    cfg = load_config(config, list(overrides)) if config else apply_overrides(ckpt["config"], list(overrides))
-    # the label classes came from the training data, not from a config file: keep the checkpoint's
-    cfg["model"].setdefault("aux_classes", ckpt["config"]["model"].get("aux_classes"))
-    tok = make_tokenizer(cfg, state=ckpt["tokenizer"])
-    model = build_model(cfg, vocab_size=tok.vocab_size)
-    model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
-    model.to(device)
+    loaded = load_for_inference(ckpt_path, config, overrides, ema=ema, device=device)
+    model, tok, cfg = loaded.model, loaded.tokenizer, loaded.cfg
     amp_dtype, results = amp_setup(cfg, device)[0], []
     for (split, shuffle_text), out in zip(evals, outs or [None] * len(evals)):
         ds = make_dataset(cfg, load_records(cfg, split, shuffle_text), train=False)

@@ -32,14 +32,18 @@ def load_records(cfg: dict, split: str, shuffle_text: bool = False):
 
 def load_train_instances(cfg: dict, records):
     """Every object of the records' images, when the config needs them: labels for the dense auxiliary
-    loss (their classes go into ``cfg["model"]["aux_classes"]``) and the masks that crop="objects"
-    keeps whole. None when neither is asked for."""
+    loss (their classes: :func:`label_classes`) and the masks that crop="objects" keeps whole. None
+    when neither is asked for."""
     d = cfg["data"]
     if not (d.get("aux_labels") or d.get("crop") == "objects"):
         return None
-    instances = load_instance_labels(d["ann_dir"], d.get("aux_labels") or [], {r.image_id for r in records})
-    cfg["model"]["aux_classes"] = {k: list(v) for k, v in instances.classes.items()} or None
-    return instances
+    return load_instance_labels(d["ann_dir"], d.get("aux_labels") or [], {r.image_id for r in records})
+
+
+def label_classes(instances) -> dict | None:
+    """{label: [values]} of the dense object-label loss, or None (built into the model, and saved in
+    its checkpoints, by the trainer)."""
+    return ({k: list(v) for k, v in instances.classes.items()} or None) if instances is not None else None
 
 
 def make_tokenizer(cfg: dict, train_texts=None, state: dict | None = None):

@@ -13,9 +13,9 @@ import yaml
 
 from ..models import build_criterion, build_model
 from . import checkpoint, dist
-from .loops import (EMA, amp_setup, evaluate, load_records, load_train_instances, lr_factor, make_dataset, make_loader,
-                    make_tokenizer, make_transform, param_groups, tokenizer_state, train_input_size, train_one_epoch,
-                    write_jsonl)
+from .loops import (EMA, amp_setup, evaluate, label_classes, load_records, load_train_instances, lr_factor,
+                    make_dataset, make_loader, make_tokenizer, make_transform, param_groups, tokenizer_state,
+                    train_input_size, train_one_epoch, write_jsonl)
 
 
 def seed_all(seed: int):
@@ -41,6 +41,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     train_recs = load_records(cfg, cfg["data"]["train_split"])
     val_recs = load_records(cfg, cfg["data"]["val_split"])
     instances = load_train_instances(cfg, train_recs)
+    aux_classes = label_classes(instances)
     if dist.is_main():
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
@@ -48,8 +49,8 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     log = write_jsonl(os.path.join(out_dir, "log.jsonl")) if dist.is_main() else None
     tb = _tensorboard(out_dir) if dist.is_main() else None
     tok = make_tokenizer(cfg, [r.text for r in train_recs], ckpt["tokenizer"] if ckpt else None)
-    model = build_model(cfg, vocab_size=tok.vocab_size).to(device)
-    crit = build_criterion(cfg)
+    model = build_model(cfg, vocab_size=tok.vocab_size, aux_classes=aux_classes).to(device)
+    crit = build_criterion(cfg, aux_classes)
     opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t["weight_decay"], **_fused_if_supported())
     train_ds = make_dataset(cfg, train_recs, train=True, instances=instances)
     steps_per_epoch = len(make_loader(cfg, train_ds, tok, train=True)[0])
@@ -108,6 +109,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
                      "scaler": scaler.state_dict() if scaler is not None else None,
                      "ema": ema.state_dict() if ema is not None else None, "epoch": epoch, "step": step,
                      "rng": rngs[0], "rng_per_rank": rngs, "config": cfg, "tokenizer": tokenizer_state(tok),
+                     "aux_classes": aux_classes,
                      "best": best, "metrics": evaluated}
             if evaluated and score(evaluated) > best:
                 best = state["best"] = score(evaluated)

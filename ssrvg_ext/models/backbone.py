@@ -14,8 +14,8 @@ from torch import nn
 
 
 class Backbone(nn.Module):
-    def __init__(self, name: str, d_model: int, mask_dim: int, pretrained: bool = False, checkpoint: str | None = None,
-                 timm_kwargs: dict | None = None):
+    def __init__(self, name: str, d_model: int, mask_dim: int, pretrained: bool, checkpoint: str | None,
+                 timm_kwargs: dict | None):
         super().__init__()
         kwargs = dict(timm_kwargs or {})
         if checkpoint:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from ..ops import upsampled_mask_loss
+from ..ops import upsampled_mask_loss_terms
 
 
 def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
@@ -50,14 +50,27 @@ def box_to_mask(boxes_cxcywh: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class Criterion(nn.Module):
-    def __init__(self, l1: float = 5.0, giou: float = 2.0, aux: float = 0.5, mask: dict | None = None,
-                 box_to_mask: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 proposal: float = 1.0, attr: float = 1.0, attr_classes: list[int] | None = None):
+    """Returns every loss term unweighted (the last decoder layer's ``l1`` / ``giou``, each earlier
+    layer's ``l1_<i>`` / ``giou_<i>``, the proposals' ``prop_*``, ``attr``, ``mask_<name>``) and
+    ``total`` = the sum of each term times its entry in :attr:`weight_dict`; every term is logged."""
+
+    def __init__(self, l1: float, giou: float, aux: float, mask: dict, box_to_mask: bool, focal_alpha: float,
+                 focal_gamma: float, proposal: float, attr: float, attr_classes: list[int] | None):
         super().__init__()
         self.proposal, self.attr, self.attr_classes = proposal, attr, attr_classes
         self.l1, self.giou, self.aux = l1, giou, aux
-        self.mask = dict(mask if mask is not None else {"dice": 2.0, "bce": 2.0})
+        self.mask = dict(mask)
         self.box_to_mask, self.alpha, self.gamma = box_to_mask, focal_alpha, focal_gamma
+
+    def weight_dict(self, aux_layers: int) -> dict[str, float]:
+        """Term name -> weight in ``total`` (a term absent here is logged only)."""
+        w = {"l1": self.l1, "giou": self.giou}
+        for i in range(aux_layers):
+            w.update({f"l1_{i}": self.aux * self.l1, f"giou_{i}": self.aux * self.giou})
+        w.update({"prop_score": self.proposal, "prop_l1": self.proposal * self.l1, "prop_giou": self.proposal * self.giou,
+                  "attr": self.attr})
+        w.update({f"mask_{name}": weight for name, weight in self.mask.items()})
+        return w
 
     def box_losses(self, pred: torch.Tensor, tgt: torch.Tensor, norm: float) -> dict:
         l1 = (pred - tgt).abs().sum() / norm
@@ -104,27 +117,23 @@ class Criterion(nn.Module):
     def forward(self, out: dict, batch: dict) -> dict:
         tgt = batch["boxes"].to(out["boxes"].dtype)
         norm = global_count(tgt.shape[0], tgt.device)
-        losses = self.box_losses(out["boxes"], tgt, norm)
-        total = self.l1 * losses["l1"] + self.giou * losses["giou"]
+        terms = self.box_losses(out["boxes"], tgt, norm)
         for i, aux in enumerate(out["aux_boxes"]):
-            a = self.box_losses(aux, tgt, norm)
-            total = total + self.aux * (self.l1 * a["l1"] + self.giou * a["giou"])
+            terms.update({f"{k}_{i}": v for k, v in self.box_losses(aux, tgt, norm).items()})
         if self.proposal and "proposal_scores" in out:
-            p = self.proposal_losses(out, tgt, norm)
-            losses.update(p)
-            total = total + self.proposal * (p["prop_score"] + self.l1 * p["prop_l1"] + self.giou * p["prop_giou"])
+            terms.update(self.proposal_losses(out, tgt, norm))
         if self.attr and self.attr_classes and "attr_logits" in out and "instances" in batch:
-            losses["attr"] = self.attr_loss(out, batch)
-            total = total + self.attr * losses["attr"]
+            terms["attr"] = self.attr_loss(out, batch)
         if self.mask:
             size = batch["images"].shape[-1]
             targets = box_to_mask(batch["boxes"], size) if self.box_to_mask else batch["masks"]
             valid = padding_valid(batch["meta"], size, targets.device)
-            losses["mask"] = upsampled_mask_loss(out["mask_logits"], targets, self.mask, valid=valid, num_masks=norm,
-                                                 alpha=self.alpha, gamma=self.gamma)
-            total = total + losses["mask"]
-        losses["total"] = total
-        return losses
+            mask_terms = upsampled_mask_loss_terms(out["mask_logits"], targets, tuple(self.mask), valid=valid,
+                                                   num_masks=norm, alpha=self.alpha, gamma=self.gamma)
+            terms.update({f"mask_{k}": v for k, v in mask_terms.items()})
+        weights = self.weight_dict(len(out["aux_boxes"]))
+        terms["total"] = sum(weights[k] * v for k, v in terms.items() if weights.get(k))
+        return terms
 
 
 def padding_valid(metas: list[dict], size: int, device) -> torch.Tensor:

@@ -34,7 +34,7 @@ class DecoderLayer(nn.Module):
 
 class QueryDecoder(nn.Module):
     def __init__(self, d: int, layers: int, heads: int, levels: int, points: int, ffn: int, mask_queries: int,
-                 proposals: bool = True):
+                 proposals: bool):
         super().__init__()
         self.num_queries = 1 + mask_queries
         self.query_embed = nn.Embedding(self.num_queries, d)

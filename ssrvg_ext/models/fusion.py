@@ -56,8 +56,8 @@ class FusionLayer(nn.Module):
 
 
 class FusionEncoder(nn.Module):
-    def __init__(self, d: int, layers: int, heads: int, levels: int, points: int, ffn: int, spectrum: bool = False,
-                 global_attn: bool = False):
+    def __init__(self, d: int, layers: int, heads: int, levels: int, points: int, ffn: int, spectrum: bool,
+                 global_attn: bool):
         super().__init__()
         self.layers = nn.ModuleList(FusionLayer(d, heads, levels, points, ffn, global_attn) for _ in range(layers))
         self.spectrum = SpectrumGuide(d) if spectrum else None

@@ -9,8 +9,8 @@ from torch import nn
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, d_model: int, name_or_path: str | None = None, vocab_size: int = 1000, hidden: int = 128,
-                 layers: int = 2, heads: int = 2, max_len: int = 32, freeze: bool = False):
+    def __init__(self, d_model: int, name_or_path: str | None, vocab_size: int, hidden: int, layers: int, heads: int,
+                 max_len: int, freeze: bool):
         super().__init__()
         from transformers import AutoModel, BertConfig, BertModel
 

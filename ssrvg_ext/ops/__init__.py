@@ -7,5 +7,5 @@
 
 from . import reference, rle  # noqa: F401
 from .mask_loss import (LOSSES, mask_postprocess, unfused_mask_losses, upsampled_mask_loss,  # noqa: F401
-                        upsampled_mask_losses, upsampled_mask_sums)
+                        upsampled_mask_loss_terms, upsampled_mask_losses, upsampled_mask_sums)
 from .ms_deform_attn import ms_deform_attn  # noqa: F401

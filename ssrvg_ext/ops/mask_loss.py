@@ -24,6 +24,7 @@ import torch
 from ._dispatch import call, register_autograd, register_fake
 
 __all__ = ["upsampled_mask_sums", "losses_from_sums", "upsampled_mask_losses", "upsampled_mask_loss",
+           "upsampled_mask_loss_terms",
            "unfused_mask_losses", "mask_postprocess", "LOSSES"]
 
 LOSSES = ("dice", "soft_iou", "bce", "focal")
@@ -74,18 +75,15 @@ def unfused_mask_losses(logits, targets, valid=None, alpha=0.25, gamma=2.0) -> d
     return losses_from_sums(ref_sums(logits, targets, valid, alpha, gamma), _num_pixels(targets, valid))
 
 
-def upsampled_mask_loss(logits: torch.Tensor, targets: torch.Tensor, losses: Mapping[str, float] | None = None,
-                        valid: torch.Tensor | None = None, alpha: float = 0.25, gamma: float = 2.0,
-                        num_masks: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted sum of mask losses, each summed over masks and divided by ``num_masks`` (default B;
+def upsampled_mask_loss_terms(logits: torch.Tensor, targets: torch.Tensor, names: Sequence[str] = ("dice", "bce"),
+                              valid: torch.Tensor | None = None, alpha: float = 0.25, gamma: float = 2.0,
+                              num_masks: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Each named mask loss (unweighted), summed over masks and divided by ``num_masks`` (default B;
     pass the all-reduced count in distributed training so every rank normalises alike)."""
-    losses = dict(losses if losses is not None else {"dice": 1.0, "bce": 1.0})
-    unknown = set(losses) - set(LOSSES)
+    names = tuple(names)
+    unknown = set(names) - set(LOSSES)
     if unknown:
         raise ValueError(f"unknown mask loss(es) {sorted(unknown)}; choose from {LOSSES}")
-    bad = {k: w for k, w in losses.items() if not (isinstance(w, (int, float)) and math.isfinite(w))}
-    if bad:
-        raise ValueError(f"mask loss weights must be finite numbers; got {bad}")
     if num_masks is not None:
         try:
             n = float(num_masks)  # a number or a one-element tensor (a CUDA one costs a sync here)
@@ -94,10 +92,23 @@ def upsampled_mask_loss(logits: torch.Tensor, targets: torch.Tensor, losses: Map
         if not (math.isfinite(n) and n > 0):
             raise ValueError(f"num_masks must be a finite number > 0 (a scalar); got {num_masks!r}")
     sums = upsampled_mask_sums(logits, targets, valid, alpha, gamma)
-    needs_n = {"bce", "focal"} & set(losses)
-    per_mask = losses_from_sums(sums, _num_pixels(targets, valid) if needs_n else None, tuple(losses))
+    needs_n = {"bce", "focal"} & set(names)
+    per_mask = losses_from_sums(sums, _num_pixels(targets, valid) if needs_n else None, names)
     denom = num_masks if num_masks is not None else max(logits.shape[0], 1)
-    return sum(w * per_mask[name].sum() for name, w in losses.items()) / denom
+    return {name: per_mask[name].sum() / denom for name in names}
+
+
+def upsampled_mask_loss(logits: torch.Tensor, targets: torch.Tensor, losses: Mapping[str, float] | None = None,
+                        valid: torch.Tensor | None = None, alpha: float = 0.25, gamma: float = 2.0,
+                        num_masks: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted sum of the mask losses named in ``losses`` (name -> weight), each summed over masks
+    and divided by ``num_masks``: :func:`upsampled_mask_loss_terms` with weights."""
+    losses = dict(losses if losses is not None else {"dice": 1.0, "bce": 1.0})
+    bad = {k: w for k, w in losses.items() if not (isinstance(w, (int, float)) and math.isfinite(w))}
+    if bad:
+        raise ValueError(f"mask loss weights must be finite numbers; got {bad}")
+    terms = upsampled_mask_loss_terms(logits, targets, tuple(losses), valid, alpha, gamma, num_masks)
+    return sum(w * terms[name] for name, w in losses.items())
 
 
 def mask_postprocess(logits: torch.Tensor, input_size: Sequence[int], valid_sizes: Sequence[Sequence[int]],

@@ -1,0 +1,43 @@
+"""A trained model ready for inference: the one loader used by evaluation, the demo and predictors."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from ..config import apply_overrides, load_config
+from ..models import build_model
+from . import checkpoint
+from .loops import make_tokenizer
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module  # in eval mode, on the requested device
+    tokenizer: object
+    cfg: dict
+    checkpoint: dict
+
+
+def aux_classes_of(ckpt: dict) -> dict | None:
+    """The object-label classes the checkpoint's model was built with (kept next to the weights;
+    checkpoints of earlier versions kept them in their config)."""
+    if "aux_classes" in ckpt:
+        return ckpt["aux_classes"]
+    return ckpt["config"]["model"].get("aux_classes")
+
+
+def load_for_inference(path: str, config: str | None = None, overrides=(), ema: bool = False,
+                       device: torch.device | str = "cpu") -> Loaded:
+    """Loads ``path`` (weights only: nothing in it is executed), builds the model with the
+    checkpoint's config (or ``config``; ``overrides`` like ``data.input_size=512`` either way), its
+    tokenizer and label classes, and loads the weights (the EMA ones with ``ema`` when saved)."""
+    ckpt = checkpoint.load(path)
+    cfg = load_config(config, list(overrides)) if config else apply_overrides(copy.deepcopy(ckpt["config"]),
+                                                                             list(overrides))
+    tok = make_tokenizer(cfg, state=ckpt["tokenizer"])
+    model = build_model(cfg, vocab_size=tok.vocab_size, aux_classes=aux_classes_of(ckpt))
+    model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
+    return Loaded(model.to(device).eval(), tok, cfg, ckpt)
