@@ -6,7 +6,7 @@
 //
 // RLE batches are three tensors: `counts` (int64, all run lengths of all masks concatenated),
 // `offsets` (int64, N+1: mask i owns counts[offsets[i]:offsets[i+1]]) and, where sizes vary,
-// `sizes` (int64, (N, 2) rows of (H, W)). See DESIGN.md section 4.3 for the exact semantics.
+// `sizes` (int64, (N, 2) rows of (H, W)). See docs/design.md for the exact semantics.
 
 #include <Python.h>
 #include <torch/library.h>

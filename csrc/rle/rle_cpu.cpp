@@ -1,4 +1,4 @@
-// CPU kernels of the COCO RLE ops (schemas in csrc/ops.cpp; semantics in DESIGN.md 4.3).
+// CPU kernels of the COCO RLE ops (schemas in csrc/ops.cpp; semantics in docs/design.md section 3).
 // Results equal pycocotools (>= 2.0.7) on canonical RLEs; on RLEs with zero-length runs anywhere
 // box, area, IoU and merge are those of the mask the RLE encodes (the true values), since the
 // walks below skip empty runs instead of stopping at them. Counts are 64-bit, validated

@@ -1,4 +1,4 @@
-"""Standard referring-expression metrics (DESIGN.md 7).
+"""Standard referring-expression metrics (docs/design.md section 9).
 
 REC: Acc@0.5 = fraction of expressions whose predicted box has IoU >= 0.5 with the ground truth
 (plain IoU, original image coordinates). RES: per-expression mask IoU at the original resolution;

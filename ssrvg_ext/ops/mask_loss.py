@@ -1,4 +1,4 @@
-"""Fused upsampled mask losses and the fused inference path (DESIGN.md 4.2).
+"""Fused upsampled mask losses and the fused inference path (docs/design.md section 4).
 
 Mask heads predict low-resolution logits ``(B, h, w)``; the losses are defined at the targets'
 full resolution ``(B, H, W)`` on ``z = interpolate(logits, (H, W), "bilinear", align_corners=False)``.

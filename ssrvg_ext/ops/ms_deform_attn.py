@@ -1,4 +1,4 @@
-"""Multi-scale deformable attention (DESIGN.md 4.1), a drop-in for Deformable DETR's op.
+"""Multi-scale deformable attention (docs/design.md section 5), a drop-in for Deformable DETR's op.
 
     out = ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 

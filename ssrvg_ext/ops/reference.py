@@ -2,7 +2,7 @@
 
 Each function has the signature of its op in csrc/ops.cpp. They are the test oracles for the
 compiled kernels and the fallback when the compiled library is missing: slow, simple, and written
-straight from the semantics in DESIGN.md rather than from the kernels.
+straight from the semantics in docs/design.md rather than from the kernels.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 # =============================================================================================
-# COCO RLE (DESIGN.md 4.3)
+# COCO RLE (docs/design.md section 3)
 
 
 def _offsets_ok(counts: torch.Tensor, offsets: torch.Tensor) -> list[int]:
@@ -252,7 +252,7 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor, iscrowd: torch.Tensor) -> torch.T
 
 
 # =============================================================================================
-# Fused upsampled mask loss (DESIGN.md 4.2): the unfused computation
+# Fused upsampled mask loss (docs/design.md section 4): the unfused computation
 
 
 def _math_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -326,7 +326,7 @@ def mask_postprocess(logits, in_h: int, in_w: int, crop_h: int, crop_w: int, out
 
 
 # =============================================================================================
-# Multi-scale deformable attention (DESIGN.md 4.1): grid_sample per level
+# Multi-scale deformable attention (docs/design.md section 5): grid_sample per level
 
 
 def _check_msda(value, spatial_shapes, level_start_index, loc, attn) -> list[tuple[int, int]]:

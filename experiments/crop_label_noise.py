@@ -8,7 +8,7 @@ and resolves it on the objects whose centre is still inside the crop (the refere
 It prints, per expression kind, the share of crops that cut an object and the share whose
 expression no longer resolves to the referent (a wrong training label).
 
-    python benchmarks/crop_label_noise.py [--data data/synthetic] [--crops 5]
+    python experiments/crop_label_noise.py [--data data/synthetic] [--crops 5]
 """
 
 import argparse
@@ -16,7 +16,6 @@ import json
 import os
 import random
 
-import torch
 
 from ssrvg_ext.data import RefDataset, load_refer
 from ssrvg_ext.data.refer import load_instance_labels
