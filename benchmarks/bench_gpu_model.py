@@ -34,7 +34,8 @@ from common import device_name  # noqa: E402
 from ssrvg_ext import extension  # noqa: E402
 from ssrvg_ext.config import load_config
 from ssrvg_ext.data.random_batch import random_batch  # noqa: E402
-from ssrvg_ext.engine.loops import param_groups, train_step  # noqa: E402
+from ssrvg_ext.engine.loops import TrainState, train_step  # noqa: E402
+from ssrvg_ext.engine.optim import param_groups  # noqa: E402
 from ssrvg_ext.evaluation import mask_stats_batch  # noqa: E402
 from ssrvg_ext.models import build_criterion, build_model  # noqa: E402
 from ssrvg_ext.ops import rle  # noqa: E402
@@ -68,8 +69,10 @@ def bench_train(cfg, batch, args):
     opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg["train"]["weight_decay"], fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
+    state = TrainState(model, crit, opt, sched, torch.bfloat16, None, cfg["train"]["clip"])
+
     def step():
-        train_step(model, crit, batch, opt, sched, None, torch.bfloat16, cfg["train"]["clip"])
+        train_step(state, batch)
 
     variants = {"compiled ops": False, "reference ops": True}
     for ref in variants.values():  # warm-up both (cuDNN / cuBLAS autotuning, lazy init)

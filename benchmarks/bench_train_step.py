@@ -22,9 +22,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import device_name  # noqa: E402
 from ssrvg_ext.config import load_config  # noqa: E402
-from ssrvg_ext.engine.loops import (label_classes, load_records, load_train_instances, make_dataset, make_loader,  # noqa: E402
-                                    make_tokenizer, param_groups, train_one_epoch)
-from ssrvg_ext.engine.trainer import _fused_if_supported  # noqa: E402
+from ssrvg_ext.engine.data import (label_classes, load_records, load_train_instances, make_dataset,  # noqa: E402
+                                   make_loader, make_tokenizer)
+from ssrvg_ext.engine.loops import TrainState, train_one_epoch  # noqa: E402
+from ssrvg_ext.engine.optim import fused_if_supported, param_groups  # noqa: E402
 from ssrvg_ext.models import build_criterion, build_model  # noqa: E402
 
 
@@ -36,15 +37,16 @@ def setup(config: str, overrides: list[str], steps: int, device: torch.device) -
     tok = make_tokenizer(cfg, [r.text for r in recs])
     aux = label_classes(inst)
     model = build_model(cfg, vocab_size=tok.vocab_size, aux_classes=aux).to(device)
-    opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg["train"]["weight_decay"], **_fused_if_supported())
+    opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg["train"]["weight_decay"], **fused_if_supported())
     loader = make_loader(cfg, make_dataset(cfg, recs, train=True, instances=inst), tok, train=True)[0]
     batches = list(loader)
-    return dict(model=model, crit=build_criterion(cfg, aux), opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                clip=cfg["train"]["clip"], warm=batches[:2], timed=batches[2:2 + steps], times=[])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    state = TrainState(model, build_criterion(cfg, aux), opt, sched, clip=cfg["train"]["clip"])
+    return dict(state=state, warm=batches[:2], timed=batches[2:2 + steps], times=[])
 
 
 def run(v: dict, batches: list, device: torch.device) -> None:
-    train_one_epoch(v["model"], v["crit"], batches, v["opt"], v["sched"], None, None, v["clip"], 0, 1, device, None)
+    train_one_epoch(v["state"], batches, device, 0, 1)
 
 
 def main():

@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ssrvg_ext.config import load_config  # noqa: E402
 from ssrvg_ext.data.random_batch import random_batch  # noqa: E402
-from ssrvg_ext.engine.loops import param_groups, train_step  # noqa: E402
+from ssrvg_ext.engine.loops import TrainState, train_step  # noqa: E402
+from ssrvg_ext.engine.optim import param_groups  # noqa: E402
 from ssrvg_ext.models import build_criterion, build_model  # noqa: E402
 from ssrvg_ext.ops import ms_deform_attn, upsampled_mask_loss  # noqa: E402
 
@@ -85,14 +86,15 @@ def train_step_syncs(config: str, overrides: list[str]) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     size = cfg["data"]["input_size"]
     batch = random_batch(4, size, cfg["data"]["max_len"], 1000, "cuda")
-    train_step(model, crit, batch, opt, sched, None, torch.bfloat16, cfg["train"]["clip"])  # warm-up
+    state = TrainState(model, crit, opt, sched, torch.bfloat16, None, cfg["train"]["clip"])
+    train_step(state, batch)  # warm-up
     torch.cuda.synchronize()
     where = collections.Counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            train_step(model, crit, batch, opt, sched, None, torch.bfloat16, cfg["train"]["clip"])
+            train_step(state, batch)
         finally:
             torch.cuda.set_sync_debug_mode(0)
     for w in caught:
@@ -101,8 +103,7 @@ def train_step_syncs(config: str, overrides: list[str]) -> dict:
     res = {"config": config, "overrides": overrides, "input_size": size, "synchronisations": sum(where.values()),
            "where": dict(where)}
     if where:  # inside backward the Python line says little: name the ops around each synchronising call
-        res["sync_ops"] = sync_ops(lambda: train_step(model, crit, batch, opt, sched, None, torch.bfloat16,
-                                                      cfg["train"]["clip"]))
+        res["sync_ops"] = sync_ops(lambda: train_step(state, batch))
     return res
 
 

@@ -198,7 +198,7 @@ def test_corrupt_checkpoint_and_missing_data_fail_clearly(data, tmp_path):
 
 
 def test_progressive_input_size():
-    from ssrvg_ext.engine.loops import train_input_size
+    from ssrvg_ext.engine.data import train_input_size
     cfg = load_config(os.path.join(ROOT, "configs/tiny_synthetic.yaml"), ["data.early_input_size=96",
                                                                            "data.early_input_epochs=2"])
     assert [train_input_size(cfg, e) for e in range(4)] == [96, 96, 160, 160]

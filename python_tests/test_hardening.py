@@ -10,7 +10,7 @@ import torch
 
 from ssrvg_ext.config import ConfigError, load_config
 from ssrvg_ext.engine import checkpoint
-from ssrvg_ext.engine.loops import loader_seed
+from ssrvg_ext.engine.data import loader_seed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

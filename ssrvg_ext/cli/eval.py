@@ -19,7 +19,9 @@ import torch
 
 from ssrvg_ext.engine import checkpoint, dist
 from ssrvg_ext.engine.inference import load_for_inference
-from ssrvg_ext.engine.loops import amp_setup, evaluate, load_records, make_dataset, make_loader
+from ssrvg_ext.engine.data import load_records, make_dataset, make_loader
+from ssrvg_ext.engine.loops import evaluate
+from ssrvg_ext.engine.optim import amp_setup
 
 
 def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False) -> list[dict]:

@@ -10,7 +10,7 @@ import torch
 from ..config import apply_overrides, load_config
 from ..models import build_model
 from . import checkpoint
-from .loops import make_tokenizer
+from .data import make_tokenizer
 
 
 @dataclass

@@ -13,9 +13,10 @@ import yaml
 
 from ..models import build_criterion, build_model
 from . import checkpoint, dist
-from .loops import (EMA, amp_setup, evaluate, label_classes, load_records, load_train_instances, lr_factor,
-                    make_dataset, make_loader, make_tokenizer, make_transform, param_groups, tokenizer_state,
-                    train_input_size, train_one_epoch, write_jsonl)
+from .data import (label_classes, load_records, load_train_instances, make_dataset, make_loader, make_tokenizer,
+                   make_transform, tokenizer_state, train_input_size)
+from .loops import TrainState, evaluate, train_one_epoch, write_jsonl
+from .optim import EMA, amp_setup, fused_if_supported, lr_factor, param_groups
 
 
 def seed_all(seed: int):
@@ -33,7 +34,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     when it exists. ``max_steps`` stops early (tests)."""
     rank, world, device = dist.init_from_env()
     t = cfg["train"]
-    seed_all(t.get("seed", 0) + rank)
+    seed_all(t["seed"] + rank)
     if resume == "auto":
         resume = os.path.join(out_dir, "last.pth") if os.path.isfile(os.path.join(out_dir, "last.pth")) else None
     ckpt = checkpoint.load(resume) if resume else None
@@ -51,14 +52,14 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     tok = make_tokenizer(cfg, [r.text for r in train_recs], ckpt["tokenizer"] if ckpt else None)
     model = build_model(cfg, vocab_size=tok.vocab_size, aux_classes=aux_classes).to(device)
     crit = build_criterion(cfg, aux_classes)
-    opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t["weight_decay"], **_fused_if_supported())
+    opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t["weight_decay"], **fused_if_supported())
     train_ds = make_dataset(cfg, train_recs, train=True, instances=instances)
     steps_per_epoch = len(make_loader(cfg, train_ds, tok, train=True)[0])
     total = max(1, steps_per_epoch * t["epochs"])
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, t.get("warmup_steps", 0), t.get("schedule", "cosine")))
+        opt, lambda s: lr_factor(s, total, t["warmup_steps"], t["schedule"]))
     amp_dtype, scaler = amp_setup(cfg, device)
-    ema = EMA(model, t["ema"]) if t.get("ema") else None
+    ema = EMA(model, t["ema"]) if t["ema"] else None
     start_epoch, step, best = 0, 0, -math.inf
     if ckpt:
         model.load_state_dict(ckpt["model"])
@@ -73,7 +74,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
         if own is not None:
             checkpoint.set_rng_state(own)  # this rank's own stream, not rank 0's
         else:
-            seed_all(t.get("seed", 0) + rank + 1_000_003 * start_epoch)
+            seed_all(t["seed"] + rank + 1_000_003 * start_epoch)
             print(f"rank {rank}: the checkpoint was written by a run of another world size; RNG reseeded")
         if dist.is_main():
             print(f"resumed from {resume}: epoch {start_epoch}, step {step}")
@@ -81,6 +82,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    state = TrainState(model, crit, opt, sched, amp_dtype, scaler, t["clip"], ema, step)
     val_loader, _ = make_loader(cfg, make_dataset(cfg, val_recs, train=False), tok, train=False)
     metrics = {}
     t_start = time.time()
@@ -89,10 +91,10 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
         loader, sampler = make_loader(cfg, train_ds, tok, train=True, epoch_seed=epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        step, train_stats = train_one_epoch(model, crit, loader, opt, sched, scaler, amp_dtype, t.get("clip"), epoch,
-                                            t["epochs"], device, log, ema, step, max_steps)
+        train_stats = train_one_epoch(state, loader, device, epoch, t["epochs"], log, max_steps)
+        step = state.step
         evaluated = {}
-        if (epoch + 1) % t.get("eval_every", 1) == 0 or epoch + 1 == t["epochs"]:
+        if (epoch + 1) % t["eval_every"] == 0 or epoch + 1 == t["epochs"]:
             evaluated, _ = evaluate(model, val_loader, device, amp_dtype, desc=f"val {epoch + 1}")
             metrics = evaluated
         rngs = dist.gather_objects(checkpoint.rng_state())  # collective: every rank takes part
@@ -105,31 +107,21 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
                     if isinstance(v, (int, float)):
                         tb.add_scalar(k, v, step)
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()), flush=True)
-            state = {"model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            saved = {"model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else None,
                      "ema": ema.state_dict() if ema is not None else None, "epoch": epoch, "step": step,
                      "rng": rngs[0], "rng_per_rank": rngs, "config": cfg, "tokenizer": tokenizer_state(tok),
                      "aux_classes": aux_classes,
                      "best": best, "metrics": evaluated}
             if evaluated and score(evaluated) > best:
-                best = state["best"] = score(evaluated)
-                checkpoint.save_atomic(state, os.path.join(out_dir, "best.pth"))
-            checkpoint.save_atomic(state, os.path.join(out_dir, "last.pth"))
+                best = saved["best"] = score(evaluated)
+                checkpoint.save_atomic(saved, os.path.join(out_dir, "best.pth"))
+            checkpoint.save_atomic(saved, os.path.join(out_dir, "last.pth"))
         dist.barrier()
         if max_steps is not None and step >= max_steps:
             break
     dist.cleanup()
     return metrics
-
-
-def _fused_if_supported() -> dict:
-    """The fused AdamW kernel (CPU and CUDA in recent torch): one op for all parameters per step."""
-    try:
-        probe = torch.nn.Parameter(torch.zeros(1))
-        torch.optim.AdamW([probe], fused=True)
-        return {"fused": True}
-    except (RuntimeError, TypeError, ValueError):
-        return {}
 
 
 def _tensorboard(out_dir):

@@ -1,0 +1,114 @@
+"""Data for training and evaluation: records, tokenizers, transforms, datasets and loaders."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..data import Collate, HFTokenizer, ImageGroupBatchSampler, RefDataset, WordTokenizer, build_transforms, load_refer
+from ..data.refer import load_instance_labels
+from . import dist
+
+
+def load_records(cfg: dict, split: str, shuffle_text: bool = False):
+    d = cfg["data"]
+    recs = load_refer(d["ann_dir"], d["image_dir"], d["split_by"], [split])
+    if shuffle_text:  # control: pair every image with another expression of the same split
+        texts = [r.text for r in recs]
+        random.Random(0).shuffle(texts)
+        recs = [type(r)(**{**r.__dict__, "text": t}) for r, t in zip(recs, texts)]
+    return recs
+
+
+def load_train_instances(cfg: dict, records):
+    """Every object of the records' images, when the config needs them: labels for the dense auxiliary
+    loss (their classes: :func:`label_classes`) and the masks that crop="objects" keeps whole. None
+    when neither is asked for."""
+    d = cfg["data"]
+    if not (d["aux_labels"] or d["crop"] == "objects"):
+        return None
+    return load_instance_labels(d["ann_dir"], d["aux_labels"] or [], {r.image_id for r in records})
+
+
+def label_classes(instances) -> dict | None:
+    """{label: [values]} of the dense object-label loss, or None (built into the model, and saved in
+    its checkpoints, by the trainer)."""
+    return ({k: list(v) for k, v in instances.classes.items()} or None) if instances is not None else None
+
+
+def make_tokenizer(cfg: dict, train_texts=None, state: dict | None = None):
+    """From a checkpoint's saved state, a local HF tokenizer path, or trained on the training texts."""
+    d = cfg["data"]
+    if state is not None:
+        if state["kind"] == "word":
+            from tokenizers import Tokenizer as HFTok
+
+            return WordTokenizer(HFTok.from_str(state["json"]), state["max_len"])
+        return HFTokenizer(state["path"], state["max_len"])
+    if d["tokenizer"]:
+        return HFTokenizer(d["tokenizer"], d["max_len"])
+    return WordTokenizer.train(train_texts, d["max_len"])
+
+
+def tokenizer_state(tok) -> dict:
+    if isinstance(tok, WordTokenizer):
+        return {"kind": "word", "json": tok.tok.to_str(), "max_len": tok.max_len}
+    return {"kind": "hf", "path": tok.tok.name_or_path, "max_len": tok.max_len}
+
+
+def _seed_worker(_):
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def make_transform(cfg: dict, train: bool, size: int | None = None):
+    d = cfg["data"]
+    return build_transforms(train, size or d["input_size"], d["flip"], d["crop"], d["jitter"])
+
+
+def train_input_size(cfg: dict, epoch: int) -> int:
+    """``data.early_input_size`` for the first ``data.early_input_epochs`` epochs, else ``data.input_size``."""
+    d = cfg["data"]
+    return d["early_input_size"] if d["early_input_size"] and epoch < d["early_input_epochs"] else d["input_size"]
+
+
+def make_dataset(cfg: dict, records, train: bool, instances=None) -> RefDataset:
+    return RefDataset(records, make_transform(cfg, train), cache_images=cfg["data"]["cache_images"],
+                      instances=instances)
+
+
+def loader_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of a rank's DataLoader generator for an epoch: distinct per rank and epoch."""
+    return seed * 1000 + epoch + rank * 1_000_003
+
+
+def make_loader(cfg: dict, ds: RefDataset, tokenizer, train: bool, epoch_seed: int = 0):
+    """A loader over ``ds`` (made once, so its image cache lives across epochs) and its sampler (call
+    ``set_epoch`` on it when not None). The shuffling is seeded by the epoch so that a resumed run
+    sees the same order. Training with ``data.exprs_per_image`` k > 1 batches groups of k
+    expressions of one image (:class:`~ssrvg_ext.data.ImageGroupBatchSampler`)."""
+    t = cfg["train"]
+    k = int(cfg["data"]["exprs_per_image"])
+    common = dict(num_workers=t["workers"], collate_fn=Collate(tokenizer), worker_init_fn=_seed_worker,
+                  persistent_workers=False)
+    if train and k > 1:
+        sampler = ImageGroupBatchSampler(ds.records, k, t["batch_size"], t["seed"], dist.rank(), dist.world_size())
+        return DataLoader(ds, batch_sampler=sampler, **common), sampler
+    sampler = DistributedSampler(ds, shuffle=train, seed=t["seed"]) if dist.world_size() > 1 else None
+    # Seeds the shuffle (one process) and the workers' base seed; the rank term gives every rank its
+    # own augmentation stream in its workers (0 on a single process: unchanged there).
+    g = torch.Generator().manual_seed(loader_seed(t["seed"], epoch_seed, dist.rank()))
+    loader = DataLoader(ds, batch_size=t["batch_size"], shuffle=train and sampler is None, sampler=sampler,
+                        drop_last=train, generator=g, **common)
+    return loader, sampler
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+#
