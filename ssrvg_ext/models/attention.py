@@ -45,3 +45,16 @@ class Attention(nn.Module):
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(out.transpose(1, 2).reshape(query.shape))
+
+
+class MLP(nn.Sequential):
+    """Linear layers with ReLU between them (the feed-forward blocks and the box / score heads)."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, layers: int = 2):
+        dims = [d_in] + [d_hidden] * (layers - 1) + [d_out]
+        mods = []
+        for i in range(layers):
+            mods.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < layers - 1:
+                mods.append(nn.ReLU(inplace=True))
+        super().__init__(*mods)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import Attention
+from .attention import MLP, Attention
 from .ms_deform_attn import MSDeformAttn
-from .position import MLP, box_position, inverse_sigmoid
+from .position import box_position, inverse_sigmoid
 
 
 class DecoderLayer(nn.Module):

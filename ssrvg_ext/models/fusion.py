@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import Attention
+from .attention import MLP, Attention
 from .ms_deform_attn import MSDeformAttn
-from .position import MLP, token_centres
+from .position import token_centres
 
 
 class SpectrumGuide(nn.Module):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .position import MLP
+from .attention import MLP
 
 
 class PixelDecoder(nn.Module):

@@ -1,11 +1,10 @@
-"""Positional encodings and small shared helpers."""
+"""Positional encodings and token / box geometry helpers."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
 
 
 def sine_position(h: int, w: int, dim: int, device, dtype=torch.float32) -> torch.Tensor:
@@ -31,17 +30,6 @@ def box_position(boxes: torch.Tensor, dim: int) -> torch.Tensor:
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     x = x.clamp(eps, 1 - eps)
     return torch.log(x / (1 - x))
-
-
-class MLP(nn.Sequential):
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, layers: int = 2):
-        dims = [d_in] + [d_hidden] * (layers - 1) + [d_out]
-        mods = []
-        for i in range(layers):
-            mods.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < layers - 1:
-                mods.append(nn.ReLU(inplace=True))
-        super().__init__(*mods)
 
 
 def token_centres(h: int, w: int, device) -> torch.Tensor:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .position import MLP, inverse_sigmoid, token_centres
+from .attention import MLP
+from .position import inverse_sigmoid, token_centres
 
 
 def token_anchors(shapes: torch.Tensor, device) -> torch.Tensor:
