@@ -1,8 +1,9 @@
 """Print the metrics table of the eval JSONs in a run folder (written by ssrvg_ext.cli.eval).
 
-    python -m ssrvg_ext.cli.report runs/tiny_synthetic
+    ssrvg-report runs/tiny_synthetic          (or python -m ssrvg_ext.cli.report ...)
 """
 
+import argparse
 import glob
 import json
 import os
@@ -12,10 +13,12 @@ COLS = ["n", "Acc@0.5", "mIoU", "oIoU", "Prec@0.5", "Prec@0.7", "Prec@0.9"]
 
 
 def main():
-    run = sys.argv[1] if len(sys.argv) > 1 else "runs/tiny_synthetic"
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", default="runs/tiny_synthetic", help="a run folder holding eval_*.json")
+    run = p.parse_args().run
     files = sorted(glob.glob(os.path.join(run, "eval_*.json")))
     if not files:
-        sys.exit(f"no eval_*.json in {run}; run ssrvg_ext.cli.eval --out {run}/eval_<split>.json first")
+        sys.exit(f"no eval_*.json in {run}; run ssrvg-eval --out-dir {run} first")
     print(f"| {'split':22s} | " + " | ".join(f"{c:>8s}" for c in COLS) + " |")
     print("|" + "-" * 24 + "|" + "|".join("-" * 10 for _ in COLS) + "|")
     for f in files:
