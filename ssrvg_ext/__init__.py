@@ -9,3 +9,11 @@ from . import extension  # noqa: F401  (loads _C)
 from . import ops  # noqa: F401
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # ssrvg_ext.Predictor without importing the models on `import ssrvg_ext`
+    if name == "Predictor":
+        from .predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'ssrvg_ext' has no attribute {name!r}")

@@ -7,29 +7,18 @@
 import argparse
 import os
 
-
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
-from ssrvg_ext.data import Collate, build_transforms
-from ssrvg_ext.engine.inference import load_for_inference
+from ssrvg_ext.data.dataset import read_image
+from ssrvg_ext.predictor import Predictor
 
 
 def ground(ckpt_path: str, image_path: str, text: str):
-    loaded = load_for_inference(ckpt_path)
-    model, tok, cfg = loaded.model, loaded.tokenizer, loaded.cfg
     if not os.path.isfile(image_path):
         raise FileNotFoundError(f"image {image_path} not found")
-    with Image.open(image_path) as im:
-        img = im.convert("RGB")
-    arr = torch.from_numpy(np.array(img)).permute(2, 0, 1)
-    h, w = arr.shape[-2:]
-    s = {"image": arr, "box": torch.tensor([0.0, 0.0, w, h]), "mask": torch.zeros(h, w, dtype=torch.uint8), "text": text,
-         "meta": {"index": 0, "orig_size": (h, w)}}
-    batch = Collate(tok)([build_transforms(False, cfg["data"]["input_size"])(s)])
-    with torch.inference_mode():
-        pred = model.predict(batch)[0]
+    [pred] = Predictor(ckpt_path).predict(image_path, text)
+    img = Image.fromarray(read_image(image_path).permute(1, 2, 0).numpy())
     return img, pred
 
 
@@ -62,7 +51,8 @@ def main():
         p.error("give --image and --text, or --example")
     img, pred = ground(a.checkpoint, a.image, a.text)
     x0, y0, x1, y1 = (float(v) for v in pred["box"])
-    print(f"box (x0, y0, x1, y1) = ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}); mask pixels = {int(pred['mask'].sum())}")
+    print(f"box (x0, y0, x1, y1) = ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}); mask pixels = {int(pred['mask'].sum())}; "
+          f"score {pred['score']:.3f}")
     draw(img, pred, a.text).save(a.out)
     print(f"wrote {a.out}")
 

@@ -29,7 +29,7 @@ def read_image(path: str) -> torch.Tensor:
             else:
                 if im.mode == "P" and "transparency" in im.info:
                     im = im.convert("RGBA")
-                rgb = np.asarray(im.convert("RGB"))
+                rgb = np.array(im.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"image {path} is unreadable or truncated ({type(e).__name__}: {e})") from None
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()

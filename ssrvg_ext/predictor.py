@@ -1,0 +1,109 @@
+"""Predictor: a trained model, loaded once, that grounds expressions in images.
+
+    >>> from ssrvg_ext import Predictor
+    >>> p = Predictor("runs/tiny_synthetic/best.pth", device="cuda")
+    >>> [r] = p.predict("photo.jpg", "the man in the red shirt")
+    >>> r["box"], r["mask"].shape, r["score"]        # xyxy in the photo's pixels, (H, W) uint8, in (0, 1)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import Collate
+from .data.dataset import read_image
+from .engine.data import make_transform, to_device
+from .engine.inference import load_for_inference
+from .engine.optim import amp_setup
+from .models import postprocess
+from .ops import rle
+
+ImageLike = Union[str, Image.Image, np.ndarray, torch.Tensor]
+
+
+def as_image_tensor(image: ImageLike) -> torch.Tensor:
+    """A path (EXIF orientation applied), PIL image, (H, W, 3) uint8 array or (3, H, W) uint8 tensor
+    -> (3, H, W) uint8 tensor."""
+    if isinstance(image, str):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"an image array must be (H, W, 3) uint8; got {image.shape} {image.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+    if torch.is_tensor(image):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"an image tensor must be (3, H, W) uint8; got {tuple(image.shape)} {image.dtype}")
+        return image.cpu().contiguous()
+    raise TypeError(f"an image must be a path, PIL image, numpy array or tensor; got {type(image).__name__}")
+
+
+class Predictor:
+    """``checkpoint``: a ``best.pth`` / ``last.pth`` of ssrvg-train. ``device``: default the GPU when
+    there is one. ``amp``: "auto" (bf16 / fp16 on a GPU, off on the CPU, as training), "off", "bf16",
+    "fp16". ``ema``: use the EMA weights when the checkpoint has them."""
+
+    def __init__(self, checkpoint: str, device: torch.device | str | None = None, amp: str = "auto", ema: bool = False,
+                 batch_size: int = 16):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        loaded = load_for_inference(checkpoint, ema=ema, device=self.device)
+        self.model, self.tokenizer, self.cfg = loaded.model, loaded.tokenizer, loaded.cfg
+        if amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"amp must be auto, off, bf16 or fp16; got {amp!r}")
+        self.amp_dtype = {"auto": amp_setup({"train": {"amp": "auto"}}, self.device)[0], "off": None,
+                          "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.transform = make_transform(self.cfg, train=False)
+        self.collate = Collate(self.tokenizer)
+        self.batch_size = batch_size
+
+    def _pairs(self, images, expressions) -> list[tuple[ImageLike, str]]:
+        one_image = not isinstance(images, (list, tuple))
+        if isinstance(expressions, str):
+            expressions = [expressions]
+        if one_image:
+            return [(images, e) for e in expressions]
+        if len(images) != len(expressions):
+            raise ValueError(f"{len(images)} images but {len(expressions)} expressions (give one expression per image, "
+                             "or one image with several expressions)")
+        return list(zip(images, expressions))
+
+    @torch.no_grad()
+    def predict(self, images: ImageLike | Sequence[ImageLike], expressions: str | Sequence[str], as_rle: bool = False,
+                threshold: float = 0.0) -> list[dict]:
+        """One result per (image, expression): ``box`` [x0, y0, x1, y1] in the image's pixels, ``mask``
+        (H, W) uint8 at the image's size (a COCO RLE dict with ``as_rle``), ``score`` in (0, 1): the
+        sigmoid of the best language-token match (how well the expression found an object; the mean
+        mask probability inside the mask for models without token proposals), and ``text``.
+        ``threshold``: the mask logit above which a pixel is in (0: probability 0.5)."""
+        pairs = self._pairs(images, expressions)
+        results = []
+        for start in range(0, len(pairs), self.batch_size):
+            samples = []
+            for i, (image, text) in enumerate(pairs[start:start + self.batch_size]):
+                if not isinstance(text, str) or not text.strip():
+                    raise ValueError(f"expression {start + i} is empty or not a string: {text!r}")
+                img = as_image_tensor(image)
+                h, w = img.shape[-2:]
+                samples.append(self.transform({"image": img, "box": torch.tensor([0.0, 0.0, float(w), float(h)]),
+                                               "mask": torch.zeros(h, w, dtype=torch.uint8), "text": text,
+                                               "meta": {"index": start + i, "orig_size": (int(h), int(w))}}))
+            batch = to_device(self.collate(samples), self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self.model(batch["images"], batch["text_ids"], batch["text_mask"])
+            preds = postprocess(out, batch["meta"], threshold)
+            if "proposal_scores" in out:
+                scores = torch.sigmoid(out["proposal_scores"].float().max(1).values)
+            else:
+                prob = torch.sigmoid(out["mask_logits"].float())
+                inside = prob > 0.5
+                scores = (prob * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1)
+            for p, s, meta in zip(preds, scores.tolist(), batch["meta"]):
+                mask = p["mask"].cpu()
+                results.append({"box": [round(float(v), 2) for v in p["box"]], "score": float(s), "text": meta["text"],
+                                "mask": rle.encode(mask) if as_rle else mask})
+        return results
