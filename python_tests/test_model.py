@@ -206,7 +206,8 @@ def test_tiny_step_time_and_parameter_counts(capsys):
     step = sorted(times[2:])[2]  # median after two warm-up steps
     counts = {"tiny_synthetic": sum(p.numel() for p in model.parameters())}
     for preset in ("refcoco_swin_t", "refcoco_swin_b"):
-        pc = load_config(f"configs/{preset}.yaml", ["model.text.name_or_path=null"])  # same architecture, random init
+        pc = load_config(f"configs/{preset}.yaml", ["model.backbone.pretrained=false",  # same architecture, random init
+                                                    "model.text.pretrained=false"])
         counts[preset] = sum(p.numel() for p in build_model(pc, vocab_size=30522).parameters())
     with capsys.disabled():
         print(f"\n[model] tiny preset forward+backward+step at batch 8: {step * 1e3:.0f} ms on "
@@ -275,7 +276,8 @@ def test_text_encoder_4d_mask_equals_2d_mask(rng):
     from ssrvg_ext.models.text import TextEncoder
 
     torch.manual_seed(0)
-    enc = TextEncoder(32, None, vocab_size=50, hidden=32, layers=2, heads=2, max_len=9, freeze=False).eval()
+    enc = TextEncoder(32, None, vocab_size=50, hidden=32, layers=2, heads=2, max_len=9, freeze=False,
+                      pretrained=False).eval()
     ids = torch.randint(1, 50, (3, 9), generator=rng)
     mask = torch.arange(9)[None] < torch.tensor([[9], [4], [1]])
     use_4d = enc.mask_4d

@@ -22,16 +22,22 @@ from ssrvg_ext.engine.inference import load_for_inference
 from ssrvg_ext.engine.data import load_records, make_dataset, make_loader
 from ssrvg_ext.engine.loops import evaluate
 from ssrvg_ext.engine.optim import amp_setup
+from ssrvg_ext.cli.report import table
 
 
 def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False) -> list[dict]:
     """Evaluates every (split, shuffle_text) of ``evals`` with the checkpoint loaded once; writes the
-    i-th result to ``outs[i]`` when given. Returns the metrics in order."""
+    i-th result to ``outs[i]`` when given (an ``outs`` entry may be a function of the pair). A split
+    of None stands for the config's ``data.eval_splits`` (the benchmark's own splits). Returns the
+    metrics in order and prints them as one table."""
     _, _, device = dist.init_from_env()
     loaded = load_for_inference(ckpt_path, config, overrides, ema=ema, device=device)
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.cfg
-    amp_dtype, results = amp_setup(cfg, device)[0], []
-    for (split, shuffle_text), out in zip(evals, outs or [None] * len(evals)):
+    default = cfg["data"].get("eval_splits", ["val"])  # configs of earlier checkpoints have none
+    jobs = [((s, sh), o(s, sh) if callable(o) else o)
+            for (split, sh), o in zip(evals, outs or [None] * len(evals)) for s in ([split] if split else default)]
+    amp_dtype, results, rows = amp_setup(cfg, device)[0], [], []
+    for (split, shuffle_text), out in jobs:
         ds = make_dataset(cfg, load_records(cfg, split, shuffle_text), train=False)
         loader, _ = make_loader(cfg, ds, tok, train=False)
         desc = f"eval {split}" + (" (shuffled text)" if shuffle_text else "")
@@ -43,6 +49,9 @@ def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False) -> li
                                         "metrics": metrics, "predictions": preds}, out,
                                        dump=lambda o, f: f.write(json.dumps(o).encode()))
         results.append(metrics)
+        rows.append((split, shuffle_text, metrics))
+    if dist.is_main():
+        print(table(rows), flush=True)
     dist.cleanup()
     return results
 
@@ -51,7 +60,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--config", default=None, help="default: the config stored in the checkpoint")
-    p.add_argument("--split", nargs="+", default=["val"], help="one or more splits")
+    p.add_argument("--split", nargs="+", default=None,
+                   help="one or more splits (default: the config's data.eval_splits, e.g. val testA testB)")
     p.add_argument("--shuffle-text", action="store_true", help="evaluate the splits with shuffled expressions")
     p.add_argument("--control", nargs="+", default=[], metavar="SPLIT",
                    help="also evaluate these splits with shuffled expressions")
@@ -60,20 +70,20 @@ def main():
     p.add_argument("--out-dir", default=None, help="folder for eval_<split>[_shuffled].json, one per evaluation")
     p.add_argument("overrides", nargs="*", help="key=value changes to the config (e.g. data.ann_dir=...)")
     a = p.parse_args()
-    for names in (a.split, a.control):  # "--split val testB key=value": the list options swallow overrides
+    for names in (a.split or [], a.control):  # "--split val testB key=value": the list options swallow overrides
         a.overrides += [x for x in names if "=" in x]
         names[:] = [x for x in names if "=" not in x]
-    if not a.split:
+    if a.split is not None and not a.split:
         p.error("--split needs at least one split name")
     if a.shuffle_text and a.control:
         p.error("--control adds shuffled evaluations to plain ones; with --shuffle-text every split is shuffled already")
-    evals = [(s, a.shuffle_text) for s in a.split] + [(s, True) for s in a.control]
+    evals = [(s, a.shuffle_text) for s in (a.split or [None])] + [(s, True) for s in a.control]
     if a.out and a.out_dir:
         p.error("give --out or --out-dir, not both")
-    if a.out and len(evals) > 1:
-        p.error(f"--out takes a single evaluation; {len(evals)} were asked for: use --out-dir")
+    if a.out and (len(evals) > 1 or a.split is None):
+        p.error("--out takes a single evaluation (one --split): use --out-dir")
     if a.out_dir:
-        outs = [os.path.join(a.out_dir, f"eval_{s}{'_shuffled' if sh else ''}.json") for s, sh in evals]
+        outs = [lambda s, sh: os.path.join(a.out_dir, f"eval_{s}{'_shuffled' if sh else ''}.json")] * len(evals)
     else:
         outs = [a.out] * len(evals)
     with torch.inference_mode():

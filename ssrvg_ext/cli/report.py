@@ -12,6 +12,17 @@ import sys
 COLS = ["n", "Acc@0.5", "mIoU", "oIoU", "Prec@0.5", "Prec@0.7", "Prec@0.9"]
 
 
+def table(rows) -> str:
+    """A markdown table, one row per (split, shuffled text, metrics)."""
+    lines = [f"| {'split':22s} | " + " | ".join(f"{c:>8s}" for c in COLS) + " |",
+             "|" + "-" * 24 + "|" + "|".join("-" * 10 for _ in COLS) + "|"]
+    for split, shuffled, m in rows:
+        name = split + (" (shuffled text)" if shuffled else "")
+        vals = [f"{m[c]:8d}" if c == "n" else f"{100 * m[c]:7.2f}%" for c in COLS]
+        lines.append(f"| {name:22s} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", default="runs/tiny_synthetic", help="a run folder holding eval_*.json")
@@ -19,16 +30,12 @@ def main():
     files = sorted(glob.glob(os.path.join(run, "eval_*.json")))
     if not files:
         sys.exit(f"no eval_*.json in {run}; run ssrvg-eval --out-dir {run} first")
-    print(f"| {'split':22s} | " + " | ".join(f"{c:>8s}" for c in COLS) + " |")
-    print("|" + "-" * 24 + "|" + "|".join("-" * 10 for _ in COLS) + "|")
+    rows = []
     for f in files:
         with open(f) as fh:
             ev = json.load(fh)
-        name = ev["split"] + (" (shuffled text)" if ev.get("shuffle_text") else "")
-        m = ev["metrics"]
-        vals = [f"{m[c]:8d}" if c == "n" else f"{100 * m[c]:7.2f}%" for c in COLS]
-        print(f"| {name:22s} | " + " | ".join(vals) + " |")
-
+        rows.append((ev["split"], ev.get("shuffle_text", False), ev["metrics"]))
+    print(table(rows))
 
 if __name__ == "__main__":
     main()

@@ -40,16 +40,19 @@ def label_classes(instances) -> dict | None:
 
 
 def make_tokenizer(cfg: dict, train_texts=None, state: dict | None = None):
-    """From a checkpoint's saved state, a local HF tokenizer path, or trained on the training texts."""
-    d = cfg["data"]
+    """From a checkpoint's saved state; a local HF tokenizer folder (``data.tokenizer``, by default the
+    pretrained text encoder's folder: its weights need its vocabulary); or trained on the training
+    texts (a word-level vocabulary, for a text encoder trained from scratch)."""
+    d, text = cfg["data"], cfg["model"]["text"]
     if state is not None:
         if state["kind"] == "word":
             from tokenizers import Tokenizer as HFTok
 
             return WordTokenizer(HFTok.from_str(state["json"]), state["max_len"])
         return HFTokenizer(state["path"], state["max_len"])
-    if d["tokenizer"]:
-        return HFTokenizer(d["tokenizer"], d["max_len"])
+    path = d["tokenizer"] or (text["name_or_path"] if text.get("pretrained") else None)
+    if path:
+        return HFTokenizer(path, d["max_len"])
     return WordTokenizer.train(train_texts, d["max_len"])
 
 

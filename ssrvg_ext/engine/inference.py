@@ -29,6 +29,16 @@ def aux_classes_of(ckpt: dict) -> dict | None:
     return ckpt["config"]["model"].get("aux_classes")
 
 
+def without_pretrained(cfg: dict) -> dict:
+    """The config to build a model whose weights come from a checkpoint: no pretrained file is read
+    (the backbone's timm checkpoint need not exist here; the text encoder keeps its folder's
+    architecture)."""
+    cfg = copy.deepcopy(cfg)
+    cfg["model"]["backbone"].update(pretrained=False, checkpoint=None)
+    cfg["model"]["text"]["pretrained"] = False
+    return cfg
+
+
 def load_for_inference(path: str, config: str | None = None, overrides=(), ema: bool = False,
                        device: torch.device | str = "cpu") -> Loaded:
     """Loads ``path`` (weights only: nothing in it is executed), builds the model with the
@@ -38,6 +48,6 @@ def load_for_inference(path: str, config: str | None = None, overrides=(), ema: 
     cfg = load_config(config, list(overrides)) if config else apply_overrides(copy.deepcopy(ckpt["config"]),
                                                                              list(overrides))
     tok = make_tokenizer(cfg, state=ckpt["tokenizer"])
-    model = build_model(cfg, vocab_size=tok.vocab_size, aux_classes=aux_classes_of(ckpt))
+    model = build_model(without_pretrained(cfg), vocab_size=tok.vocab_size, aux_classes=aux_classes_of(ckpt))
     model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
     return Loaded(model.to(device).eval(), tok, cfg, ckpt)

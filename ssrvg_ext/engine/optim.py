@@ -18,13 +18,15 @@ def param_groups(model, cfg: dict) -> list[dict]:
     return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+def lr_factor(step: int, total: int, warmup: int, schedule: str, step_at: float = 0.8) -> float:
+    """Multiplier of the base learning rates: linear warmup, then cosine decay to 0 or a x0.1 step at
+    the fraction ``step_at`` of the training."""
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
     if schedule == "step":
-        return 0.1 if step >= int(0.8 * total) else 1.0
+        return 0.1 if step >= int(step_at * total) else 1.0
     raise ValueError(f"unknown schedule {schedule!r} (cosine or step)")
 
 

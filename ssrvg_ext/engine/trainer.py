@@ -13,6 +13,7 @@ import yaml
 
 from ..models import build_criterion, build_model
 from . import checkpoint, dist
+from .inference import without_pretrained
 from .data import (label_classes, load_records, load_train_instances, make_dataset, make_loader, make_tokenizer,
                    make_transform, tokenizer_state, train_input_size)
 from .loops import TrainState, evaluate, train_one_epoch, write_jsonl
@@ -50,14 +51,16 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     log = write_jsonl(os.path.join(out_dir, "log.jsonl")) if dist.is_main() else None
     tb = _tensorboard(out_dir) if dist.is_main() else None
     tok = make_tokenizer(cfg, [r.text for r in train_recs], ckpt["tokenizer"] if ckpt else None)
-    model = build_model(cfg, vocab_size=tok.vocab_size, aux_classes=aux_classes).to(device)
+    # a resumed run takes its weights from the checkpoint: the pretrained files need not be read again
+    model = build_model(without_pretrained(cfg) if ckpt else cfg, vocab_size=tok.vocab_size,
+                        aux_classes=aux_classes).to(device)
     crit = build_criterion(cfg, aux_classes)
     opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t["weight_decay"], **fused_if_supported())
     train_ds = make_dataset(cfg, train_recs, train=True, instances=instances)
     steps_per_epoch = len(make_loader(cfg, train_ds, tok, train=True)[0])
     total = max(1, steps_per_epoch * t["epochs"])
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, t["warmup_steps"], t["schedule"]))
+        opt, lambda s: lr_factor(s, total, t["warmup_steps"], t["schedule"], t["step_at"]))
     amp_dtype, scaler = amp_setup(cfg, device)
     ema = EMA(model, t["ema"]) if t["ema"] else None
     start_epoch, step, best = 0, 0, -math.inf

@@ -2,15 +2,34 @@
 
 Returns the stride-4 map (for the mask decoder, ``mask_dim`` channels) and the multi-scale maps at
 strides 8/16/32 plus one extra stride-64 level (``d_model`` channels) for the fusion encoder.
-Pretrained weights come only from a local file (``checkpoint``) or timm's local cache
-(``pretrained=True`` with the cache filled); nothing is downloaded otherwise.
+Pretrained weights come only from a local timm checkpoint file (``checkpoint``: ``.pth``, ``.pt``,
+``.bin`` or ``.safetensors``, as timm saves them for the full model); nothing is ever downloaded.
+``pretrained=True`` without such a file is an error, so a preset that expects pretrained weights
+cannot start from random ones by accident; ``pretrained=False`` trains from scratch.
 """
 
 from __future__ import annotations
 
+import os
+
 import timm
 import torch
 from torch import nn
+
+
+WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def check_weights_file(path: str | None, name: str) -> None:
+    fix = ("; nothing is downloaded. To train the backbone from scratch on purpose, set "
+           "model.backbone.pretrained=false")
+    if not path:
+        raise ValueError(f"model.backbone.pretrained is true but model.backbone.checkpoint is not set: give the path of a "
+                         f"timm checkpoint of {name} ({', '.join(WEIGHT_FILES)}){fix}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model.backbone.checkpoint={path}: no such file{fix}")
+    if not path.endswith(WEIGHT_FILES):
+        raise ValueError(f"model.backbone.checkpoint={path}: expected a timm checkpoint file ({', '.join(WEIGHT_FILES)})")
 
 
 class Backbone(nn.Module):
@@ -18,9 +37,10 @@ class Backbone(nn.Module):
                  timm_kwargs: dict | None):
         super().__init__()
         kwargs = dict(timm_kwargs or {})
-        if checkpoint:
-            kwargs["pretrained_cfg_overlay"] = dict(file=checkpoint)
-        self.body = timm.create_model(name, features_only=True, pretrained=bool(pretrained or checkpoint), **kwargs)
+        if pretrained:
+            check_weights_file(checkpoint, name)
+            kwargs["pretrained_cfg_overlay"] = dict(file=checkpoint)  # timm reads the file: no download
+        self.body = timm.create_model(name, features_only=True, pretrained=bool(pretrained), **kwargs)
         red, ch = self.body.feature_info.reduction(), self.body.feature_info.channels()
         want = {4: None, 8: None, 16: None, 32: None}
         for i, r in enumerate(red):

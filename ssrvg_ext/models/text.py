@@ -1,21 +1,44 @@
-"""Text encoder through transformers: a BERT-family model from a local path / cache, or a small
-randomly initialised BERT for the embedded default (no download either way)."""
+"""Text encoder through transformers: a BERT-family model from a local folder, or a randomly
+initialised BERT (the embedded default); nothing is downloaded either way."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 import transformers
 from torch import nn
 
 
-class TextEncoder(nn.Module):
-    def __init__(self, d_model: int, name_or_path: str | None, vocab_size: int, hidden: int, layers: int, heads: int,
-                 max_len: int, freeze: bool):
-        super().__init__()
-        from transformers import AutoModel, BertConfig, BertModel
+def check_text_folder(path: str | None) -> None:
+    """A transformers model folder at ``path`` (needed for the weights, or for the architecture)."""
+    fix = ("; nothing is downloaded. To train the text encoder from scratch on purpose, set "
+           "model.text.pretrained=false (and model.text.name_or_path=null for a BERT of model.text.hidden / layers / heads)")
+    if not path:
+        raise ValueError("model.text.pretrained is true but model.text.name_or_path is not set: give a local transformers "
+                         "model folder (e.g. a copy of bert-base-uncased holding config.json, the weights "
+                         "(model.safetensors or pytorch_model.bin) and the tokenizer files)" + fix)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"model.text.name_or_path={path}: not a transformers model folder (no config.json)" + fix)
 
-        if name_or_path:
+
+class TextEncoder(nn.Module):
+    """``pretrained``: load the weights of the transformers folder ``name_or_path`` (config.json and
+    the weights; an error when it is missing, nothing is downloaded). Not pretrained: a randomly
+    initialised BERT, of the folder's architecture when ``name_or_path`` is given, else of
+    ``hidden`` / ``layers`` / ``heads``."""
+
+    def __init__(self, d_model: int, name_or_path: str | None, vocab_size: int, hidden: int, layers: int, heads: int,
+                 max_len: int, freeze: bool, pretrained: bool):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+
+        if pretrained or name_or_path:
+            check_text_folder(name_or_path)
+        if pretrained:
             self.bert = AutoModel.from_pretrained(name_or_path, local_files_only=True)
+        elif name_or_path:
+            self.bert = AutoModel.from_config(AutoConfig.from_pretrained(name_or_path, local_files_only=True))
         else:
             cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                              intermediate_size=hidden * 4, max_position_embeddings=max(max_len, 8))
