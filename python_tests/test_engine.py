@@ -91,6 +91,42 @@ def test_mask_stats_batch_equals_per_expression_stats(rng, device):
         mask_stats_batch([preds[0]], [gts[1]])
 
 
+def test_box_only_split_file_mixed_into_training(data, tmp_path):
+    """A box-only source in the ReSC / TransVG split-file format trains beside the mask-annotated
+    set (its records supervise the mask with their boxes); evaluating it reports REC metrics only."""
+    from ssrvg_ext.data import load_refer
+    from ssrvg_ext.engine.trainer import train
+
+    recs = load_refer(data, os.path.join(data, "images"), "unc", ["train"])[:12]
+    tuples = [(os.path.basename(r.image_path), f"{r.ann_id}.pth",
+               [r.box_xyxy[0], r.box_xyxy[1], r.box_xyxy[2] - r.box_xyxy[0], r.box_xyxy[3] - r.box_xyxy[1]], r.text,
+               [("r1", ["none"])] * 8) for r in recs]
+    os.makedirs(tmp_path / "splits" / "unc")
+    for split in ("train", "val"):
+        torch.save(tuples, tmp_path / "splits" / "unc" / f"unc_{split}.pth")
+    images = os.path.join(data, "images")
+    extra = (f"data.extra_train=[{{format: splitfile, ann_dir: {tmp_path / 'splits'}, image_dir: {images}, "
+             f"name: unc, split: train}}]")
+    cfg = load_config("configs/tiny_synthetic.yaml", overrides(data) + ["data.aux_labels=[]", "data.crop=true", extra,
+                                                                       "train.epochs=1"])
+    from ssrvg_ext.engine.data import load_records
+
+    mixed = load_records(cfg, "train")
+    assert sum(r.box_only for r in mixed) == 12 and any(not r.box_only for r in mixed)
+    metrics = train(cfg, str(tmp_path / "run"), max_steps=3)
+    assert "mIoU" in metrics  # validation on the mask-annotated set
+    box_cfg = load_config("configs/tiny_synthetic.yaml", overrides(data) + [
+        "data.format=splitfile", f"data.ann_dir={tmp_path / 'splits'}", "data.aux_labels=[]", "data.crop=true"])
+    from ssrvg_ext.engine.data import make_dataset, make_loader
+    from ssrvg_ext.engine.inference import load_for_inference
+    from ssrvg_ext.engine.loops import evaluate
+
+    loaded = load_for_inference(str(tmp_path / "run" / "last.pth"))
+    ds = make_dataset(box_cfg, load_records(box_cfg, "val"), train=False)
+    m, preds = evaluate(loaded.model, make_loader(box_cfg, ds, loaded.tokenizer, train=False)[0], torch.device("cpu"))
+    assert m["n"] == 12 and "Acc@0.5" in m and "mIoU" not in m and len(preds) == 12
+
+
 def test_train_eval_demo_end_to_end(data, tmp_path):
     out = str(tmp_path / "run")
     r = run_tool(["-m", "ssrvg_ext.cli.train", "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data),

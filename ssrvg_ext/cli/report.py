@@ -18,7 +18,7 @@ def table(rows) -> str:
              "|" + "-" * 24 + "|" + "|".join("-" * 10 for _ in COLS) + "|"]
     for split, shuffled, m in rows:
         name = split + (" (shuffled text)" if shuffled else "")
-        vals = [f"{m[c]:8d}" if c == "n" else f"{100 * m[c]:7.2f}%" for c in COLS]
+        vals = [f"{m[c]:8d}" if c == "n" else f"{100 * m[c]:7.2f}%" if c in m else f"{'-':>8s}" for c in COLS]
         lines.append(f"| {name:22s} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 

@@ -62,6 +62,7 @@ class Record:
     ann_id: int = 0
     sent_id: int = 0
     split: str = ""
+    box_only: bool = False  # the mask is the box's filled rectangle (box-only datasets): REC metrics only
 
 
 def _polygon(poly) -> list[float]:

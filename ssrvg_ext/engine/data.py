@@ -10,12 +10,32 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import Collate, HFTokenizer, ImageGroupBatchSampler, RefDataset, WordTokenizer, build_transforms, load_refer
 from ..data.refer import load_instance_labels
+from ..data.splitfile import load_split_file
 from . import dist
 
 
+def read_source(fmt: str, ann_dir: str, image_dir: str, name: str, split: str):
+    """Records of one split of one source: ``refer`` (the RefCOCO release format; ``name`` = the
+    refs file's split_by) or ``splitfile`` (ReSC / TransVG split files; ``name`` = unc, unc+, gref,
+    gref_umd, referit or flickr; box-only)."""
+    if fmt == "refer":
+        return load_refer(ann_dir, image_dir, name, [split])
+    if fmt == "splitfile":
+        return load_split_file(ann_dir, name, split, image_dir)
+    raise ValueError(f"data.format must be refer or splitfile; got {fmt!r}")
+
+
 def load_records(cfg: dict, split: str, shuffle_text: bool = False):
+    """The records of ``split`` of the config's dataset; for the training split, plus those of every
+    ``data.extra_train`` source (e.g. a box-only set beside a mask-annotated one)."""
     d = cfg["data"]
-    recs = load_refer(d["ann_dir"], d["image_dir"], d["split_by"], [split])
+    recs = read_source(d["format"], d["ann_dir"], d["image_dir"], d["split_by"], split)
+    if split == d["train_split"]:
+        for i, s in enumerate(d["extra_train"]):
+            missing = {"format", "ann_dir", "image_dir", "name", "split"} - set(s)
+            if missing:
+                raise ValueError(f"data.extra_train[{i}] needs {sorted(missing)}; got {s}")
+            recs = recs + read_source(s["format"], s["ann_dir"], s["image_dir"], s["name"], s["split"])
     if shuffle_text:  # control: pair every image with another expression of the same split
         texts = [r.text for r in recs]
         random.Random(0).shuffle(texts)
@@ -30,6 +50,9 @@ def load_train_instances(cfg: dict, records):
     d = cfg["data"]
     if not (d["aux_labels"] or d["crop"] == "objects"):
         return None
+    if d["format"] != "refer" or d["extra_train"]:
+        raise ValueError("data.aux_labels and data.crop=objects read every object from instances.json: they need "
+                         "data.format=refer and no data.extra_train")
     return load_instance_labels(d["ann_dir"], d["aux_labels"] or [], {r.image_id for r in records})
 
 

@@ -105,7 +105,9 @@ def evaluate(model, loader, device, amp_dtype=None, desc="eval") -> tuple[dict, 
         for p, r, meta, rec, (inter, union) in zip(preds, rles, batch["meta"], recs, stats):
             mine[meta["index"]] = {"sent_id": rec.sent_id, "text": meta["text"], "box": [round(float(v), 2) for v in p["box"]],
                                    "mask": {"size": r["size"], "counts": r["counts"].decode("ascii")},
-                                   "box_iou": box_iou(p["box"], rec.box_xyxy), "inter": inter, "union": union}
+                                   "box_iou": box_iou(p["box"], rec.box_xyxy),
+                                   # a box-only record's mask is its box: no mask statistics
+                                   "inter": None if rec.box_only else inter, "union": None if rec.box_only else union}
     merged = {}
     for part in dist.gather_objects(mine):
         merged.update(part)  # DistributedSampler pads with repeats: keyed by index, each counts once
@@ -113,7 +115,8 @@ def evaluate(model, loader, device, amp_dtype=None, desc="eval") -> tuple[dict, 
     if len(results) != len(ds):
         raise RuntimeError(f"evaluation covered {len(results)} of {len(ds)} samples")
     for r in results:
-        r["mask_iou"] = r["inter"] / r["union"] if r["union"] else 1.0
+        if r["inter"] is not None:
+            r["mask_iou"] = r["inter"] / r["union"] if r["union"] else 1.0
     return grounding_metrics(results), results
 
 

@@ -55,16 +55,23 @@ def mask_stats_batch(preds: list[torch.Tensor], gts: list[dict]) -> list[tuple[i
 
 
 def grounding_metrics(results: list[dict]) -> dict:
-    """results: per expression {"box_iou": float, "inter": int, "union": int}."""
+    """results: per expression {"box_iou": float, "inter": int, "union": int}; inter / union None for
+    an expression without a mask annotation (box-only datasets). The mask metrics cover the
+    expressions with masks (``n_masks`` of them) and are absent when there are none."""
     n = len(results)
     if n == 0:
         raise ValueError("no results to evaluate")
     box = torch.tensor([r["box_iou"] for r in results], dtype=torch.float64)
-    inter = torch.tensor([r["inter"] for r in results], dtype=torch.float64)
-    union = torch.tensor([r["union"] for r in results], dtype=torch.float64)
+    out = {"n": n, "Acc@0.5": float((box >= 0.5).double().mean())}
+    masked = [r for r in results if r["inter"] is not None]
+    if not masked:
+        return out
+    inter = torch.tensor([r["inter"] for r in masked], dtype=torch.float64)
+    union = torch.tensor([r["union"] for r in masked], dtype=torch.float64)
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))  # both empty: a perfect match
-    out = {"n": n, "Acc@0.5": float((box >= 0.5).double().mean()), "mIoU": float(iou.mean()),
-           "oIoU": float(inter.sum() / union.sum().clamp_min(1))}
+    out.update({"mIoU": float(iou.mean()), "oIoU": float(inter.sum() / union.sum().clamp_min(1))})
     for x in PREC:
         out[f"Prec@{x}"] = float((iou >= x).double().mean())
+    if len(masked) < n:
+        out["n_masks"] = len(masked)
     return out
