@@ -115,3 +115,20 @@ def test_swin_presets_train_a_step_at_640(preset):
     losses["total"].backward()
     assert torch.isfinite(losses["total"])
     assert model.backbone.body.patch_embed.proj.weight.grad is not None
+
+
+def test_swin_224_checkpoint_loads_into_the_640_backbone(tmp_path):
+    """A released Swin-T checkpoint is the 224 px classification model's: every tensor of it lands
+    in the preset's 640 px feature backbone (timm maps the keys: layers.i -> layers_i)."""
+    torch.manual_seed(4)
+    sd = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).state_dict()
+    path = str(tmp_path / "swin_tiny.pth")
+    torch.save(sd, path)
+    torch.manual_seed(5)
+    body = Backbone("swin_tiny_patch4_window7_224", 64, 32, pretrained=True, checkpoint=path,
+                    timm_kwargs={"img_size": 640}).body.state_dict()
+    got = {k.replace("layers_", "layers."): v for k, v in body.items()}
+    shared = [k for k in sd if k in got]
+    assert len(shared) == len(got) > 150
+    for k in shared:
+        torch.testing.assert_close(got[k], sd[k], rtol=0, atol=0)
