@@ -37,6 +37,9 @@ SWITCHES = {
     "focal_mask_loss": {"loss": {"mask": {"dice": 1.0, "focal": 5.0}}},
     "no_mask_queries": {"model": {"decoder": {"mask_queries": 0}}},
     "no_proposals": {"model": {"proposals": False}},
+    "segvg": {"model": {"decoder": {"mask_every_layer": True}},
+              "loss": {"segvg_factor": True, "box_to_mask": True, "mask": {"dice": 1.0, "focal": 1.0}}},
+    "mask_every_layer": {"model": {"decoder": {"mask_every_layer": True}}},
     "object_labels": {},
     "object_labels_weight_0": {"loss": {"attr": 0.0}},
 }
@@ -313,3 +316,50 @@ def test_criterion_terms_are_unweighted_and_total_uses_the_weight_dict(rng):
     torch.testing.assert_close(terms["total"], sum(weights[k] * v for k, v in terms.items() if k != "total"))
     crit.mask["dice"] *= 2
     torch.testing.assert_close(crit(out, batch)["total"], terms["total"] + weights["mask_dice"] * terms["mask_dice"])
+
+
+def test_segvg_factor_scales_dice_and_box_losses_by_hand():
+    """f = 1 + (1 - sum(p t) / sum(t))^2 per sample, from the upsampled mask; dice x f, L1 / GIoU x f."""
+    from ssrvg_ext.models.criterion import giou_loss, cxcywh_to_xyxy
+    from ssrvg_ext.ops import reference
+
+    cfg = merge(load_config(TINY), SWITCHES["segvg"])
+    crit = build_criterion(cfg)
+    g = torch.Generator().manual_seed(0)
+    b, s = 3, cfg["data"]["input_size"]
+    batch = batch_for(cfg, b=b)
+    out = {"boxes": torch.rand(b, 4, generator=g) * 0.3 + 0.3, "aux_boxes": torch.rand(1, b, 4, generator=g) * 0.3 + 0.3,
+           "mask_logits": torch.randn(b, s // 4, s // 4, generator=g),
+           "aux_mask_logits": torch.randn(1, b, s // 4, s // 4, generator=g)}
+    terms = crit(out, batch)
+    from ssrvg_ext.models.criterion import box_to_mask, padding_valid
+    targets = box_to_mask(batch["boxes"], s)
+    valid = padding_valid(batch["meta"], s, "cpu")
+    sums = reference.upsampled_mask_sums(out["mask_logits"].double(), targets, valid, 0.25, 2.0)
+    f = 1 + (1 - sums[:, 0] / sums[:, 2].clamp_min(1)) ** 2
+    dice = 1 - (2 * sums[:, 0] + 1) / (sums[:, 1] + sums[:, 2] + 1)
+    torch.testing.assert_close(terms["mask_dice"].double(), (dice * f).sum() / b, rtol=1e-5, atol=1e-6)
+    l1 = ((out["boxes"] - batch["boxes"]).abs().sum(-1).double() * f).sum() / b
+    torch.testing.assert_close(terms["l1"].double(), l1, rtol=1e-5, atol=1e-6)
+    giou = (giou_loss(cxcywh_to_xyxy(out["boxes"]), cxcywh_to_xyxy(batch["boxes"])).double() * f).sum() / b
+    torch.testing.assert_close(terms["giou"].double(), giou, rtol=1e-5, atol=1e-6)
+    assert {"mask_dice_0", "mask_focal_0", "l1_0", "giou_0"} <= set(terms)
+    assert crit.weight_dict(1)["mask_dice_0"] == cfg["loss"]["aux"] * cfg["loss"]["mask"]["dice"]
+
+
+def test_switches_off_are_todays_model():
+    """mask_every_layer / segvg_factor off: the same parameters and the same outputs and loss terms
+    as a model built without the keys' effects (they add no parameter; eval mode adds no output)."""
+    cfg = load_config(TINY)
+    on = merge(cfg, {"model": {"decoder": {"mask_every_layer": True}}})
+    torch.manual_seed(0)
+    a = build_model(cfg, vocab_size=40).eval()
+    torch.manual_seed(0)
+    b = build_model(on, vocab_size=40).eval()
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    batch = batch_for(cfg)
+    with torch.no_grad():
+        oa, ob = a(batch["images"], batch["text_ids"], batch["text_mask"]), b(batch["images"], batch["text_ids"], batch["text_mask"])
+    assert set(oa) == set(ob)
+    for k in oa:
+        assert torch.equal(oa[k], ob[k]), k

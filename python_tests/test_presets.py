@@ -132,3 +132,18 @@ def test_swin_224_checkpoint_loads_into_the_640_backbone(tmp_path):
     assert len(shared) == len(got) > 150
     for k in shared:
         torch.testing.assert_close(got[k], sd[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("preset", sorted(glob.glob(os.path.join(ROOT, "configs", "methods", "*.yaml"))),
+                         ids=lambda p: os.path.basename(p))
+def test_method_presets_train_a_step(preset):
+    """Each method preset (on the tiny preset) builds, and a training step gives every parameter a
+    gradient."""
+    cfg = load_config(preset)
+    torch.manual_seed(0)
+    model, crit = build_model(cfg, vocab_size=50).train(), build_criterion(cfg)
+    batch = random_batch(2, cfg["data"]["input_size"], cfg["data"]["max_len"], 50, "cpu")
+    losses = crit(model(batch["images"], batch["text_ids"], batch["text_mask"]), batch)
+    losses["total"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing

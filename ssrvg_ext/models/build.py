@@ -28,9 +28,11 @@ def build_model(cfg: dict, vocab_size: int, aux_classes: dict | None = None) -> 
                         timm_kwargs=b["kwargs"])
     text = TextEncoder(d, vocab_size=vocab_size, max_len=cfg["data"]["max_len"], **m["text"])
     fusion = FusionEncoder(d, levels=levels, **m["fusion"])
-    decoder = QueryDecoder(d, levels=levels, proposals=m["proposals"], **m["decoder"])
+    q = dict(m["decoder"])
+    mask_every_layer = q.pop("mask_every_layer")
+    decoder = QueryDecoder(d, levels=levels, proposals=m["proposals"], **q)
     return SSRVG(backbone, text, fusion, decoder, PixelDecoder(d, m["mask_dim"], levels), MaskHead(d, m["mask_dim"]), d,
-                 levels, TokenProposals(d) if m["proposals"] else None, attr_classes(cfg, aux_classes))
+                 levels, TokenProposals(d) if m["proposals"] else None, attr_classes(cfg, aux_classes), mask_every_layer)
 
 
 def attr_classes(cfg: dict, aux_classes: dict | None) -> list[int] | None:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from ..ops import upsampled_mask_loss_terms
+from ..ops import upsampled_mask_loss_terms, upsampled_mask_sums
+from ..ops.mask_loss import losses_from_sums
 
 
 def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
@@ -55,27 +56,48 @@ class Criterion(nn.Module):
     ``total`` = the sum of each term times its entry in :attr:`weight_dict`; every term is logged."""
 
     def __init__(self, l1: float, giou: float, aux: float, mask: dict, box_to_mask: bool, focal_alpha: float,
-                 focal_gamma: float, proposal: float, attr: float, attr_classes: list[int] | None):
+                 focal_gamma: float, proposal: float, attr: float, attr_classes: list[int] | None,
+                 segvg_factor: bool):
         super().__init__()
         self.proposal, self.attr, self.attr_classes = proposal, attr, attr_classes
         self.l1, self.giou, self.aux = l1, giou, aux
         self.mask = dict(mask)
         self.box_to_mask, self.alpha, self.gamma = box_to_mask, focal_alpha, focal_gamma
+        self.segvg_factor = segvg_factor
 
     def weight_dict(self, aux_layers: int) -> dict[str, float]:
         """Term name -> weight in ``total`` (a term absent here is logged only)."""
         w = {"l1": self.l1, "giou": self.giou}
         for i in range(aux_layers):
             w.update({f"l1_{i}": self.aux * self.l1, f"giou_{i}": self.aux * self.giou})
+            w.update({f"mask_{name}_{i}": self.aux * weight for name, weight in self.mask.items()})
         w.update({"prop_score": self.proposal, "prop_l1": self.proposal * self.l1, "prop_giou": self.proposal * self.giou,
                   "attr": self.attr})
         w.update({f"mask_{name}": weight for name, weight in self.mask.items()})
         return w
 
-    def box_losses(self, pred: torch.Tensor, tgt: torch.Tensor, norm: float) -> dict:
-        l1 = (pred - tgt).abs().sum() / norm
-        giou = giou_loss(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(tgt)).sum() / norm
+    def box_losses(self, pred: torch.Tensor, tgt: torch.Tensor, norm: float, factor: torch.Tensor | None = None) -> dict:
+        """L1 and GIoU summed over the batch / norm; each sample's scaled by ``factor`` (B,) when given."""
+        if factor is None:
+            l1 = (pred - tgt).abs().sum() / norm
+            giou = giou_loss(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(tgt)).sum() / norm
+        else:
+            l1 = ((pred - tgt).abs().sum(-1) * factor).sum() / norm
+            giou = (giou_loss(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(tgt)) * factor).sum() / norm
         return {"l1": l1, "giou": giou}
+
+    def mask_losses(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, norm: float):
+        """The loss.mask terms of one mask prediction (unweighted), and SegVG's per-sample factor
+        f = 1 + (1 - soft recall of the target)^2 (None unless loss.segvg_factor), which scales the
+        dice term here and that layer's box losses (not detached, as in SegVG's code)."""
+        names = tuple(self.mask)
+        if not self.segvg_factor:
+            return upsampled_mask_loss_terms(logits, targets, names, valid=valid, num_masks=norm, alpha=self.alpha,
+                                             gamma=self.gamma), None
+        sums = upsampled_mask_sums(logits, targets, valid, self.alpha, self.gamma)
+        per = losses_from_sums(sums, valid.flatten(1).sum(1), names)
+        factor = 1 + (1 - sums[:, 0] / sums[:, 2].clamp_min(1)) ** 2
+        return {k: ((v * factor) if k == "dice" else v).sum() / norm for k, v in per.items()}, factor
 
     def proposal_losses(self, out: dict, tgt: torch.Tensor, norm: float) -> dict:
         """Tokens whose anchor centre lies in the ground-truth box (and always the nearest one) are
@@ -117,20 +139,23 @@ class Criterion(nn.Module):
     def forward(self, out: dict, batch: dict) -> dict:
         tgt = batch["boxes"].to(out["boxes"].dtype)
         norm = global_count(tgt.shape[0], tgt.device)
-        terms = self.box_losses(out["boxes"], tgt, norm)
-        for i, aux in enumerate(out["aux_boxes"]):
-            terms.update({f"{k}_{i}": v for k, v in self.box_losses(aux, tgt, norm).items()})
-        if self.proposal and "proposal_scores" in out:
-            terms.update(self.proposal_losses(out, tgt, norm))
-        if self.attr and self.attr_classes and "attr_logits" in out and "instances" in batch:
-            terms["attr"] = self.attr_loss(out, batch)
+        mask_terms, factors, aux_masks = {}, {}, {}
         if self.mask:
             size = batch["images"].shape[-1]
             targets = box_to_mask(batch["boxes"], size) if self.box_to_mask else batch["masks"]
             valid = padding_valid(batch["meta"], size, targets.device)
-            mask_terms = upsampled_mask_loss_terms(out["mask_logits"], targets, tuple(self.mask), valid=valid,
-                                                   num_masks=norm, alpha=self.alpha, gamma=self.gamma)
-            terms.update({f"mask_{k}": v for k, v in mask_terms.items()})
+            mask_terms, factors["last"] = self.mask_losses(out["mask_logits"], targets, valid, norm)
+            for i, logits in enumerate(out.get("aux_mask_logits", [])):  # SegVG: a mask at every layer
+                aux_masks[i], factors[i] = self.mask_losses(logits, targets, valid, norm)
+        terms = self.box_losses(out["boxes"], tgt, norm, factors.get("last"))
+        for i, aux in enumerate(out["aux_boxes"]):
+            terms.update({f"{k}_{i}": v for k, v in self.box_losses(aux, tgt, norm, factors.get(i)).items()})
+            terms.update({f"mask_{k}_{i}": v for k, v in aux_masks.get(i, {}).items()})
+        if self.proposal and "proposal_scores" in out:
+            terms.update(self.proposal_losses(out, tgt, norm))
+        if self.attr and self.attr_classes and "attr_logits" in out and "instances" in batch:
+            terms["attr"] = self.attr_loss(out, batch)
+        terms.update({f"mask_{k}": v for k, v in mask_terms.items()})
         weights = self.weight_dict(len(out["aux_boxes"]))
         terms["total"] = sum(weights[k] * v for k, v in terms.items() if weights.get(k))
         return terms

@@ -51,18 +51,20 @@ class QueryDecoder(nn.Module):
 
     def forward(self, sentence, words, word_pad, memory, shapes, starts, init_box=None, init_feature=None):
         """init_box / init_feature (B, 4) / (B, d): the selected proposal that starts every query.
-        Returns the final queries (B, Q, d) and the box of the box query at every layer (layers, B, 4)."""
+        Returns the queries after every layer (layers, B, Q, d) and the box of the box query at every
+        layer (layers, B, 4)."""
         q = self.from_sentence(sentence)[:, None, :] + self.query_embed.weight[None]
         if self.from_proposal is not None:
             q = q + self.from_proposal(init_feature)[:, None, :]
             ref = init_box.detach()[:, None, :].expand(-1, q.shape[1], -1)
         else:
             ref = torch.sigmoid(self.init_box(q))  # (B, Q, 4) cx, cy, w, h
-        boxes = []
+        boxes, queries = [], []
         for layer, head in zip(self.layers, self.box_heads):
             qpos = self.pos_proj(box_position(ref, q.shape[-1]))
             q = layer(q, qpos, words, word_pad, memory, ref, shapes, starts)
             new = torch.sigmoid(inverse_sigmoid(ref) + head(q))
             boxes.append(new[:, 0])
+            queries.append(q)
             ref = new.detach()  # each layer refines the last layer's box; gradients stay per layer
-        return q, torch.stack(boxes)
+        return torch.stack(queries), torch.stack(boxes)

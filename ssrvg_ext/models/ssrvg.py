@@ -27,7 +27,8 @@ from .text import TextEncoder
 class SSRVG(nn.Module):
     def __init__(self, backbone: Backbone, text: TextEncoder, fusion: FusionEncoder, decoder: QueryDecoder,
                  pixel_decoder: PixelDecoder, mask_head: MaskHead, d_model: int, levels: int = 4,
-                 proposals: TokenProposals | None = None, attr_classes: list[int] | None = None):
+                 proposals: TokenProposals | None = None, attr_classes: list[int] | None = None,
+                 mask_every_layer: bool = False):
         """attr_classes: the number of classes (background included) of each label that the dense
         auxiliary head predicts for the tokens of the two finest levels; None: no such head."""
         super().__init__()
@@ -36,6 +37,7 @@ class SSRVG(nn.Module):
         self.pixel_decoder, self.mask_head = pixel_decoder, mask_head
         self.level_embed = nn.Parameter(torch.randn(levels, d_model) * 0.02)
         self.attr_head = nn.Conv2d(d_model, sum(attr_classes), 1) if attr_classes else None
+        self.mask_every_layer = mask_every_layer
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 image_index: torch.Tensor | None = None) -> dict:
@@ -60,8 +62,11 @@ class SSRVG(nn.Module):
                                       prop["best_box"] if prop else None, prop["best_feature"] if prop else None)
         fused = [lvl.transpose(1, 2).reshape(m.shape) for lvl, m in
                  zip(memory.split([int(h) * int(w) for h, w in (m.shape[-2:] for m in maps)], 1), maps)]
-        mask_logits = self.mask_head(queries, self.pixel_decoder(fused, f4), boxes[-1])
+        pixels = self.pixel_decoder(fused, f4)
+        mask_logits = self.mask_head(queries[-1], pixels, boxes[-1])
         out = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
+        if self.mask_every_layer and self.training:  # SegVG: every decoder layer also predicts the mask
+            out["aux_mask_logits"] = torch.stack([self.mask_head(q, pixels, b) for q, b in zip(queries[:-1], boxes[:-1])])
         if attr_logits is not None:
             out["attr_logits"] = attr_logits
             out["attr_points"] = torch.cat([token_centres(*m.shape[-2:], m.device) for m in maps[:2]])

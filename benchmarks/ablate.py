@@ -1,0 +1,78 @@
+"""Paired ablation of method presets against the default on the embedded dataset.
+
+    python benchmarks/ablate.py --variants configs/tiny_synthetic.yaml configs/methods/segvg.yaml \
+        --seeds 0 1 --epochs 4 [--data data/synthetic] [--out runs/ablate]
+
+Every variant trains with every seed (train.seed; the same data and the same number of epochs),
+one run at a time, then is evaluated on val and testB (ssrvg-train / ssrvg-eval, as a user would).
+Prints one markdown table: per variant and seed, then mean and spread (max - min) over the seeds:
+val and testB Acc@0.5 / mIoU / oIoU, seconds per epoch, parameters. Runs already finished (their
+eval JSONs exist) are not repeated.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+COLS = [("val", "Acc@0.5"), ("val", "mIoU"), ("val", "oIoU"), ("testB", "Acc@0.5"), ("testB", "mIoU"), ("testB", "oIoU")]
+
+
+def run(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def one(variant: str, seed: int, a) -> dict:
+    name = os.path.splitext(os.path.basename(variant))[0]
+    out = os.path.join(a.out, f"{name}_s{seed}")
+    data = [f"data.ann_dir={a.data}", f"data.image_dir={os.path.join(a.data, 'images')}"]
+    if not os.path.isfile(os.path.join(out, "eval_testB.json")):
+        run([sys.executable, "-m", "ssrvg_ext.cli.train", "--config", variant, "--out", out, "--resume", "auto",
+             f"train.epochs={a.epochs}", f"train.seed={seed}", *data])
+        run([sys.executable, "-m", "ssrvg_ext.cli.eval", "--checkpoint", os.path.join(out, "last.pth"),
+             "--split", "val", "testB", "--out-dir", out])
+    res = {"variant": name, "seed": seed}
+    for split in ("val", "testB"):
+        with open(os.path.join(out, f"eval_{split}.json")) as f:
+            res[split] = json.load(f)["metrics"]
+    with open(os.path.join(out, "log.jsonl")) as f:
+        epochs = [json.loads(line) for line in f if '"time_s"' in line]
+    res["s_per_epoch"] = epochs[-1]["time_s"] / len(epochs)
+    from ssrvg_ext.engine import checkpoint
+
+    res["params_M"] = sum(v.numel() for v in checkpoint.load(os.path.join(out, "last.pth"))["model"].values()) / 1e6
+    return res
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", required=True)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--out", default="runs/ablate")
+    a = p.parse_args()
+    if not os.path.isfile(os.path.join(a.data, "instances.json")):
+        run([sys.executable, "-m", "ssrvg_ext.cli.make_synthetic", "--out", a.data])
+    rows = [one(v, s, a) for s in a.seeds for v in a.variants]  # seeds outermost: variants alternate
+    head = "| variant | seed | " + " | ".join(f"{s} {m}" for s, m in COLS) + " | s / epoch | params (M) |"
+    print(head)
+    print("|" + "---|" * (len(COLS) + 4))
+    for r in rows:
+        print(f"| {r['variant']} | {r['seed']} | " + " | ".join(f"{100 * r[s][m]:.2f}" for s, m in COLS)
+              + f" | {r['s_per_epoch']:.0f} | {r['params_M']:.3f} |")
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == v]
+        cells = []
+        for s, m in COLS:
+            xs = [100 * r[s][m] for r in rs]
+            cells.append(f"{statistics.mean(xs):.2f} ± {(max(xs) - min(xs)) / 2:.2f}")
+        print(f"| **{v}** mean ± half-range | {len(rs)} seeds | " + " | ".join(cells)
+              + f" | {statistics.mean(r['s_per_epoch'] for r in rs):.0f} | {rs[0]['params_M']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
