@@ -55,8 +55,8 @@ class Predictor:
         self.model, self.tokenizer, self.cfg = loaded.model, loaded.tokenizer, loaded.cfg
         if amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be auto, off, bf16 or fp16; got {amp!r}")
-        self.amp_dtype = {"auto": amp_setup({"train": {"amp": "auto"}}, self.device)[0], "off": None,
-                          "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.amp_dtype = (amp_setup({"train": {"amp": "auto"}}, self.device)[0] if amp == "auto" else
+                          {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp])
         self.transform = make_transform(self.cfg, train=False)
         self.collate = Collate(self.tokenizer)
         self.batch_size = batch_size

@@ -101,13 +101,14 @@ def evaluate(model, loader, device, amp_dtype=None, desc="eval") -> tuple[dict, 
         masks = torch.stack([p["mask"] for p in preds]) if len({tuple(p["mask"].shape) for p in preds}) == 1 else None
         rles = rle.encode(masks) if masks is not None else [rle.encode(p["mask"]) for p in preds]
         recs = [ds.records[meta["index"]] for meta in batch["meta"]]
-        stats = mask_stats_batch([p["mask"] for p in preds], [rec.rle for rec in recs])
-        for p, r, meta, rec, (inter, union) in zip(preds, rles, batch["meta"], recs, stats):
+        with_mask = [i for i, rec in enumerate(recs) if not rec.box_only]  # a box-only record's mask is its box
+        stats = mask_stats_batch([preds[i]["mask"] for i in with_mask], [recs[i].rle for i in with_mask])
+        stats = dict(zip(with_mask, stats))
+        for i, (p, r, meta, rec) in enumerate(zip(preds, rles, batch["meta"], recs)):
+            inter, union = stats.get(i, (None, None))
             mine[meta["index"]] = {"sent_id": rec.sent_id, "text": meta["text"], "box": [round(float(v), 2) for v in p["box"]],
                                    "mask": {"size": r["size"], "counts": r["counts"].decode("ascii")},
-                                   "box_iou": box_iou(p["box"], rec.box_xyxy),
-                                   # a box-only record's mask is its box: no mask statistics
-                                   "inter": None if rec.box_only else inter, "union": None if rec.box_only else union}
+                                   "box_iou": box_iou(p["box"], rec.box_xyxy), "inter": inter, "union": union}
     merged = {}
     for part in dist.gather_objects(mine):
         merged.update(part)  # DistributedSampler pads with repeats: keyed by index, each counts once
