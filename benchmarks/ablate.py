@@ -3,7 +3,9 @@
     python benchmarks/ablate.py --variants configs/tiny_synthetic.yaml configs/methods/segvg.yaml \
         --seeds 0 1 --epochs 4 [--data data/synthetic] [--out runs/ablate]
 
-Every variant trains with every seed (train.seed; the same data and the same number of epochs),
+A variant is a preset, optionally followed by config overrides after commas
+(``configs/methods/segvg.yaml,loss.box_to_mask=false``). Every variant trains with every seed
+(train.seed; the same data and the same number of epochs),
 one run at a time, then is evaluated on val and testB (ssrvg-train / ssrvg-eval, as a user would).
 Prints one markdown table: per variant and seed, then mean and spread (max - min) over the seeds:
 val and testB Acc@0.5 / mIoU / oIoU, seconds per epoch, parameters. Runs already finished (their
@@ -25,13 +27,14 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def one(variant: str, seed: int, a) -> dict:
-    name = os.path.splitext(os.path.basename(variant))[0]
-    out = os.path.join(a.out, f"{name}_s{seed}")
+def one(spec: str, seed: int, a) -> dict:
+    variant, *sets = spec.split(",")
+    name = "+".join([os.path.splitext(os.path.basename(variant))[0]] + sets)
+    out = os.path.join(a.out, f"{name}_s{seed}".replace("=", "-"))
     data = [f"data.ann_dir={a.data}", f"data.image_dir={os.path.join(a.data, 'images')}"]
     if not os.path.isfile(os.path.join(out, "eval_testB.json")):
         run([sys.executable, "-m", "ssrvg_ext.cli.train", "--config", variant, "--out", out, "--resume", "auto",
-             f"train.epochs={a.epochs}", f"train.seed={seed}", *data])
+             f"train.epochs={a.epochs}", f"train.seed={seed}", *data, *sets])
         run([sys.executable, "-m", "ssrvg_ext.cli.eval", "--checkpoint", os.path.join(out, "last.pth"),
              "--split", "val", "testB", "--out-dir", out])
     res = {"variant": name, "seed": seed}

@@ -141,9 +141,9 @@ def test_method_presets_train_a_step(preset):
     gradient."""
     cfg = load_config(preset)
     torch.manual_seed(0)
-    model, crit = build_model(cfg, vocab_size=50).train(), build_criterion(cfg)
+    model, crit = build_model(cfg, vocab_size=50, mask_token_id=1).train(), build_criterion(cfg)
     batch = random_batch(2, cfg["data"]["input_size"], cfg["data"]["max_len"], 50, "cpu")
-    losses = crit(model(batch["images"], batch["text_ids"], batch["text_mask"]), batch)
+    losses = crit(model(batch["images"], batch["text_ids"], batch["text_mask"], None, batch["masks"]), batch)
     losses["total"].backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing

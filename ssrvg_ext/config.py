@@ -23,6 +23,30 @@ REQUIRED = ("model.d_model", "model.mask_dim", "model.backbone.name", "model.tex
             "train.epochs", "train.batch_size", "train.lr", "train.lr_backbone", "train.lr_text", "train.weight_decay")
 
 
+# Keys added after checkpoints had been saved without them, with the values that keep such a model
+# as it was (everything they switch is off): :func:`with_added_keys` fills them in a saved config.
+ADDED_KEYS = {
+    "model.decoder.mask_every_layer": False,
+    "model.align": {"triple": [], "cam": [], "cam_pools": [1, 2, 3, 6]},
+    "model.mask_grounding": {"enabled": False, "ratio": 0.15, "replace": 0.9},
+    "loss.segvg_factor": False,
+    "loss.mask_grounding": 1.0,
+    "loss.align": {"p2p": 0.0, "p2t": 0.0, "temperature": 0.1, "points": 256},
+}
+
+
+def with_added_keys(cfg: dict) -> dict:
+    """A copy of a saved config with the keys of :data:`ADDED_KEYS` it lacks set to their values."""
+    cfg = copy.deepcopy(cfg)
+    for key, value in ADDED_KEYS.items():
+        *path, last = key.split(".")
+        node = cfg
+        for p in path:
+            node = node.setdefault(p, {})
+        node.setdefault(last, copy.deepcopy(value))
+    return cfg
+
+
 class ConfigError(ValueError):
     """A config file or override that is not valid; the message says where and why."""
 

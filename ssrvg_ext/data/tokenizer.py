@@ -20,6 +20,7 @@ class Tokenizer:
         self.max_len = max_len
 
     end_id: int | None = None  # a closing special token ([SEP]) kept when an expression is cut
+    mask_id: int  # what mask grounding puts in place of a masked token
 
     def _cut(self, ids: list[int]) -> list[int]:
         """At most max_len ids; an over-long expression keeps its closing special token."""
@@ -51,6 +52,9 @@ class WordTokenizer(Tokenizer):
         self.vocab_size = tok.get_vocab_size()
         self.pad_id = tok.token_to_id("[PAD]")
         self.end_id = tok.token_to_id("[SEP]")
+        # no [MASK] in the word vocabulary (adding one would renumber every word): [UNK], which the
+        # training expressions never produce, stands for it
+        self.mask_id = tok.token_to_id("[UNK]")
 
     @classmethod
     def train(cls, texts, max_len: int = 20) -> "WordTokenizer":
@@ -89,6 +93,7 @@ class HFTokenizer(Tokenizer):
         self.vocab_size = self.tok.vocab_size
         self.pad_id = self.tok.pad_token_id or 0
         self.end_id = self.tok.sep_token_id if self.tok.sep_token_id is not None else self.tok.eos_token_id
+        self.mask_id = self.tok.mask_token_id if self.tok.mask_token_id is not None else self.tok.unk_token_id
 
     def save(self, path: str) -> None:
         self.tok.save_pretrained(path)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import apply_overrides, load_config
+from ..config import apply_overrides, load_config, with_added_keys
 from ..models import build_model
 from . import checkpoint
 from .data import make_tokenizer
@@ -45,9 +45,10 @@ def load_for_inference(path: str, config: str | None = None, overrides=(), ema: 
     checkpoint's config (or ``config``; ``overrides`` like ``data.input_size=512`` either way), its
     tokenizer and label classes, and loads the weights (the EMA ones with ``ema`` when saved)."""
     ckpt = checkpoint.load(path)
-    cfg = load_config(config, list(overrides)) if config else apply_overrides(copy.deepcopy(ckpt["config"]),
+    cfg = load_config(config, list(overrides)) if config else apply_overrides(with_added_keys(ckpt["config"]),
                                                                              list(overrides))
     tok = make_tokenizer(cfg, state=ckpt["tokenizer"])
-    model = build_model(without_pretrained(cfg), vocab_size=tok.vocab_size, aux_classes=aux_classes_of(ckpt))
+    model = build_model(without_pretrained(cfg), vocab_size=tok.vocab_size, aux_classes=aux_classes_of(ckpt),
+                        mask_token_id=tok.mask_id)
     model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
     return Loaded(model.to(device).eval(), tok, cfg, ckpt)

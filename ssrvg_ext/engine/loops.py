@@ -37,8 +37,8 @@ def train_step(state: TrainState, batch: dict) -> dict:
     them is left to the caller: each read is a host synchronisation on a GPU)."""
     model, opt, scaler = state.model, state.opt, state.scaler
     with torch.autocast(batch["images"].device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
-        out = model(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"))
-    out = {k: v.float() for k, v in out.items()}
+        out = model(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"), batch.get("masks"))
+    out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
     losses = state.crit(out, batch)
     opt.zero_grad(set_to_none=True)
     if scaler is not None:

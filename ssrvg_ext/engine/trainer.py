@@ -54,7 +54,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     tok = make_tokenizer(cfg, [r.text for r in train_recs], ckpt["tokenizer"] if ckpt else None)
     # a resumed run takes its weights from the checkpoint: the pretrained files need not be read again
     model = build_model(without_pretrained(cfg) if ckpt else cfg, vocab_size=tok.vocab_size,
-                        aux_classes=aux_classes).to(device)
+                        aux_classes=aux_classes, mask_token_id=tok.mask_id).to(device)
     crit = build_criterion(cfg, aux_classes)
     opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t["weight_decay"], **fused_if_supported())
     train_ds = make_dataset(cfg, train_recs, train=True, instances=instances)

@@ -6,6 +6,11 @@ Pretrained weights come only from a local timm checkpoint file (``checkpoint``: 
 ``.bin`` or ``.safetensors``, as timm saves them for the full model); nothing is ever downloaded.
 ``pretrained=True`` without such a file is an error, so a preset that expects pretrained weights
 cannot start from random ones by accident; ``pretrained=False`` trains from scratch.
+
+With ``stage_hooks``, forward hooks on the four stages let a :class:`~.align.StageAlignment` rewrite
+each stage's output (what the next stage reads) and replace the feature the model reads: language
+enters the backbone without knowing its internals (any ``features_only`` model whose stages are
+modules).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def check_weights_file(path: str | None, name: str) -> None:
 
 class Backbone(nn.Module):
     def __init__(self, name: str, d_model: int, mask_dim: int, pretrained: bool, checkpoint: str | None,
-                 timm_kwargs: dict | None):
+                 timm_kwargs: dict | None, stage_hooks: bool = False):
         super().__init__()
         kwargs = dict(timm_kwargs or {})
         if pretrained:
@@ -55,11 +60,45 @@ class Backbone(nn.Module):
         self.proj4 = nn.Sequential(nn.Conv2d(c4, mask_dim, 1), nn.GroupNorm(8, mask_dim))
         self.proj = nn.ModuleList(nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(8, d_model)) for c in (c8, c16, c32))
         self.extra = nn.Sequential(nn.Conv2d(c32, d_model, 3, stride=2, padding=1), nn.GroupNorm(8, d_model))
+        self.stage_channels = [c4, c8, c16, c32]
+        self.stage_names = []  # the four stages' module names in self.body (with stage_hooks)
+        if stage_hooks:
+            modules, names = dict(self.body.named_modules()), self.body.feature_info.module_name()
+            for i, k in enumerate(self.index):
+                found = [n for n in (names[k], names[k].replace(".", "_")) if n in modules]
+                if not found:
+                    raise ValueError(f"timm model {name!r}: no module {names[k]!r} for the stage at stride {4 << i}")
+                self.stage_names.append(found[0])
+                modules[found[0]].register_forward_hook(_stage_hook)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        feats = self.body(images)
+    def forward(self, images: torch.Tensor, align=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """align: a started StageAlignment that rewrites every stage's output (needs stage_hooks)."""
+        if align is not None and not self.stage_names:
+            raise RuntimeError("a Backbone built without stage_hooks cannot take an alignment")
+        features = {}
+        stages = [self.body.get_submodule(n) for n in self.stage_names] if align is not None else []
+        for i, m in enumerate(stages):  # what the hook needs, on the module (a deep copy keeps it right)
+            m._stage_context = (i, align, self.nhwc, features)
+        try:
+            feats = list(self.body(images))
+        finally:
+            for m in stages:
+                del m._stage_context
         if self.nhwc:
             feats = [f.permute(0, 3, 1, 2) for f in feats]
+        for i, f in features.items():
+            feats[self.index[i]] = f
         f4, f8, f16, f32 = (feats[i] for i in self.index)
         levels = [p(f) for p, f in zip(self.proj, (f8, f16, f32))] + [self.extra(f32)]
         return self.proj4(f4), levels
+
+
+def _stage_hook(module, args, out):
+    """Forward hook on a backbone stage: hands the output to the alignment during an aligned
+    forward; the aligned output replaces it (the next stage reads it)."""
+    ctx = module.__dict__.get("_stage_context")
+    if ctx is None:
+        return None
+    i, align, nhwc, features = ctx
+    x, features[i] = align.stage(i, out.permute(0, 3, 1, 2) if nhwc else out)
+    return x.permute(0, 2, 3, 1) if nhwc else x

@@ -8,31 +8,48 @@ stored in the checkpoint by the trainer.
 
 from __future__ import annotations
 
+from .align import StageAlignment
 from .backbone import Backbone
 from .criterion import Criterion
 from .decoder import QueryDecoder
 from .fusion import FusionEncoder
+from .grounding import MaskGrounding
 from .heads import MaskHead, PixelDecoder
 from .proposal import TokenProposals
 from .ssrvg import SSRVG
 from .text import TextEncoder
 
 
-def build_model(cfg: dict, vocab_size: int, aux_classes: dict | None = None) -> SSRVG:
+def build_model(cfg: dict, vocab_size: int, aux_classes: dict | None = None,
+                mask_token_id: int | None = None) -> SSRVG:
     """``vocab_size``: the tokenizer's; ``aux_classes``: {label: [values]} of the dense object-label
-    loss (the trainer reads them from the data; a checkpoint keeps them)."""
+    loss (the trainer reads them from the data; a checkpoint keeps them); ``mask_token_id``: the
+    tokenizer's mask token (needed by mask grounding)."""
     m = cfg["model"]
     d, levels = m["d_model"], m["levels"]
-    b = m["backbone"]
+    b, a = m["backbone"], m["align"]
+    in_backbone = bool(a["triple"] or a["cam"])
+    if in_backbone and cfg["data"]["exprs_per_image"] != 1:
+        raise ValueError("model.align puts language inside the backbone, which then runs once per expression: "
+                         f"set data.exprs_per_image=1 (it is {cfg['data']['exprs_per_image']})")
     backbone = Backbone(b["name"], d, m["mask_dim"], pretrained=b["pretrained"], checkpoint=b["checkpoint"],
-                        timm_kwargs=b["kwargs"])
+                        timm_kwargs=b["kwargs"], stage_hooks=in_backbone)
     text = TextEncoder(d, vocab_size=vocab_size, max_len=cfg["data"]["max_len"], **m["text"])
     fusion = FusionEncoder(d, levels=levels, **m["fusion"])
     q = dict(m["decoder"])
     mask_every_layer = q.pop("mask_every_layer")
     decoder = QueryDecoder(d, levels=levels, proposals=m["proposals"], **q)
+    heads = m["fusion"]["heads"]
+    align = StageAlignment(d, backbone.stage_channels, heads, a["triple"], a["cam"], a["cam_pools"],
+                           decoder.num_queries) if in_backbone else None
+    g = m["mask_grounding"]
+    if g["enabled"] and mask_token_id is None:
+        raise ValueError("model.mask_grounding needs the tokenizer's mask token: build_model(..., mask_token_id=tok.mask_id)")
+    grounding = MaskGrounding(d, heads, vocab_size, mask_token_id, g["ratio"], g["replace"]) if g["enabled"] else None
+    cal = {k: bool(cfg["loss"]["align"][k]) for k in ("p2p", "p2t")}
     return SSRVG(backbone, text, fusion, decoder, PixelDecoder(d, m["mask_dim"], levels), MaskHead(d, m["mask_dim"]), d,
-                 levels, TokenProposals(d) if m["proposals"] else None, attr_classes(cfg, aux_classes), mask_every_layer)
+                 levels, TokenProposals(d) if m["proposals"] else None, attr_classes(cfg, aux_classes), mask_every_layer,
+                 align, grounding, cal)
 
 
 def attr_classes(cfg: dict, aux_classes: dict | None) -> list[int] | None:

@@ -1,7 +1,9 @@
 """All training losses in one place: L1 + GIoU on the box of every decoder layer, the token
 proposals' focal + box losses, the fused upsampled mask losses on the mask, each normalised by the
 number of expressions over all ranks; and, when the data has object labels, cross-entropy on every
-visual token's labels (the object under the token's centre, background elsewhere)."""
+visual token's labels (the object under the token's centre, background elsewhere). MagNet's terms
+when the model gives their inputs: the masked-token cross-entropy (``mg``) and the cross-modal
+alignment loss (``cal_p2p``, ``cal_p2t``)."""
 
 from __future__ import annotations
 
@@ -57,8 +59,9 @@ class Criterion(nn.Module):
 
     def __init__(self, l1: float, giou: float, aux: float, mask: dict, box_to_mask: bool, focal_alpha: float,
                  focal_gamma: float, proposal: float, attr: float, attr_classes: list[int] | None,
-                 segvg_factor: bool):
+                 segvg_factor: bool, mask_grounding: float, align: dict):
         super().__init__()
+        self.mask_grounding, self.align = mask_grounding, dict(align)
         self.proposal, self.attr, self.attr_classes = proposal, attr, attr_classes
         self.l1, self.giou, self.aux = l1, giou, aux
         self.mask = dict(mask)
@@ -72,7 +75,8 @@ class Criterion(nn.Module):
             w.update({f"l1_{i}": self.aux * self.l1, f"giou_{i}": self.aux * self.giou})
             w.update({f"mask_{name}_{i}": self.aux * weight for name, weight in self.mask.items()})
         w.update({"prop_score": self.proposal, "prop_l1": self.proposal * self.l1, "prop_giou": self.proposal * self.giou,
-                  "attr": self.attr})
+                  "attr": self.attr, "mg": self.mask_grounding, "cal_p2p": self.align["p2p"],
+                  "cal_p2t": self.align["p2t"]})
         w.update({f"mask_{name}": weight for name, weight in self.mask.items()})
         return w
 
@@ -136,6 +140,41 @@ class Criterion(nn.Module):
                 total = total + 0.5 * (ce * part).sum() / part.sum().clamp_min(1)
         return total / len(logits)
 
+    def mask_grounding_loss(self, out: dict) -> torch.Tensor:
+        """Cross-entropy of the masked tokens, averaged over them (0 when none was chosen)."""
+        logits, targets = out["mg_logits"], out["mg_targets"]
+        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+        return ce / (targets != -100).sum().clamp_min(1)
+
+    def alignment_losses(self, out: dict, masks: torch.Tensor, valid: torch.Tensor, norm: float) -> dict:
+        """MagNet's cross-modal alignment loss on the L2-normalised mask features e (B, C, h, w); the
+        mask and the padding are read at that resolution (a pixel is inside when over half of it is).
+        Each sample draws up to ``points`` pixels inside the mask (P) and outside it (N, padding
+        excluded). Pixel-to-text: for p in P, -log(exp(e_p.t / T) / (exp(e_p.t / T) + sum_N exp(e_n.t / T)))
+        with t the projected sentence; pixel-to-pixel: for anchors a != p in P, the same with
+        e_a.e_p against e_a.e_n. Averaged over each sample's terms, summed over samples / norm."""
+        e = F.normalize(out["cal_pixels"].flatten(2).transpose(1, 2), dim=-1)  # (B, hw, C)
+        hw = out["cal_pixels"].shape[-2:]
+        inside = F.adaptive_avg_pool2d(masks[:, None].float(), hw).flatten(1) > 0.5
+        ok = F.adaptive_avg_pool2d(valid[:, None].float(), hw).flatten(1) > 0.5
+        k, tau = min(int(self.align["points"]), e.shape[1]), self.align["temperature"]
+        r = torch.rand(inside.shape, device=e.device)
+
+        def draw(sel):  # up to k pixels of ``sel`` per sample: their embeddings and which are real
+            idx = (r + 2 * sel).topk(k, 1).indices
+            return torch.gather(e, 1, idx[..., None].expand(-1, -1, e.shape[-1])), torch.gather(sel, 1, idx)
+        ep, p_ok = draw(inside & ok)
+        en, n_ok = draw(~inside & ok)
+        terms = {}
+        if self.align["p2t"]:
+            t = F.normalize(out["cal_text"], dim=-1)[:, :, None]  # (B, C, 1)
+            terms["cal_p2t"] = info_nce((ep @ t)[..., 0] / tau, (en @ t)[..., 0] / tau, p_ok, n_ok, norm)
+        if self.align["p2p"]:
+            pairs = p_ok[:, :, None] & p_ok[:, None, :] & ~torch.eye(k, dtype=torch.bool, device=e.device)
+            terms["cal_p2p"] = info_nce(ep @ ep.transpose(1, 2) / tau, ep @ en.transpose(1, 2) / tau, pairs,
+                                        n_ok[:, None, :].expand(-1, k, -1), norm)
+        return terms
+
     def forward(self, out: dict, batch: dict) -> dict:
         tgt = batch["boxes"].to(out["boxes"].dtype)
         norm = global_count(tgt.shape[0], tgt.device)
@@ -155,10 +194,27 @@ class Criterion(nn.Module):
             terms.update(self.proposal_losses(out, tgt, norm))
         if self.attr and self.attr_classes and "attr_logits" in out and "instances" in batch:
             terms["attr"] = self.attr_loss(out, batch)
+        if "mg_logits" in out:
+            terms["mg"] = self.mask_grounding_loss(out)
+        if "cal_pixels" in out:
+            size = batch["images"].shape[-1]
+            masks = box_to_mask(batch["boxes"], size) if self.box_to_mask else batch["masks"]
+            terms.update(self.alignment_losses(out, masks, padding_valid(batch["meta"], size, masks.device), norm))
         terms.update({f"mask_{k}": v for k, v in mask_terms.items()})
         weights = self.weight_dict(len(out["aux_boxes"]))
         terms["total"] = sum(weights[k] * v for k, v in terms.items() if weights.get(k))
         return terms
+
+
+def info_nce(pos: torch.Tensor, neg: torch.Tensor, pos_ok: torch.Tensor, neg_ok: torch.Tensor, norm: float):
+    """Sum over samples / norm of each sample's mean of -log(exp(pos) / (exp(pos) + sum exp(neg)))
+    over its real positives; pos (B, ..., P) logits, neg (B, ..., K) the negatives of each row,
+    pos_ok / neg_ok which are real. A finite "minus infinity" masks the missing negatives (finite
+    gradients when a sample has none; such a sample adds nothing)."""
+    lse = torch.logsumexp(neg.masked_fill(~neg_ok, -1e4), -1, keepdim=True)
+    w = (pos_ok & neg_ok.any(-1, keepdim=True)).to(pos.dtype)
+    per = ((torch.logaddexp(pos, lse) - pos) * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1)
+    return per.sum() / norm
 
 
 def padding_valid(metas: list[dict], size: int, device) -> torch.Tensor:

@@ -49,11 +49,15 @@ class QueryDecoder(nn.Module):
             nn.init.zeros_(h[-1].weight)
             nn.init.zeros_(h[-1].bias)
 
-    def forward(self, sentence, words, word_pad, memory, shapes, starts, init_box=None, init_feature=None):
-        """init_box / init_feature (B, 4) / (B, d): the selected proposal that starts every query.
+    def forward(self, sentence, words, word_pad, memory, shapes, starts, init_box=None, init_feature=None,
+                init_queries=None):
+        """init_box / init_feature (B, 4) / (B, d): the selected proposal that starts every query;
+        init_queries (B, Q, d): added to the starting queries (SegVG's aligned queries).
         Returns the queries after every layer (layers, B, Q, d) and the box of the box query at every
         layer (layers, B, 4)."""
         q = self.from_sentence(sentence)[:, None, :] + self.query_embed.weight[None]
+        if init_queries is not None:
+            q = q + init_queries
         if self.from_proposal is not None:
             q = q + self.from_proposal(init_feature)[:, None, :]
             ref = init_box.detach()[:, None, :].expand(-1, q.shape[1], -1)

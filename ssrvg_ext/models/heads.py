@@ -14,6 +14,7 @@ class PixelDecoder(nn.Module):
 
     def __init__(self, d: int, mask_dim: int, levels: int):
         super().__init__()
+        self.mask_dim = mask_dim
         self.lateral = nn.ModuleList(nn.Conv2d(d, mask_dim, 1) for _ in range(levels))
         self.smooth = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU())
         self.out = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU(),

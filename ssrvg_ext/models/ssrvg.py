@@ -7,6 +7,10 @@
     sentence + words + fused ──QueryDecoder──> queries, a box per layer
     queries + fused + stride-4 ──PixelDecoder / MaskHead──> low-res mask logits
     (training aid) stride-8/16 levels ──attr_head──> every token's object labels (category, colour, ...)
+
+Optional method components (docs/methods.md): ``align`` puts language inside the backbone (SegVG's
+triple alignment, which also starts the queries; MagNet's CAM); ``grounding`` is MagNet's mask
+grounding and ``cal_text`` the sentence side of its alignment loss (training outputs only).
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from torch import nn
 
 from ..ops import mask_postprocess
 from .backbone import Backbone
+from .align import StageAlignment
 from .decoder import QueryDecoder
 from .fusion import FusionEncoder
+from .grounding import MaskGrounding
 from .heads import MaskHead, PixelDecoder
 from .position import sine_position, token_centres
 from .proposal import TokenProposals
@@ -28,9 +34,11 @@ class SSRVG(nn.Module):
     def __init__(self, backbone: Backbone, text: TextEncoder, fusion: FusionEncoder, decoder: QueryDecoder,
                  pixel_decoder: PixelDecoder, mask_head: MaskHead, d_model: int, levels: int = 4,
                  proposals: TokenProposals | None = None, attr_classes: list[int] | None = None,
-                 mask_every_layer: bool = False):
+                 mask_every_layer: bool = False, align: StageAlignment | None = None,
+                 grounding: MaskGrounding | None = None, cal: dict | None = None):
         """attr_classes: the number of classes (background included) of each label that the dense
-        auxiliary head predicts for the tokens of the two finest levels; None: no such head."""
+        auxiliary head predicts for the tokens of the two finest levels; None: no such head.
+        cal: the alignment loss's terms ({"p2p": bool, "p2t": bool}; None: no such loss)."""
         super().__init__()
         self.backbone, self.text, self.fusion, self.decoder = backbone, text, fusion, decoder
         self.proposals = proposals
@@ -38,20 +46,39 @@ class SSRVG(nn.Module):
         self.level_embed = nn.Parameter(torch.randn(levels, d_model) * 0.02)
         self.attr_head = nn.Conv2d(d_model, sum(attr_classes), 1) if attr_classes else None
         self.mask_every_layer = mask_every_layer
+        self.align, self.grounding = align, grounding
+        self.cal = bool(cal and (cal["p2p"] or cal["p2t"]))
+        self.cal_text = nn.Linear(d_model, pixel_decoder.mask_dim) if cal and cal["p2t"] else None
 
-    def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
-                image_index: torch.Tensor | None = None) -> dict:
-        """images (B_img, 3, S, S); text_ids / text_mask (B, T), one row per expression. image_index
-        (B,) int64: the row of ``images`` each expression refers to, when several share an image
-        (the backbone then runs once per image); None: expression i is about image i. The outputs
-        have a row per expression, except ``attr_logits`` (one per image)."""
-        f4, maps = self.backbone(images)
+    def encode(self, images, text_ids, text_mask, image_index=None):
+        """Backbone and text encoder: the stride-4 map, the levels, the words, the sentence, the
+        aligned queries (None without triple alignment) and the object-label logits (training)."""
+        words = sentence = queries = None
+        if self.align is not None:  # language enters the backbone: the text goes first
+            if image_index is not None:
+                raise ValueError("alignment inside the backbone needs one image per expression (data.exprs_per_image=1)")
+            words, sentence = self.text(text_ids, text_mask)
+            self.align.start(words, ~text_mask)
+        f4, maps = self.backbone(images, self.align)
+        if self.align is not None:
+            words, queries = self.align.finish()
         attr_logits = None
-        if self.attr_head is not None and self.training:  # the object under each visual token, before language
+        if self.attr_head is not None and self.training:  # the object under each visual token
             attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in maps[:2]], 2).transpose(1, 2)
         if image_index is not None:
             f4, maps = f4[image_index], [m[image_index] for m in maps]
-        words, sentence = self.text(text_ids, text_mask)
+        if words is None:
+            words, sentence = self.text(text_ids, text_mask)
+        return f4, maps, words, sentence, queries, attr_logits
+
+    def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
+                image_index: torch.Tensor | None = None, masks: torch.Tensor | None = None) -> dict:
+        """images (B_img, 3, S, S); text_ids / text_mask (B, T), one row per expression. image_index
+        (B,) int64: the row of ``images`` each expression refers to, when several share an image
+        (the backbone then runs once per image); None: expression i is about image i. masks
+        (B, S, S): the ground truth, an input of mask grounding (training only). The outputs have a
+        row per expression, except ``attr_logits`` (one per image)."""
+        f4, maps, words, sentence, aligned, attr_logits = self.encode(images, text_ids, text_mask, image_index)
         word_pad = ~text_mask
         d = maps[0].shape[1]
         pos = torch.cat([sine_position(*m.shape[-2:], d, m.device, m.dtype) + self.level_embed[i]
@@ -59,7 +86,7 @@ class SSRVG(nn.Module):
         memory, words, shapes, starts = self.fusion(maps, pos, words, word_pad, sentence)
         prop = self.proposals(memory, sentence, shapes) if self.proposals is not None else None
         queries, boxes = self.decoder(sentence, words, word_pad, memory, shapes, starts,
-                                      prop["best_box"] if prop else None, prop["best_feature"] if prop else None)
+                                      prop["best_box"] if prop else None, prop["best_feature"] if prop else None, aligned)
         fused = [lvl.transpose(1, 2).reshape(m.shape) for lvl, m in
                  zip(memory.split([int(h) * int(w) for h, w in (m.shape[-2:] for m in maps)], 1), maps)]
         pixels = self.pixel_decoder(fused, f4)
@@ -72,6 +99,15 @@ class SSRVG(nn.Module):
             out["attr_points"] = torch.cat([token_centres(*m.shape[-2:], m.device) for m in maps[:2]])
         if prop is not None:
             out.update(proposal_scores=prop["scores"], proposal_boxes=prop["boxes"], anchors=prop["anchors"])
+        if self.training and self.cal:  # MagNet's alignment loss: the mask features (and the sentence)
+            out["cal_pixels"] = pixels
+            if self.cal_text is not None:
+                out["cal_text"] = self.cal_text(sentence)
+        if self.training and self.grounding is not None and masks is not None:
+            ids, targets = self.grounding.corrupt(text_ids, text_mask)
+            masked_words, _ = self.text(ids, text_mask)
+            n0 = maps[0].shape[-2] * maps[0].shape[-1]
+            out.update(mg_logits=self.grounding(masked_words, word_pad, maps[0], pos[:n0], masks), mg_targets=targets)
         return out
 
     @torch.no_grad()

@@ -1,0 +1,306 @@
+"""The reference methods' components (docs/methods.md): SegVG's triple alignment, MagNet's
+cross-modal alignment module, mask grounding and alignment loss -- alone and together, off = today's
+model, losses by hand, the backbone stage hooks on timm models of both layouts."""
+
+import copy
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssrvg_ext.config import load_config, merge
+from ssrvg_ext.models import build_criterion, build_model
+from ssrvg_ext.models.grounding import mask_tokens
+
+from test_model import batch_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "configs/tiny_synthetic.yaml"
+COMPONENTS = {
+    "triple_alignment": {"model": {"align": {"triple": [16, 32]}}},
+    "cam": {"model": {"align": {"cam": [4, 8, 16, 32]}}},
+    "mask_grounding": {"model": {"mask_grounding": {"enabled": True, "ratio": 0.5}}},
+    "alignment_loss": {"loss": {"align": {"p2p": 1.0, "p2t": 1.0}}},
+    "p2p_only": {"loss": {"align": {"p2p": 1.0}}},
+}
+ALL = {}
+for sw in COMPONENTS.values():
+    ALL = merge(ALL, sw)
+COMPONENTS["all"] = ALL
+NEW = ("align.", "grounding.", "cal_text.")  # the parameters the components add
+
+
+def build(switches, seed=0):
+    cfg = merge(load_config(TINY), switches)
+    torch.manual_seed(seed)
+    return cfg, build_model(cfg, vocab_size=40, mask_token_id=1), build_criterion(cfg)
+
+
+@pytest.mark.parametrize("name", list(COMPONENTS))
+def test_component_trains_and_evaluates(name):
+    """Training forward + backward: finite losses, the component's terms logged, every parameter
+    (the new ones included) receives a gradient; eval mode adds no training output."""
+    cfg, model, crit = build(COMPONENTS[name])
+    batch = batch_for(cfg)
+    out = model.train()(batch["images"], batch["text_ids"], batch["text_mask"], None, batch["masks"])
+    losses = crit(out, batch)
+    expect = {"mask_grounding": {"mg"}, "alignment_loss": {"cal_p2p", "cal_p2t"}, "p2p_only": {"cal_p2p"},
+              "all": {"mg", "cal_p2p", "cal_p2t"}}.get(name, set())
+    assert expect <= set(losses) and all(torch.isfinite(v) for v in losses.values())
+    assert ("cal_p2t" in losses) == ("p2t" in str(expect))
+    losses["total"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    assert any(n.startswith(NEW) for n, _ in model.named_parameters()) == (name != "p2p_only")
+    with torch.no_grad():
+        ev = model.eval()(batch["images"], batch["text_ids"], batch["text_mask"])
+    assert not {"mg_logits", "mg_targets", "cal_pixels", "cal_text", "aux_mask_logits"} & set(ev)
+    s = cfg["data"]["input_size"]
+    assert ev["boxes"].shape == (4, 4) and ev["mask_logits"].shape == (4, s // 4, s // 4)
+
+
+def test_switched_off_is_todays_model():
+    """The base config (every component off) and the same keys written out as off: the same
+    parameters and, in training mode with the masks given, the same outputs and loss terms."""
+    off = {"model": {"align": {"triple": [], "cam": []}, "mask_grounding": {"enabled": False}},
+           "loss": {"align": {"p2p": 0.0, "p2t": 0.0}}}
+    cfg, a, crit = build({})
+    _, b, crit_b = build(off)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not any(k.startswith(NEW) for k in sa)
+    batch = batch_for(cfg)
+    torch.manual_seed(1)
+    oa = a.train()(batch["images"], batch["text_ids"], batch["text_mask"])  # as before: no masks given
+    torch.manual_seed(1)
+    ob = b.train()(batch["images"], batch["text_ids"], batch["text_mask"], None, batch["masks"])
+    assert set(oa) == set(ob) and all(torch.equal(oa[k], ob[k]) for k in oa)
+    la, lb = crit(oa, batch), crit_b(ob, batch)
+    assert set(la) == set(lb) and all(torch.equal(la[k], lb[k]) for k in la)
+
+
+def test_triple_alignment_moves_queries_words_and_pixels():
+    """The aligned queries reach the decoder, the aligned words the fusion encoder, the aligned
+    pixels the next stage: each changes the output; the query start is used at every forward."""
+    cfg, model, _ = build(COMPONENTS["triple_alignment"])
+    model.eval()
+    batch = batch_for(cfg)
+    args = (batch["images"], batch["text_ids"], batch["text_mask"])
+    with torch.no_grad():
+        base = model(*args)["boxes"]
+        for name in ("out.0", "out.1", "out.2"):  # queries, words, pixels of the stride-16 stage
+            lin = model.align.triple["16"].get_submodule(name)
+            saved = lin.weight.clone()
+            lin.weight.mul_(3.0)
+            assert not torch.allclose(model(*args)["boxes"], base), name
+            lin.weight.copy_(saved)
+        torch.testing.assert_close(model(*args)["boxes"], base, rtol=0, atol=0)
+
+
+def test_triple_alignment_is_one_joint_softmax():
+    """TripleAlignment equals a hand-written single attention over the concatenated tokens, text
+    padding excluded from the keys."""
+    from ssrvg_ext.models.align import TripleAlignment
+
+    torch.manual_seed(0)
+    d, c, h = 8, 6, 2
+    m = TripleAlignment(d, c, h).double()
+    q, w, p = torch.randn(2, 3, d).double(), torch.randn(2, 4, d).double(), torch.randn(2, 5, c).double()
+    qpos, ppos = torch.randn(3, d).double(), torch.randn(5, d).double()
+    pad = torch.tensor([[False] * 4, [False, False, True, True]])
+    got = m(q, qpos, w, pad, p, ppos)
+    proj = []
+    for x, norm, qkv, pos in zip((q, w, p), m.norms, m.qkv, (qpos, None, ppos)):
+        a, k, v = qkv(norm(x)).chunk(3, -1)
+        if pos is not None:
+            a, k = a + pos, k + pos
+        proj.append((a, k, v))
+    Q, K, V = (torch.cat([t[i] for t in proj], 1) for i in range(3))
+    keep = torch.cat([torch.ones(2, 3, dtype=torch.bool), ~pad, torch.ones(2, 5, dtype=torch.bool)], 1)
+    outs = []
+    for head in range(h):
+        sl = slice(head * d // h, (head + 1) * d // h)
+        logits = Q[..., sl] @ K[..., sl].transpose(1, 2) / (d // h) ** 0.5
+        outs.append(logits.masked_fill(~keep[:, None, :], float("-inf")).softmax(-1) @ V[..., sl])
+    att = torch.cat(outs, -1).split([3, 4, 5], 1)
+    for x, out, a, g in zip((q, w, p), m.out, att, got):
+        torch.testing.assert_close(g, x + out(a))
+
+
+@pytest.mark.parametrize("backbone,kwargs", [
+    ("resnet18", {}),  # FeatureListNet, NCHW
+    ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 2, "embed_dim": 16, "depths": [1, 1, 1, 1],
+                                      "num_heads": [1, 1, 1, 1]}),  # FeatureListNet with flattened names, NHWC
+])
+def test_stage_alignment_on_other_timm_backbones(backbone, kwargs):
+    """The stage hooks find the stages of other features_only layouts; CAM and triple alignment
+    change the features the model reads; a deep copy (EMA) computes the same as the original."""
+    from ssrvg_ext.models.align import StageAlignment
+    from ssrvg_ext.models.backbone import Backbone
+
+    torch.manual_seed(0)
+    bb = Backbone(backbone, 16, 16, pretrained=False, checkpoint=None, timm_kwargs=kwargs, stage_hooks=True).eval()
+    align = StageAlignment(16, bb.stage_channels, 2, triple=[16, 32], cam=[4, 8, 16, 32], cam_pools=[1, 2, 3, 6],
+                           num_queries=3).eval()
+    images = torch.randn(2, 3, 64, 64)
+    words, pad = torch.randn(2, 5, 16), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    with torch.no_grad():
+        f4, plain = bb(images)
+        align.start(words, pad)
+        g4, aligned = bb(images, align)
+        new_words, queries = align.finish()
+        copy_bb, copy_align = copy.deepcopy(bb), copy.deepcopy(align)
+        copy_align.start(words, pad)
+        h4, again = copy_bb(images, copy_align)
+        copy_align.finish()
+    assert queries.shape == (2, 3, 16) and new_words.shape == words.shape and not torch.equal(new_words, words)
+    for a, b in zip([g4] + aligned, [f4] + plain):
+        assert a.shape == b.shape and not torch.allclose(a, b)
+    for a, b in zip([g4] + aligned, [h4] + again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():  # the hooks do nothing outside an aligned forward
+        torch.testing.assert_close(bb(images)[1][-1], plain[-1], rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="stage_hooks"):
+        Backbone(backbone, 16, 16, pretrained=False, checkpoint=None, timm_kwargs=kwargs)(images, align)
+
+
+def test_mask_tokens_rule():
+    """Only inner real tokens are chosen ([CLS], the last token and padding never); chosen tokens
+    become the mask id with probability `replace`; about `ratio` of the inner tokens are chosen."""
+    torch.manual_seed(0)
+    ids = torch.randint(5, 50, (400, 12))
+    tm = torch.ones(400, 12, dtype=torch.bool)
+    tm[::2, 8:] = False
+    new, tgt = mask_tokens(ids, tm, mask_id=1, ratio=1.0, replace=1.0)
+    inner = tm.clone()
+    inner[:, 0] = False
+    inner[::2, 7] = False
+    inner[1::2, 11] = False
+    assert torch.equal(tgt != -100, inner) and torch.equal(tgt[inner], ids[inner])
+    assert torch.equal(new[inner], torch.ones_like(new[inner])) and torch.equal(new[~inner], ids[~inner])
+    new, tgt = mask_tokens(ids, tm, mask_id=1, ratio=0.15, replace=0.9)
+    chosen = tgt != -100
+    assert not (chosen & ~inner).any()
+    assert abs(chosen.sum().item() / inner.sum().item() - 0.15) < 0.02
+    swapped = (new == 1) & chosen
+    assert abs(swapped.sum().item() / chosen.sum().item() - 0.9) < 0.05
+    assert torch.equal(new[chosen & ~swapped], ids[chosen & ~swapped])
+
+
+def test_mask_grounding_loss_by_hand():
+    _, _, crit = build(COMPONENTS["mask_grounding"])
+    logits = torch.randn(2, 4, 7)
+    targets = torch.tensor([[-100, 3, -100, -100], [-100, 0, 6, -100]])
+    want = sum(float(torch.logsumexp(logits[b, t], 0) - logits[b, t, k])
+               for b, t, k in [(0, 1, 3), (1, 1, 0), (1, 2, 6)]) / 3
+    assert abs(float(crit.mask_grounding_loss({"mg_logits": logits, "mg_targets": targets})) - want) < 1e-5
+    none = crit.mask_grounding_loss({"mg_logits": logits.requires_grad_(), "mg_targets": torch.full((2, 4), -100)})
+    none.backward()
+    assert float(none.detach()) == 0 and torch.isfinite(logits.grad).all()
+
+
+def test_alignment_loss_by_hand():
+    """With every pixel drawn (points >= pixels), the pixel-to-text and pixel-to-pixel terms equal
+    loops over the inside / outside pixels; a sample without outside pixels adds nothing."""
+    _, _, crit = build(COMPONENTS["alignment_loss"])
+    crit.align["points"] = 100
+    tau = crit.align["temperature"]
+    torch.manual_seed(0)
+    pix, text = torch.randn(3, 5, 4, 4), torch.randn(3, 5)
+    masks = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    masks[0, :4, :4] = 1  # 4 of 16 pixels inside
+    masks[1, 2:8, 0:6] = 1  # 9 inside (pixels over half covered)
+    masks[2] = 1  # no outside pixel
+    valid = torch.ones(3, 8, 8, dtype=torch.bool)
+    valid[1, :, 6:] = False  # the padding is neither inside nor outside
+    terms = crit.alignment_losses({"cal_pixels": pix, "cal_text": text}, masks, valid, norm=3.0)
+    e = F.normalize(pix.flatten(2).transpose(1, 2), dim=-1)
+    t = F.normalize(text, dim=-1)
+    p2t = p2p = 0.0
+    for b in range(2):
+        inside = F.adaptive_avg_pool2d(masks[b, None, None].float(), 4).flatten() > 0.5
+        ok = F.adaptive_avg_pool2d(valid[b, None, None].float(), 4).flatten() > 0.5
+        P, N = torch.nonzero(inside & ok).flatten().tolist(), torch.nonzero(~inside & ok).flatten().tolist()
+        neg_t = torch.stack([e[b, n] @ t[b] / tau for n in N])
+        p2t += sum(float(torch.logsumexp(torch.cat([(e[b, p] @ t[b] / tau)[None], neg_t]), 0) - e[b, p] @ t[b] / tau)
+                   for p in P) / len(P)
+        terms_pp = []
+        for a in P:
+            neg = torch.stack([e[b, a] @ e[b, n] / tau for n in N])
+            for p in P:
+                if p != a:
+                    pos = e[b, a] @ e[b, p] / tau
+                    terms_pp.append(float(torch.logsumexp(torch.cat([pos[None], neg]), 0) - pos))
+        p2p += sum(terms_pp) / len(terms_pp)
+    assert abs(float(terms["cal_p2t"]) - p2t / 3) < 1e-4
+    assert abs(float(terms["cal_p2p"]) - p2p / 3) < 1e-4
+
+
+def test_configuration_errors_are_clear():
+    with pytest.raises(ValueError, match="exprs_per_image"):
+        build_model(merge(load_config(TINY), merge(COMPONENTS["cam"], {"data": {"exprs_per_image": 2}})), vocab_size=40)
+    with pytest.raises(ValueError, match="mask_token_id"):
+        build_model(merge(load_config(TINY), COMPONENTS["mask_grounding"]), vocab_size=40)
+    with pytest.raises(ValueError, match="model.align.triple"):
+        build_model(merge(load_config(TINY), {"model": {"align": {"triple": [64]}}}), vocab_size=40)
+
+
+def test_word_tokenizer_mask_id_is_unk():
+    from ssrvg_ext.data.tokenizer import WordTokenizer
+
+    tok = WordTokenizer.train(["the red square", "a blue circle"])
+    assert tok.mask_id == tok.tok.token_to_id("[UNK]")
+    assert tok.mask_id not in tok.encode(["the red square"])[0].tolist()[0]
+
+
+@pytest.mark.parametrize("preset", sorted(glob.glob(os.path.join(ROOT, "configs", "methods", "*.yaml"))),
+                         ids=lambda p: os.path.basename(p))
+def test_method_preset_trains_and_evaluates_through_the_tools(preset, tmp_path):
+    """ssrvg-train then ssrvg-eval with each method preset (shrunk) on a freshly generated dataset."""
+    from ssrvg_ext.data.synthetic import generate
+
+    data = str(tmp_path / "data")
+    generate(data, num_images=16, seed=11)
+    small = ["model.d_model=32", "model.mask_dim=16", "model.text.hidden=32", "model.text.layers=1",
+             "model.fusion.layers=1", "model.fusion.ffn=32", "model.decoder.layers=2", "model.decoder.ffn=32",
+             "data.input_size=64", "train.batch_size=4", "train.epochs=1", "train.warmup_steps=1",
+             f"data.ann_dir={data}", f"data.image_dir={os.path.join(data, 'images')}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "ssrvg_ext.cli.train", "--config", preset, "--out", str(run), *small],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "ssrvg_ext.cli.eval", "--checkpoint", str(run / "last.pth"), "--split",
+                        "val", "--out", str(tmp_path / "ev.json")], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+
+    ev = json.load(open(tmp_path / "ev.json"))
+    assert ev["metrics"]["n"] > 0 and 0 <= ev["metrics"]["mIoU"] <= 1
+
+
+def test_saved_configs_without_the_new_keys_are_filled_with_off_values():
+    """A checkpoint saved before these keys existed loads as the model it was: with_added_keys fills
+    exactly base.yaml's (off) values."""
+    from ssrvg_ext.config import ADDED_KEYS, with_added_keys
+
+    cfg = load_config(TINY)
+    old = copy.deepcopy(cfg)
+    for key in ADDED_KEYS:
+        *path, last = key.split(".")
+        node = old
+        for p in path:
+            node = node[p]
+        del node[last]
+    assert with_added_keys(old) == cfg
+    base = load_config("configs/base.yaml")
+    for key, value in ADDED_KEYS.items():
+        node = base
+        for p in key.split("."):
+            node = node[p]
+        assert node == value, key

@@ -1,0 +1,154 @@
+"""Language inside the visual backbone, after its timm stages (docs/methods.md):
+
+* :class:`TripleAlignment` -- SegVG's triple alignment: the decoder's queries, the words and the
+  stage's pixels updated together by one joint attention (one softmax over all three sets), with
+  per-modality norms and projections and a residual, no FFN.
+* :class:`CrossModalAlignment` -- MagNet's cross-modal alignment module (CAM): pixel-word attention
+  at the full resolution and on pooled grids ({1, 2, 3, 6}), mixed into the feature the rest of
+  the model reads, while the backbone's next stage reads the gated full-resolution fusion.
+* :class:`StageAlignment` -- the modules of each stage and the state (words, queries) they pass on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from torch import nn
+
+from .position import sine_position
+
+
+class PixelWordAttention(nn.Module):
+    """LAVT's pixel-word attention module: every pixel attends to the words (one head, softmax over
+    the words); the result multiplies the pixel's own projection, then a 1x1 conv + GELU."""
+
+    def __init__(self, c: int, d_lang: int):
+        super().__init__()
+        self.vis = nn.Sequential(nn.Conv2d(c, c, 1), nn.GELU())
+        self.query = nn.Sequential(nn.Linear(c, c), nn.LayerNorm(c))
+        self.key, self.value = nn.Linear(d_lang, c), nn.Linear(d_lang, c)
+        self.lang = nn.Sequential(nn.Linear(c, c), nn.LayerNorm(c))
+        self.out = nn.Sequential(nn.Conv2d(c, c, 1), nn.GELU())
+
+    def forward(self, x: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q = self.query(x.flatten(2).transpose(1, 2))  # (B, HW, C)
+        keep = (~word_pad)[:, :, None].to(words.dtype)
+        k, v = self.key(words) * keep, self.value(words) * keep
+        att = (q @ k.transpose(1, 2)) * c ** -0.5
+        att = att.masked_fill(word_pad[:, None, :], torch.finfo(att.dtype).min).softmax(-1)
+        lang = self.lang(att @ v).transpose(1, 2).reshape(b, c, h, w)
+        return self.out(self.vis(x) * lang)
+
+
+class CrossModalAlignment(nn.Module):
+    """MagNet's CAM on one stage of C channels. Returns (trunk, feature): the next stage reads
+    x + gate * PWAM(x); the model reads the mixer over [pooled branches, PWAM(x)]. The last stage
+    (``gate=False``) has no next stage: its trunk is x and it has no gate."""
+
+    def __init__(self, c: int, d_lang: int, pools: list[int], gate: bool):
+        super().__init__()
+        r = max(c // 4, 1)
+        self.pools = list(pools)
+        self.full = PixelWordAttention(c, d_lang)
+        self.gate = nn.Sequential(nn.Linear(c, c, bias=False), nn.GELU(), nn.Linear(c, c, bias=False), nn.Tanh()) \
+            if gate else None
+        self.reduce = nn.ModuleList(nn.Sequential(
+            nn.Conv2d(c, 4 * c, 1, bias=False), LayerNorm2d(4 * c), nn.Conv2d(4 * c, c, 1, bias=False), nn.GELU(),
+            nn.Conv2d(c, r, 1, bias=False)) for _ in self.pools)
+        self.pooled = nn.ModuleList(PixelWordAttention(r, d_lang) for _ in self.pools)
+        self.mix = nn.Sequential(nn.Linear(c + r * len(self.pools), c), nn.LayerNorm(c), nn.Linear(c, c), nn.GELU())
+
+    def forward(self, x: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor):
+        full = self.full(x, words, word_pad)
+        branches = [F.interpolate(pwam(red(F.adaptive_avg_pool2d(x, p)), words, word_pad), size=x.shape[-2:],
+                                  mode="bilinear", align_corners=True)
+                    for p, red, pwam in zip(self.pools, self.reduce, self.pooled)]
+        feature = self.mix(torch.cat(branches + [full], 1).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if self.gate is None:
+            return x, feature
+        return x + self.gate(full.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) * full, feature
+
+
+class TripleAlignment(nn.Module):
+    """SegVG's triple alignment on one stage: [queries; words; pixels] -> one multi-head attention
+    where every token attends to every token (text padding masked), per-modality pre-norms,
+    Q/K/V and output projections, a residual, no FFN. Query positions are added to the queries'
+    Q and K, the pixels' sine positions to theirs; values carry no position."""
+
+    def __init__(self, d: int, c: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norms = nn.ModuleList([nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(c)])
+        self.qkv = nn.ModuleList([nn.Linear(d, 3 * d), nn.Linear(d, 3 * d), nn.Linear(c, 3 * d)])
+        self.out = nn.ModuleList([nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, c)])
+
+    def forward(self, queries, query_pos, words, word_pad, pixels, pixel_pos):
+        """queries (B, Q, d), query_pos (Q, d), words (B, T, d), pixels (B, N, C), pixel_pos (N, d)."""
+        streams = (queries, words, pixels)
+        qs, ks, vs = [], [], []
+        for x, norm, qkv, pos in zip(streams, self.norms, self.qkv, (query_pos, None, pixel_pos)):
+            q, k, v = qkv(norm(x)).chunk(3, -1)
+            if pos is not None:
+                q, k = q + pos, k + pos
+            qs.append(q), ks.append(k), vs.append(v)
+        b, d = queries.shape[0], qs[0].shape[-1]
+
+        def heads(parts):  # (B, L, d) pieces -> (B, heads, L, d / heads)
+            return torch.cat(parts, 1).view(b, -1, self.heads, d // self.heads).transpose(1, 2)
+        keep = torch.ones(b, queries.shape[1] + words.shape[1] + pixels.shape[1], dtype=torch.bool, device=words.device)
+        keep[:, queries.shape[1]:queries.shape[1] + words.shape[1]] = ~word_pad
+        att = F.scaled_dot_product_attention(heads(qs), heads(ks), heads(vs), attn_mask=keep[:, None, None, :])
+        att = att.transpose(1, 2).reshape(b, -1, d).split([x.shape[1] for x in streams], 1)
+        return [x + out(a) for x, out, a in zip(streams, self.out, att)]
+
+
+class StageAlignment(nn.Module):
+    """The alignment modules after the backbone stages at ``strides`` of channels ``channels`` (the
+    four stages at strides 4, 8, 16, 32). ``start(words, word_pad)`` opens a forward pass;
+    ``stage(i, x)`` is called by the backbone with stage i's output x (B, C, H, W) and returns what
+    the next stage reads and the feature the model reads (triple alignment first, then CAM); ``finish()`` returns the words (updated
+    by triple alignment) and the aligned queries (None without triple alignment)."""
+
+    STRIDES = (4, 8, 16, 32)
+
+    def __init__(self, d: int, channels: list[int], heads: int, triple: list[int], cam: list[int],
+                 cam_pools: list[int], num_queries: int):
+        super().__init__()
+        for key, strides in (("triple", triple), ("cam", cam)):
+            bad = [s for s in strides if s not in self.STRIDES]
+            if bad:
+                raise ValueError(f"model.align.{key}: strides {bad} are not backbone stages (choose from {self.STRIDES})")
+        self.cam = nn.ModuleDict({str(s): CrossModalAlignment(c, d, cam_pools, gate=s != self.STRIDES[-1])
+                                  for s, c in zip(self.STRIDES, channels) if s in cam})
+        self.triple = nn.ModuleDict({str(s): TripleAlignment(d, c, heads)
+                                     for s, c in zip(self.STRIDES, channels) if s in triple})
+        if self.triple:
+            self.query_embed = nn.Embedding(num_queries, d)
+            self.query_pos = nn.Embedding(num_queries, d)
+            self.query_proj = nn.Linear(d, d)
+        self._state = None
+
+    def start(self, words: torch.Tensor, word_pad: torch.Tensor) -> None:
+        q = self.query_embed.weight[None].expand(words.shape[0], -1, -1) if self.triple else None
+        self._state = {"words": words, "pad": word_pad, "queries": q}
+
+    def stage(self, i: int, x: torch.Tensor):
+        s, st = str(self.STRIDES[i]), self._state
+        if st is None:
+            raise RuntimeError("StageAlignment.stage called outside start() / finish()")
+        if s in self.triple:
+            b, c, h, w = x.shape
+            pos = sine_position(h, w, st["words"].shape[-1], x.device, x.dtype)
+            st["queries"], st["words"], pix = self.triple[s](st["queries"], self.query_pos.weight, st["words"], st["pad"],
+                                                             x.flatten(2).transpose(1, 2), pos)
+            x = pix.transpose(1, 2).reshape(b, c, h, w)
+        if s in self.cam:  # after the triple alignment of the same stage: its feature reads the aligned pixels
+            return self.cam[s](x, st["words"], st["pad"])
+        return x, x
+
+    def finish(self):
+        st, self._state = self._state, None
+        q = self.query_proj(st["queries"]) if self.triple else None
+        return st["words"], q
