@@ -1,6 +1,8 @@
 """The reference methods' components (docs/methods.md): SegVG's triple alignment, MagNet's
-cross-modal alignment module, mask grounding and alignment loss -- alone and together, off = today's
-model, losses by hand, the backbone stage hooks on timm models of both layouts."""
+cross-modal alignment module, mask grounding and alignment loss, SgMg's spectrum fusion and
+segment-and-optimise head, CMPC's word types, entity perception, relation graph and feature
+exchange -- alone and together, off = today's model, formulas by hand, the backbone stage hooks on
+timm models of both layouts."""
 
 import copy
 import glob
@@ -26,12 +28,17 @@ COMPONENTS = {
     "mask_grounding": {"model": {"mask_grounding": {"enabled": True, "ratio": 0.5}}},
     "alignment_loss": {"loss": {"align": {"p2p": 1.0, "p2t": 1.0}}},
     "p2p_only": {"loss": {"align": {"p2p": 1.0}}},
+    "spectrum_fusion": {"model": {"fusion": {"spectrum": True}}},
+    "segment_optimizer": {"model": {"segment_optimizer": True}},
+    "cmpc_perception": {"model": {"cmpc": {"perception": True}}},
+    "cmpc_graph": {"model": {"cmpc": {"perception": True, "graph_steps": 2}}},
+    "cmpc_exchange": {"model": {"cmpc": {"exchange_rounds": 2}}},
 }
 ALL = {}
 for sw in COMPONENTS.values():
     ALL = merge(ALL, sw)
 COMPONENTS["all"] = ALL
-NEW = ("align.", "grounding.", "cal_text.")  # the parameters the components add
+NEW = ("align.", "grounding.", "cal_text.", "fusion.spectrum.", "cmpc.", "mask_head.block")  # what they add
 
 
 def build(switches, seed=0):
@@ -48,8 +55,9 @@ def test_component_trains_and_evaluates(name):
     batch = batch_for(cfg)
     out = model.train()(batch["images"], batch["text_ids"], batch["text_mask"], None, batch["masks"])
     losses = crit(out, batch)
+    coarse = {"mask_dice_coarse", "mask_bce_coarse"}
     expect = {"mask_grounding": {"mg"}, "alignment_loss": {"cal_p2p", "cal_p2t"}, "p2p_only": {"cal_p2p"},
-              "all": {"mg", "cal_p2p", "cal_p2t"}}.get(name, set())
+              "segment_optimizer": coarse, "all": {"mg", "cal_p2p", "cal_p2t"} | coarse}.get(name, set())
     assert expect <= set(losses) and all(torch.isfinite(v) for v in losses.values())
     assert ("cal_p2t" in losses) == ("p2t" in str(expect))
     losses["total"].backward()
@@ -58,15 +66,18 @@ def test_component_trains_and_evaluates(name):
     assert any(n.startswith(NEW) for n, _ in model.named_parameters()) == (name != "p2p_only")
     with torch.no_grad():
         ev = model.eval()(batch["images"], batch["text_ids"], batch["text_mask"])
-    assert not {"mg_logits", "mg_targets", "cal_pixels", "cal_text", "aux_mask_logits"} & set(ev)
+    assert not {"mg_logits", "mg_targets", "cal_pixels", "cal_text", "aux_mask_logits", "coarse_mask_logits"} & set(ev)
     s = cfg["data"]["input_size"]
-    assert ev["boxes"].shape == (4, 4) and ev["mask_logits"].shape == (4, s // 4, s // 4)
+    stride = 1 if cfg["model"]["segment_optimizer"] else 4  # SgMg's refined mask is at stride 1
+    assert ev["boxes"].shape == (4, 4) and ev["mask_logits"].shape == (4, s // stride, s // stride)
 
 
 def test_switched_off_is_todays_model():
     """The base config (every component off) and the same keys written out as off: the same
     parameters and, in training mode with the masks given, the same outputs and loss terms."""
-    off = {"model": {"align": {"triple": [], "cam": []}, "mask_grounding": {"enabled": False}},
+    off = {"model": {"align": {"triple": [], "cam": []}, "mask_grounding": {"enabled": False},
+                     "fusion": {"spectrum": False}, "segment_optimizer": False,
+                     "cmpc": {"perception": False, "graph_steps": 0, "exchange_rounds": 0}},
            "loss": {"align": {"p2p": 0.0, "p2t": 0.0}}}
     cfg, a, crit = build({})
     _, b, crit_b = build(off)
@@ -149,13 +160,13 @@ def test_stage_alignment_on_other_timm_backbones(backbone, kwargs):
     images = torch.randn(2, 3, 64, 64)
     words, pad = torch.randn(2, 5, 16), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
     with torch.no_grad():
-        f4, plain = bb(images)
+        f4, plain, _ = bb(images)
         align.start(words, pad)
-        g4, aligned = bb(images, align)
+        g4, aligned, _ = bb(images, align)
         new_words, queries = align.finish()
         copy_bb, copy_align = copy.deepcopy(bb), copy.deepcopy(align)
         copy_align.start(words, pad)
-        h4, again = copy_bb(images, copy_align)
+        h4, again, _ = copy_bb(images, copy_align)
         copy_align.finish()
     assert queries.shape == (2, 3, 16) and new_words.shape == words.shape and not torch.equal(new_words, words)
     for a, b in zip([g4] + aligned, [f4] + plain):
@@ -304,3 +315,125 @@ def test_saved_configs_without_the_new_keys_are_filled_with_off_values():
         for p in key.split("."):
             node = node[p]
         assert node == value, key
+
+
+# ---- SgMg ----
+def test_spectral_unit_by_hand():
+    """The spectral unit against a NumPy version of its formula (float64): full FFT, the Gaussian
+    centred on the highest frequencies of the unshifted spectrum scaled by 1 - a * G, the 1x1 convs
+    over [Re; Im], the real part of the inverse FFT added to the input."""
+    import numpy as np
+    from ssrvg_ext.models.fusion import SpectralUnit
+
+    torch.manual_seed(0)
+    unit = SpectralUnit(4, sigma=0.2).double()
+    x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
+    got = unit(x)
+    a = unit.strength(x).detach().numpy()[:, 0]  # (B,)
+    h, w = 6, 5
+    yy, xx = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
+    g = np.exp(-(yy / (0.2 * h)) ** 2 / 2 - (xx / (0.2 * w)) ** 2 / 2)
+    assert g.argmax() == (h // 2) * w + w // 2  # the peak is the Nyquist bin of the unshifted spectrum
+    w1, b1 = unit.mix[0].weight.detach().numpy()[:, :, 0, 0], unit.mix[0].bias.detach().numpy()
+    w2, b2 = unit.mix[2].weight.detach().numpy()[:, :, 0, 0], unit.mix[2].bias.detach().numpy()
+    for i in range(2):
+        y = np.fft.fft2(x[i].numpy()) * (1 - a[i] * g)
+        z = np.concatenate([y.real, y.imag])
+        z = np.einsum("oc,chw->ohw", w2, np.maximum(np.einsum("oc,chw->ohw", w1, z) + b1[:, None, None], 0)) + b2[:, None, None]
+        want = x[i].numpy() + np.fft.ifft2(z[:4] + 1j * z[4:]).real
+        np.testing.assert_allclose(got[i].detach().numpy(), want, rtol=1e-10, atol=1e-10)
+
+
+def test_spectral_unit_runs_in_float32_under_autocast():
+    from ssrvg_ext.models.fusion import SpectralUnit
+
+    torch.manual_seed(0)
+    unit = SpectralUnit(8, sigma=0.15)
+    x = torch.randn(2, 8, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = unit(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), unit(x.bfloat16().float()), rtol=2e-2, atol=2e-2)
+
+
+def test_segment_optimizer_layout():
+    """With the optimiser's residual blocks zeroed, the refined mask is the sub-pixel (4 x 4) layout
+    of the coarse 16 channels upsampled x2, and the coarse mask the layout of the channels
+    themselves: the stride-2 / stride-1 masks come from the same 16 channels."""
+    cfg, model, _ = build(COMPONENTS["segment_optimizer"])
+    head = model.mask_head
+    with torch.no_grad():
+        for block in (head.block8, head.block4):
+            block[-1].weight.zero_()
+            block[-1].bias.zero_()
+    torch.manual_seed(1)
+    q, boxes = torch.randn(2, 3, 64), torch.rand(2, 4) * 0.5 + 0.25
+    fused = [torch.randn(2, 64, 20 // 2 ** i, 20 // 2 ** i) for i in range(4)]
+    raw8, raw4 = torch.randn(2, 64, 20, 20), torch.randn(2, 32, 40, 40)
+    with torch.no_grad():
+        refined, coarse, x4 = head(q, fused, raw8, raw4, boxes)
+    assert coarse.shape == (2, 80, 80) and refined.shape == (2, 160, 160) and x4.shape == (2, 16, 40, 40)
+    x8 = F.pixel_unshuffle(coarse[:, None], 4)  # back to the 16 channels at stride 8
+    up = F.interpolate(x8, size=(40, 40), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(refined, F.pixel_shuffle(up, 4)[:, 0])
+
+
+# ---- CMPC ----
+def test_relation_graph_equals_the_explicit_adjacency():
+    """The two-product graph step equals A = softmax_words(B) softmax_nodes(B)^T built as an HW x HW
+    matrix; padded words take no part."""
+    from ssrvg_ext.models.cmpc import RelationGraph
+
+    torch.manual_seed(0)
+    g = RelationGraph(8, steps=1).double()
+    m, words = torch.randn(2, 8, 3, 4).double(), torch.randn(2, 5, 8).double()
+    pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    p_rel = torch.rand(2, 5).double()
+    got = g(m, words, pad, p_rel)
+    for b in range(2):
+        real = (~pad[b]).nonzero().flatten()
+        aff = (g.key(m[b:b + 1]).flatten(2)[0].T @ g.word(words[b, real]).T) / 8 ** 0.5 * p_rel[b, real]
+        adj = aff.softmax(1) @ aff.softmax(0).T  # (HW, HW), rows sum to 1
+        torch.testing.assert_close(adj.sum(1), torch.ones(12, dtype=torch.float64))
+        x = m[b].flatten(1).T
+        h = torch.relu(g.norms[0](adj @ x) + x)
+        want = F.normalize(g.out(h), dim=-1).T.reshape(8, 3, 4)
+        torch.testing.assert_close(got[b], want)
+
+
+def test_word_types_ignore_padding_and_sum_to_one():
+    from ssrvg_ext.models.cmpc import WordTypes
+
+    torch.manual_seed(0)
+    wt = WordTypes(8)
+    words, pad = torch.randn(2, 5, 8), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    p, q, s = wt(words, pad)
+    torch.testing.assert_close(p[~pad].sum(-1), torch.ones(int((~pad).sum())))
+    assert torch.all(p[pad] == 0)
+    other = words.clone()
+    other[1, 3:] = torch.randn(2, 8)  # only padding changes
+    _, q2, s2 = wt(other, pad)
+    torch.testing.assert_close(q, q2, rtol=0, atol=0)
+    torch.testing.assert_close(s, s2, rtol=0, atol=0)
+    torch.testing.assert_close(q.norm(dim=-1), torch.ones(2))
+
+
+def test_feature_exchange_reads_the_other_levels():
+    """Each level's update depends on the other levels (perturbing level 2 changes levels 0 and 1)
+    under its gates; closed gates (sigmoid -> 0) leave L2norm(F_i) only."""
+    from ssrvg_ext.models.cmpc import FeatureExchange
+
+    torch.manual_seed(0)
+    ex = FeatureExchange(8, 3, rounds=1)
+    feats = [torch.randn(2, 8, 8 // 2 ** i, 8 // 2 ** i) for i in range(3)]
+    s = torch.randn(2, 8)
+    with torch.no_grad():
+        a = ex(feats, s)
+        b = ex(feats[:2] + [feats[2] + 1.0], s)
+        assert not torch.allclose(a[0], b[0]) and not torch.allclose(a[1], b[1])
+        for gate in ex.gate:
+            gate.weight.zero_()
+            gate.bias.fill_(-1e4)
+        closed = ex(feats, s)
+    for f, c in zip(feats, closed):
+        torch.testing.assert_close(c, F.normalize(f, dim=1))

@@ -26,6 +26,9 @@ REQUIRED = ("model.d_model", "model.mask_dim", "model.backbone.name", "model.tex
 # Keys added after checkpoints had been saved without them, with the values that keep such a model
 # as it was (everything they switch is off): :func:`with_added_keys` fills them in a saved config.
 ADDED_KEYS = {
+    "model.fusion.spectrum_sigma": 0.15,
+    "model.segment_optimizer": False,
+    "model.cmpc": {"perception": False, "heads": 5, "graph_steps": 0, "exchange_rounds": 0},
     "model.decoder.mask_every_layer": False,
     "model.align": {"triple": [], "cam": [], "cam_pools": [1, 2, 3, 6]},
     "model.mask_grounding": {"enabled": False, "ratio": 0.15, "replace": 0.9},

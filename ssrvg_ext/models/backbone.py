@@ -38,7 +38,7 @@ def check_weights_file(path: str | None, name: str) -> None:
 
 
 class Backbone(nn.Module):
-    def __init__(self, name: str, d_model: int, mask_dim: int, pretrained: bool, checkpoint: str | None,
+    def __init__(self, name: str, d_model: int, mask_dim: int | None, pretrained: bool, checkpoint: str | None,
                  timm_kwargs: dict | None, stage_hooks: bool = False):
         super().__init__()
         kwargs = dict(timm_kwargs or {})
@@ -57,7 +57,8 @@ class Backbone(nn.Module):
         self.index = [want[s] for s in (4, 8, 16, 32)]
         self.nhwc = "NHWC" in str(getattr(self.body, "output_fmt", "NCHW"))  # e.g. timm's Swin
         c4, c8, c16, c32 = (ch[i] for i in self.index)
-        self.proj4 = nn.Sequential(nn.Conv2d(c4, mask_dim, 1), nn.GroupNorm(8, mask_dim))
+        # mask_dim None: no stride-4 projection (SgMg's mask head reads the raw stride-4 features)
+        self.proj4 = nn.Sequential(nn.Conv2d(c4, mask_dim, 1), nn.GroupNorm(8, mask_dim)) if mask_dim else None
         self.proj = nn.ModuleList(nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(8, d_model)) for c in (c8, c16, c32))
         self.extra = nn.Sequential(nn.Conv2d(c32, d_model, 3, stride=2, padding=1), nn.GroupNorm(8, d_model))
         self.stage_channels = [c4, c8, c16, c32]
@@ -71,8 +72,10 @@ class Backbone(nn.Module):
                 self.stage_names.append(found[0])
                 modules[found[0]].register_forward_hook(_stage_hook)
 
-    def forward(self, images: torch.Tensor, align=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """align: a started StageAlignment that rewrites every stage's output (needs stage_hooks)."""
+    def forward(self, images: torch.Tensor, align=None, raw: bool = False):
+        """-> the stride-4 map (mask_dim channels; None without), the levels at strides 8..64 (d_model), and the
+        unprojected stage features at strides 4 and 8 when ``raw`` (else None). align: a started
+        StageAlignment that rewrites every stage's output (needs stage_hooks)."""
         if align is not None and not self.stage_names:
             raise RuntimeError("a Backbone built without stage_hooks cannot take an alignment")
         features = {}
@@ -90,7 +93,7 @@ class Backbone(nn.Module):
             feats[self.index[i]] = f
         f4, f8, f16, f32 = (feats[i] for i in self.index)
         levels = [p(f) for p, f in zip(self.proj, (f8, f16, f32))] + [self.extra(f32)]
-        return self.proj4(f4), levels
+        return self.proj4(f4) if self.proj4 is not None else None, levels, ([f4, f8] if raw else None)
 
 
 def _stage_hook(module, args, out):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from .align import StageAlignment
 from .backbone import Backbone
+from .cmpc import ProgressiveComprehension
 from .criterion import Criterion
 from .decoder import QueryDecoder
 from .fusion import FusionEncoder
 from .grounding import MaskGrounding
 from .heads import MaskHead, PixelDecoder
+from .multigranularity import MultiGranularityHead
 from .proposal import TokenProposals
 from .ssrvg import SSRVG
 from .text import TextEncoder
@@ -32,7 +34,7 @@ def build_model(cfg: dict, vocab_size: int, aux_classes: dict | None = None,
     if in_backbone and cfg["data"]["exprs_per_image"] != 1:
         raise ValueError("model.align puts language inside the backbone, which then runs once per expression: "
                          f"set data.exprs_per_image=1 (it is {cfg['data']['exprs_per_image']})")
-    backbone = Backbone(b["name"], d, m["mask_dim"], pretrained=b["pretrained"], checkpoint=b["checkpoint"],
+    backbone = Backbone(b["name"], d, None if m["segment_optimizer"] else m["mask_dim"], pretrained=b["pretrained"], checkpoint=b["checkpoint"],
                         timm_kwargs=b["kwargs"], stage_hooks=in_backbone)
     text = TextEncoder(d, vocab_size=vocab_size, max_len=cfg["data"]["max_len"], **m["text"])
     fusion = FusionEncoder(d, levels=levels, **m["fusion"])
@@ -47,9 +49,15 @@ def build_model(cfg: dict, vocab_size: int, aux_classes: dict | None = None,
         raise ValueError("model.mask_grounding needs the tokenizer's mask token: build_model(..., mask_token_id=tok.mask_id)")
     grounding = MaskGrounding(d, heads, vocab_size, mask_token_id, g["ratio"], g["replace"]) if g["enabled"] else None
     cal = {k: bool(cfg["loss"]["align"][k]) for k in ("p2p", "p2t")}
-    return SSRVG(backbone, text, fusion, decoder, PixelDecoder(d, m["mask_dim"], levels), MaskHead(d, m["mask_dim"]), d,
+    if m["segment_optimizer"]:  # SgMg: kernels on the fusion memory, refined with the raw backbone maps
+        pixel_decoder, mask_head = None, MultiGranularityHead(d, backbone.stage_channels[1], backbone.stage_channels[0])
+    else:
+        pixel_decoder, mask_head = PixelDecoder(d, m["mask_dim"], levels), MaskHead(d, m["mask_dim"])
+    c = m["cmpc"]
+    cmpc = ProgressiveComprehension(d, **c) if c["perception"] or c["exchange_rounds"] else None
+    return SSRVG(backbone, text, fusion, decoder, pixel_decoder, mask_head, d,
                  levels, TokenProposals(d) if m["proposals"] else None, attr_classes(cfg, aux_classes), mask_every_layer,
-                 align, grounding, cal)
+                 align, grounding, cal, cmpc)
 
 
 def attr_classes(cfg: dict, aux_classes: dict | None) -> list[int] | None:

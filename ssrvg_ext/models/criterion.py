@@ -1,6 +1,6 @@
 """All training losses in one place: L1 + GIoU on the box of every decoder layer, the token
-proposals' focal + box losses, the fused upsampled mask losses on the mask, each normalised by the
-number of expressions over all ranks; and, when the data has object labels, cross-entropy on every
+proposals' focal + box losses, the fused upsampled mask losses on the mask (and on SgMg's coarse
+mask), each normalised by the number of expressions over all ranks; and, when the data has object labels, cross-entropy on every
 visual token's labels (the object under the token's centre, background elsewhere). MagNet's terms
 when the model gives their inputs: the masked-token cross-entropy (``mg``) and the cross-modal
 alignment loss (``cal_p2p``, ``cal_p2t``)."""
@@ -78,6 +78,7 @@ class Criterion(nn.Module):
                   "attr": self.attr, "mg": self.mask_grounding, "cal_p2p": self.align["p2p"],
                   "cal_p2t": self.align["p2t"]})
         w.update({f"mask_{name}": weight for name, weight in self.mask.items()})
+        w.update({f"mask_{name}_coarse": weight for name, weight in self.mask.items()})  # SgMg's coarse mask
         return w
 
     def box_losses(self, pred: torch.Tensor, tgt: torch.Tensor, norm: float, factor: torch.Tensor | None = None) -> dict:
@@ -186,6 +187,9 @@ class Criterion(nn.Module):
             mask_terms, factors["last"] = self.mask_losses(out["mask_logits"], targets, valid, norm)
             for i, logits in enumerate(out.get("aux_mask_logits", [])):  # SegVG: a mask at every layer
                 aux_masks[i], factors[i] = self.mask_losses(logits, targets, valid, norm)
+            if "coarse_mask_logits" in out:  # SgMg: the coarse mask is supervised too
+                coarse, _ = self.mask_losses(out["coarse_mask_logits"], targets, valid, norm)
+                mask_terms.update({f"{k}_coarse": v for k, v in coarse.items()})
         terms = self.box_losses(out["boxes"], tgt, norm, factors.get("last"))
         for i, aux in enumerate(out["aux_boxes"]):
             terms.update({f"{k}_{i}": v for k, v in self.box_losses(aux, tgt, norm, factors.get(i)).items()})

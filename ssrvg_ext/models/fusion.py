@@ -1,8 +1,8 @@
 """Cross-modal fusion encoder: words <-> pixels attention, optionally global self-attention among all
 pixel tokens (every token sees every other: what relations and ordinals -- "the second square from
 the top" -- need on small inputs), then language-conditioned multi-scale deformable self-attention
-over all levels. Optional SgMg-style spectrum guidance: a float32 FFT
-low-pass of each level, added back through a sentence-conditioned gate."""
+over all levels. Optionally first SgMg's spectrum-guided cross-modal fusion on every level
+(:class:`SpectrumFusion`, docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -11,25 +11,61 @@ from torch import nn
 
 from .attention import MLP, Attention
 from .ms_deform_attn import MSDeformAttn
-from .position import token_centres
+from .position import _sine, token_centres
 
 
-class SpectrumGuide(nn.Module):
-    """x + gate(sentence) * lowpass(x): low spatial frequencies carry the object's extent."""
+class SpectralUnit(nn.Module):
+    """SgMg's spectral unit: Y = FFT2(x) * (1 - a * G) with G a fixed Gaussian over the unshifted
+    spectrum (centred on the highest frequencies, standard deviation ``sigma`` x each axis' size)
+    and a in (0, 1) predicted per image from x; [Re Y, Im Y] mixed by two 1x1 convs (ReLU between);
+    the real part of the inverse FFT is added to x. At least float32 whatever the autocast dtype."""
 
-    def __init__(self, d: int, keep: float = 0.25):
+    def __init__(self, d: int, sigma: float):
         super().__init__()
-        self.keep = keep
-        self.gate = nn.Linear(d, d)
+        self.sigma = sigma
+        self.strength = nn.Sequential(nn.Conv2d(d, d, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                      nn.Linear(d, d, bias=False), nn.ReLU(), nn.Linear(d, 1, bias=False), nn.Sigmoid())
+        self.mix = nn.Sequential(nn.Conv2d(2 * d, 2 * d, 1), nn.ReLU(), nn.Conv2d(2 * d, 2 * d, 1))
 
-    def forward(self, x: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:  # x (B, C, H, W)
+    def gaussian(self, h: int, w: int, device, dtype) -> torch.Tensor:
+        ys = torch.arange(h, device=device, dtype=dtype) - h // 2
+        xs = torch.arange(w, device=device, dtype=dtype) - w // 2
+        return torch.exp(-(ys[:, None] / (self.sigma * h)) ** 2 / 2 - (xs[None, :] / (self.sigma * w)) ** 2 / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         h, w = x.shape[-2:]
-        spec = torch.fft.rfft2(x.float(), norm="ortho")
-        fy = torch.fft.fftfreq(h, device=x.device).abs()[:, None]
-        fx = torch.fft.rfftfreq(w, device=x.device)[None, :]
-        low = ((fy <= self.keep * 0.5) & (fx <= self.keep * 0.5)).to(spec.dtype)
-        smooth = torch.fft.irfft2(spec * low, s=(h, w), norm="ortho").to(x.dtype)
-        return x + torch.sigmoid(self.gate(sentence))[:, :, None, None] * smooth
+        with torch.autocast(x.device.type, enabled=False):
+            xf = x if x.dtype == torch.float64 else x.float()
+            alpha = self.strength(xf)[:, :, None, None]  # (B, 1, 1, 1)
+            y = torch.fft.fft2(xf) * (1 - alpha * self.gaussian(h, w, x.device, xf.dtype))
+            re, im = self.mix(torch.cat([y.real, y.imag], 1)).chunk(2, 1)
+            out = torch.fft.ifft2(torch.complex(re, im), s=(h, w)).real
+        return x + out.to(x.dtype)
+
+
+class SpectrumFusion(nn.Module):
+    """SgMg's spectrum-guided cross-modal fusion of every level: a spectral unit on the visual
+    feature, then the feature multiplied by its attention over the words (one attention shared by
+    the levels; the words carry a 1-D sine position), then a second spectral unit on this
+    language-fused feature. Separate units per level and position."""
+
+    def __init__(self, d: int, heads: int, levels: int, sigma: float):
+        super().__init__()
+        self.pre = nn.ModuleList(SpectralUnit(d, sigma) for _ in range(levels))
+        self.post = nn.ModuleList(SpectralUnit(d, sigma) for _ in range(levels))
+        self.attn = Attention(d, heads)
+
+    def forward(self, maps: list[torch.Tensor], words: torch.Tensor, word_pad: torch.Tensor) -> list[torch.Tensor]:
+        t = words.shape[1]
+        keys = words + _sine(torch.arange(t, device=words.device, dtype=torch.float32) / t, words.shape[-1]).to(words.dtype)
+        out = []
+        for pre, post, m in zip(self.pre, self.post, maps):
+            b, c, h, w = m.shape
+            p = pre(m)
+            q = p.flatten(2).transpose(1, 2)
+            fused = q * self.attn(q, keys, words, key_padding_mask=word_pad)
+            out.append(post(fused.transpose(1, 2).reshape(b, c, h, w)))
+        return out
 
 
 class FusionLayer(nn.Module):
@@ -57,17 +93,16 @@ class FusionLayer(nn.Module):
 
 class FusionEncoder(nn.Module):
     def __init__(self, d: int, layers: int, heads: int, levels: int, points: int, ffn: int, spectrum: bool,
-                 global_attn: bool):
+                 spectrum_sigma: float, global_attn: bool):
         super().__init__()
         self.layers = nn.ModuleList(FusionLayer(d, heads, levels, points, ffn, global_attn) for _ in range(layers))
-        self.spectrum = SpectrumGuide(d) if spectrum else None
+        self.spectrum = SpectrumFusion(d, heads, levels, spectrum_sigma) if spectrum else None
 
-    def forward(self, maps: list[torch.Tensor], pos: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor,
-                sentence: torch.Tensor):
+    def forward(self, maps: list[torch.Tensor], pos: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor):
         """maps: per level (B, C, H, W); pos: (S, C) positions + level embeddings; word_pad True = padding.
         Returns the fused flattened pixels (B, S, C), the updated words, shapes and starts."""
         if self.spectrum is not None:
-            maps = [self.spectrum(m, sentence) for m in maps]
+            maps = self.spectrum(maps, words, word_pad)
         b = maps[0].shape[0]
         # The level table stays on the CPU: the deformable-attention op reads it there without a
         # device-to-host copy (no host synchronisation per layer).

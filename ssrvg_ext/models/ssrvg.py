@@ -10,7 +10,10 @@
 
 Optional method components (docs/methods.md): ``align`` puts language inside the backbone (SegVG's
 triple alignment, which also starts the queries; MagNet's CAM); ``grounding`` is MagNet's mask
-grounding and ``cal_text`` the sentence side of its alignment loss (training outputs only).
+grounding and ``cal_text`` the sentence side of its alignment loss (training outputs only); ``cmpc``
+refines the fused levels (CMPC); a MultiGranularityHead as ``mask_head`` is SgMg's
+segment-and-optimise head (then there is no pixel decoder); SgMg's spectrum fusion is inside
+``fusion``.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from torch import nn
 from ..ops import mask_postprocess
 from .backbone import Backbone
 from .align import StageAlignment
+from .cmpc import ProgressiveComprehension
 from .decoder import QueryDecoder
 from .fusion import FusionEncoder
 from .grounding import MaskGrounding
 from .heads import MaskHead, PixelDecoder
+from .multigranularity import MultiGranularityHead
 from .position import sine_position, token_centres
 from .proposal import TokenProposals
 from .text import TextEncoder
@@ -32,10 +37,12 @@ from .text import TextEncoder
 
 class SSRVG(nn.Module):
     def __init__(self, backbone: Backbone, text: TextEncoder, fusion: FusionEncoder, decoder: QueryDecoder,
-                 pixel_decoder: PixelDecoder, mask_head: MaskHead, d_model: int, levels: int = 4,
+                 pixel_decoder: PixelDecoder | None, mask_head: MaskHead | MultiGranularityHead, d_model: int,
+                 levels: int = 4,
                  proposals: TokenProposals | None = None, attr_classes: list[int] | None = None,
                  mask_every_layer: bool = False, align: StageAlignment | None = None,
-                 grounding: MaskGrounding | None = None, cal: dict | None = None):
+                 grounding: MaskGrounding | None = None, cal: dict | None = None,
+                 cmpc: ProgressiveComprehension | None = None):
         """attr_classes: the number of classes (background included) of each label that the dense
         auxiliary head predicts for the tokens of the two finest levels; None: no such head.
         cal: the alignment loss's terms ({"p2p": bool, "p2t": bool}; None: no such loss)."""
@@ -46,30 +53,42 @@ class SSRVG(nn.Module):
         self.level_embed = nn.Parameter(torch.randn(levels, d_model) * 0.02)
         self.attr_head = nn.Conv2d(d_model, sum(attr_classes), 1) if attr_classes else None
         self.mask_every_layer = mask_every_layer
-        self.align, self.grounding = align, grounding
+        self.align, self.grounding, self.cmpc = align, grounding, cmpc
         self.cal = bool(cal and (cal["p2p"] or cal["p2t"]))
-        self.cal_text = nn.Linear(d_model, pixel_decoder.mask_dim) if cal and cal["p2t"] else None
+        feature_dim = pixel_decoder.mask_dim if pixel_decoder is not None else mask_head.k
+        self.cal_text = nn.Linear(d_model, feature_dim) if cal and cal["p2t"] else None
+        self.multigranularity = isinstance(mask_head, MultiGranularityHead)
 
     def encode(self, images, text_ids, text_mask, image_index=None):
         """Backbone and text encoder: the stride-4 map, the levels, the words, the sentence, the
-        aligned queries (None without triple alignment) and the object-label logits (training)."""
+        aligned queries (None without triple alignment), the object-label logits (training) and the
+        raw backbone features at strides 4 and 8 (SgMg's optimiser; else None)."""
         words = sentence = queries = None
         if self.align is not None:  # language enters the backbone: the text goes first
             if image_index is not None:
                 raise ValueError("alignment inside the backbone needs one image per expression (data.exprs_per_image=1)")
             words, sentence = self.text(text_ids, text_mask)
             self.align.start(words, ~text_mask)
-        f4, maps = self.backbone(images, self.align)
+        f4, maps, raw = self.backbone(images, self.align, raw=self.multigranularity)
         if self.align is not None:
             words, queries = self.align.finish()
         attr_logits = None
         if self.attr_head is not None and self.training:  # the object under each visual token
             attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in maps[:2]], 2).transpose(1, 2)
         if image_index is not None:
-            f4, maps = f4[image_index], [m[image_index] for m in maps]
+            f4, maps = (f4[image_index] if f4 is not None else None), [m[image_index] for m in maps]
+            raw = [r[image_index] for r in raw] if raw else raw
         if words is None:
             words, sentence = self.text(text_ids, text_mask)
-        return f4, maps, words, sentence, queries, attr_logits
+        return f4, maps, words, sentence, queries, attr_logits, raw
+
+    def masks(self, queries, boxes, fused, f4, raw):
+        """The mask logits from one layer's queries and box, the coarse ones (SgMg; else None) and
+        the pixel features they were read from."""
+        if self.multigranularity:
+            return self.mask_head(queries, fused, raw[1], raw[0], boxes)
+        pixels = self.pixel_decoder(fused, f4)
+        return self.mask_head(queries, pixels, boxes), None, pixels
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 image_index: torch.Tensor | None = None, masks: torch.Tensor | None = None) -> dict:
@@ -78,22 +97,29 @@ class SSRVG(nn.Module):
         (the backbone then runs once per image); None: expression i is about image i. masks
         (B, S, S): the ground truth, an input of mask grounding (training only). The outputs have a
         row per expression, except ``attr_logits`` (one per image)."""
-        f4, maps, words, sentence, aligned, attr_logits = self.encode(images, text_ids, text_mask, image_index)
+        f4, maps, words, sentence, aligned, attr_logits, raw = self.encode(images, text_ids, text_mask, image_index)
         word_pad = ~text_mask
         d = maps[0].shape[1]
         pos = torch.cat([sine_position(*m.shape[-2:], d, m.device, m.dtype) + self.level_embed[i]
                          for i, m in enumerate(maps)])
-        memory, words, shapes, starts = self.fusion(maps, pos, words, word_pad, sentence)
+        memory, words, shapes, starts = self.fusion(maps, pos, words, word_pad)
         prop = self.proposals(memory, sentence, shapes) if self.proposals is not None else None
         queries, boxes = self.decoder(sentence, words, word_pad, memory, shapes, starts,
                                       prop["best_box"] if prop else None, prop["best_feature"] if prop else None, aligned)
         fused = [lvl.transpose(1, 2).reshape(m.shape) for lvl, m in
                  zip(memory.split([int(h) * int(w) for h, w in (m.shape[-2:] for m in maps)], 1), maps)]
-        pixels = self.pixel_decoder(fused, f4)
-        mask_logits = self.mask_head(queries[-1], pixels, boxes[-1])
+        if self.cmpc is not None:  # CMPC: word types, entity perception, relation graph, feature exchange
+            fused = self.cmpc(fused, words, word_pad)
+        mask_logits, coarse, pixels = self.masks(queries[-1], boxes[-1], fused, f4, raw)
         out = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
+        if coarse is not None and self.training:
+            out["coarse_mask_logits"] = coarse
         if self.mask_every_layer and self.training:  # SegVG: every decoder layer also predicts the mask
-            out["aux_mask_logits"] = torch.stack([self.mask_head(q, pixels, b) for q, b in zip(queries[:-1], boxes[:-1])])
+            if self.multigranularity:  # (the pixel decoder's features do not depend on the layer)
+                out["aux_mask_logits"] = torch.stack([self.masks(q, b, fused, f4, raw)[0]
+                                                      for q, b in zip(queries[:-1], boxes[:-1])])
+            else:
+                out["aux_mask_logits"] = torch.stack([self.mask_head(q, pixels, b) for q, b in zip(queries[:-1], boxes[:-1])])
         if attr_logits is not None:
             out["attr_logits"] = attr_logits
             out["attr_points"] = torch.cat([token_centres(*m.shape[-2:], m.device) for m in maps[:2]])

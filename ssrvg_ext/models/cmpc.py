@@ -1,0 +1,157 @@
+"""CMPC's cross-modal progressive comprehension on the fused levels (docs/methods.md):
+
+* :class:`WordTypes` -- every word softly classified as entity / attribute / relation / unnecessary.
+* :class:`EntityPerception` -- entity + attribute words, multiplicatively fused with each level and
+  its coordinates (MUTAN-style heads): all candidate objects highlighted.
+* :class:`RelationGraph` -- nodes = the positions of a level, edges = node -> relation word -> node
+  affinities (never materialised as HW x HW), residual graph convolutions.
+* :class:`FeatureExchange` -- TGFE: each level receives the other levels under gates from a
+  sentence-attended summary of itself, for a few rounds, all levels in parallel.
+
+:class:`ProgressiveComprehension` runs them on the levels at strides 8, 16, 32 and adds the result to
+them (the stride-64 level passes unchanged).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def coords(b: int, h: int, w: int, device, dtype) -> torch.Tensor:
+    """CMPC's 8 coordinate channels (B, 8, h, w): x / y min, max, centre of each cell, 1/w, 1/h."""
+    xs = torch.arange(w, device=device, dtype=dtype)
+    ys = torch.arange(h, device=device, dtype=dtype)
+    x0, x1, xc = xs / w * 2 - 1, (xs + 1) / w * 2 - 1, (xs + 0.5) / w * 2 - 1
+    y0, y1, yc = ys / h * 2 - 1, (ys + 1) / h * 2 - 1, (ys + 0.5) / h * 2 - 1
+    planes = [v[None, :].expand(h, w) for v in (x0, x1, xc)] + [v[:, None].expand(h, w) for v in (y0, y1, yc)]
+    planes += [torch.full((h, w), 1 / w, device=device, dtype=dtype), torch.full((h, w), 1 / h, device=device, dtype=dtype)]
+    return torch.stack(planes)[None].expand(b, -1, -1, -1)
+
+
+class WordTypes(nn.Module):
+    """p (B, T, 4) over (entity, attribute, relation, unnecessary); no direct supervision."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Linear(d // 2, 4))
+
+    def forward(self, words: torch.Tensor, word_pad: torch.Tensor):
+        """-> p, q_ea (B, d): entity + attribute words, s (B, d): all but the unnecessary ones (both
+        L2-normalised sums over the real words)."""
+        p = self.mlp(words).softmax(-1) * (~word_pad)[..., None].to(words.dtype)
+        q_ea = F.normalize(((p[..., 0] + p[..., 1])[..., None] * words).sum(1), dim=-1)
+        s = F.normalize(((1 - p[..., 3]) * (~word_pad).to(words.dtype))[..., None].mul(words).sum(1), dim=-1)
+        return p, q_ea, s
+
+
+class EntityPerception(nn.Module):
+    """M = L2norm(tanh(sum over heads of tanh(conv([X; coords])) * tanh(linear(q_ea))))."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.vis = nn.ModuleList(nn.Conv2d(d + 8, d, 1) for _ in range(heads))
+        self.lang = nn.ModuleList(nn.Linear(d, d) for _ in range(heads))
+
+    def forward(self, x: torch.Tensor, xy: torch.Tensor, q_ea: torch.Tensor) -> torch.Tensor:
+        v = torch.cat([x, xy], 1)
+        m = sum(torch.tanh(conv(v)) * torch.tanh(lin(q_ea))[:, :, None, None] for conv, lin in zip(self.vis, self.lang))
+        return F.normalize(torch.tanh(m), dim=1)
+
+
+class RelationGraph(nn.Module):
+    """Affinity B[n, t] = <conv(M)_n, linear(word_t)> / sqrt(d) * p_relation(t); adjacency
+    A = softmax_words(B) softmax_nodes(B)^T (node -> relational word -> node), applied as two
+    products; each step H = ReLU(LN(A M) + M); then R = L2norm(ReLU(LN(linear(H))))."""
+
+    def __init__(self, d: int, steps: int):
+        super().__init__()
+        self.key, self.word = nn.Conv2d(d, d, 1), nn.Linear(d, d)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(steps))
+        self.out = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d), nn.ReLU())
+
+    def forward(self, m: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor, p_rel: torch.Tensor):
+        b, d, h, w = m.shape
+        aff = torch.einsum("bdn,btd->bnt", self.key(m).flatten(2), self.word(words)) / d ** 0.5 * p_rel[:, None, :]
+        to_word = aff.masked_fill(word_pad[:, None, :], torch.finfo(aff.dtype).min).softmax(2)  # node -> word
+        to_node = aff.softmax(1)  # word -> node
+        x = m.flatten(2).transpose(1, 2)  # (B, HW, d)
+        for norm in self.norms:
+            x = F.relu(norm(to_word @ (to_node.transpose(1, 2) @ x)) + x)
+        return F.normalize(self.out(x), dim=-1).transpose(1, 2).reshape(b, d, h, w)
+
+
+class FeatureExchange(nn.Module):
+    """TGFE over L levels: g_i = L2norm(linear([attention pool of F_i with query s; s])); F_i +=
+    sum over j != i of ReLU(conv_ij(resize(F_j))) * sigmoid(linear_ij(g_i)); F_i = L2norm(F_i);
+    ``rounds`` rounds with their own weights, every level updated from the previous round's."""
+
+    def __init__(self, d: int, levels: int, rounds: int):
+        super().__init__()
+        self.levels = levels
+        self.pool_key = nn.ModuleList(nn.Conv2d(d, d, 1) for _ in range(rounds * levels))
+        self.pool_query = nn.ModuleList(nn.Linear(d, d) for _ in range(rounds * levels))
+        self.summary = nn.ModuleList(nn.Linear(2 * d, d) for _ in range(rounds * levels))
+        pairs = rounds * levels * (levels - 1)
+        self.send = nn.ModuleList(nn.Conv2d(d, d, 1) for _ in range(pairs))
+        self.gate = nn.ModuleList(nn.Linear(d, d) for _ in range(pairs))
+
+    def forward(self, feats: list[torch.Tensor], s: torch.Tensor) -> list[torch.Tensor]:
+        L, d = self.levels, s.shape[-1]
+        for r in range(len(self.summary) // L):
+            new = []
+            for i, fi in enumerate(feats):
+                k = r * L + i
+                att = torch.einsum("bdn,bd->bn", self.pool_key[k](fi).flatten(2), self.pool_query[k](s)) / d ** 0.5
+                pooled = (fi.flatten(2) * att.softmax(-1)[:, None, :]).sum(-1)
+                g = F.normalize(self.summary[k](torch.cat([pooled, s], -1)), dim=-1)
+                out = fi
+                others = [j for j in range(L) if j != i]
+                for n, j in enumerate(others):
+                    e = (r * L + i) * (L - 1) + n
+                    fj = F.interpolate(feats[j], size=fi.shape[-2:], mode="bilinear", align_corners=False)
+                    out = out + F.relu(self.send[e](fj)) * torch.sigmoid(self.gate[e](g))[:, :, None, None]
+                new.append(F.normalize(out, dim=1))
+            feats = new
+        return feats
+
+
+class ProgressiveComprehension(nn.Module):
+    """On the levels at strides 8, 16, 32: word types; entity perception M_l (``perception``);
+    relation graph R_l (``graph_steps`` > 0, on M_l); F_l = ReLU(conv([M_l; R_l; q_ea; coords]));
+    TGFE (``exchange_rounds`` > 0, on F_l, or on the levels themselves without perception). The
+    result, through a 1x1 conv per level, is added to each level."""
+
+    LEVELS = 3
+
+    def __init__(self, d: int, perception: bool, heads: int, graph_steps: int, exchange_rounds: int):
+        super().__init__()
+        if graph_steps and not perception:
+            raise ValueError("model.cmpc.graph_steps needs model.cmpc.perception (the graph's nodes are its output)")
+        if not (perception or exchange_rounds):
+            raise ValueError("ProgressiveComprehension with nothing on: build none (model.cmpc all off)")
+        self.words = WordTypes(d)
+        self.perceive = nn.ModuleList(EntityPerception(d, heads) for _ in range(self.LEVELS)) if perception else None
+        self.graphs = nn.ModuleList(RelationGraph(d, graph_steps) for _ in range(self.LEVELS)) if graph_steps else None
+        if perception:
+            c = 2 * d + (d if graph_steps else 0) + 8
+            self.outputs = nn.ModuleList(nn.Sequential(nn.Conv2d(c, d, 1), nn.ReLU()) for _ in range(self.LEVELS))
+        self.exchange = FeatureExchange(d, self.LEVELS, exchange_rounds) if exchange_rounds else None
+        self.merge = nn.ModuleList(nn.Conv2d(d, d, 1) for _ in range(self.LEVELS))
+
+    def forward(self, fused: list[torch.Tensor], words: torch.Tensor, word_pad: torch.Tensor) -> list[torch.Tensor]:
+        p, q_ea, s = self.words(words, word_pad)
+        feats = []
+        for i, x in enumerate(fused[:self.LEVELS]):
+            if self.perceive is None:
+                feats.append(x)
+                continue
+            b, d, h, w = x.shape
+            xy = coords(b, h, w, x.device, x.dtype)
+            m = self.perceive[i](x, xy, q_ea)
+            parts = [m] + ([self.graphs[i](m, words, word_pad, p[..., 2])] if self.graphs is not None else [])
+            feats.append(self.outputs[i](torch.cat(parts + [q_ea[:, :, None, None].expand(-1, -1, h, w), xy], 1)))
+        if self.exchange is not None:
+            feats = self.exchange(feats, s)
+        return [x + merge(f) for x, f, merge in zip(fused, feats, self.merge)] + list(fused[self.LEVELS:])
