@@ -108,8 +108,9 @@ class StageAlignment(nn.Module):
     """The alignment modules after the backbone stages at ``strides`` of channels ``channels`` (the
     four stages at strides 4, 8, 16, 32). ``start(words, word_pad)`` opens a forward pass;
     ``stage(i, x)`` is called by the backbone with stage i's output x (B, C, H, W) and returns what
-    the next stage reads and the feature the model reads (triple alignment first, then CAM); ``finish()`` returns the words (updated
-    by triple alignment) and the aligned queries (None without triple alignment)."""
+    the next stage reads and the feature the model reads (triple alignment first, then CAM);
+    ``finish()`` returns the words (updated by triple alignment) and the aligned queries (None
+    without triple alignment)."""
 
     STRIDES = (4, 8, 16, 32)
 
