@@ -437,3 +437,15 @@ def test_feature_exchange_reads_the_other_levels():
         closed = ex(feats, s)
     for f, c in zip(feats, closed):
         torch.testing.assert_close(c, F.normalize(f, dim=1))
+
+
+def test_every_switch_builds_on_a_refcoco_preset():
+    """The method switches on the Swin-T RefCOCO preset (random weights): the stage hooks find the
+    Swin stages (flattened timm names, NHWC) and every module is built at that preset's widths."""
+    cfg = load_config("configs/refcoco_swin_t.yaml", ["model.backbone.pretrained=false", "model.text.pretrained=false"])
+    cfg = merge(cfg, ALL)  # every component of test_component_trains_and_evaluates
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=30522, mask_token_id=103)
+    assert model.backbone.stage_names == ["layers_0", "layers_1", "layers_2", "layers_3"] and model.backbone.nhwc
+    assert model.align.cam["32"].full.vis[0].in_channels == 768 and model.cmpc is not None
+    assert model.multigranularity and model.grounding.head[-1].out_features == 30522
