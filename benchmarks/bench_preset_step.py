@@ -1,6 +1,9 @@
 """A training step of the benchmark presets at their input size, on whatever device is here.
 
     python benchmarks/bench_preset_step.py [--presets refcoco_swin_t refcoco_swin_b] [--batch 1] [--steps 3]
+    python benchmarks/bench_preset_step.py --presets tiny_synthetic methods/sgmg methods/all --batch 16 --steps 5
+
+A preset is a config under configs/ without its .yaml (methods/<name> for the method presets).
 
 Each preset is built with random weights (model.backbone.pretrained=false, model.text.pretrained=false:
 the same architecture, BERT-base-sized text encoder), in a fresh child process; one step = forward,
@@ -30,7 +33,7 @@ def child(preset: str, batch: int, steps: int) -> dict:
     cfg = load_config(f"configs/{preset}.yaml", ["model.backbone.pretrained=false", "model.text.pretrained=false"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = build_model(cfg, vocab_size=30522).to(device)
+    model = build_model(cfg, vocab_size=30522, mask_token_id=103).to(device)  # BERT's [MASK]
     opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg["train"]["weight_decay"])
     state = TrainState(model, build_criterion(cfg), opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
                        torch.bfloat16 if device.type == "cuda" else None, None, cfg["train"]["clip"])
