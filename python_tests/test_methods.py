@@ -371,7 +371,7 @@ def test_segment_optimizer_layout():
     fused = [torch.randn(2, 64, 20 // 2 ** i, 20 // 2 ** i) for i in range(4)]
     raw8, raw4 = torch.randn(2, 64, 20, 20), torch.randn(2, 32, 40, 40)
     with torch.no_grad():
-        refined, coarse, x4 = head(q, fused, raw8, raw4, boxes)
+        refined, coarse, x4 = head(q, head.features(fused, raw8, raw4), boxes)
     assert coarse.shape == (2, 80, 80) and refined.shape == (2, 160, 160) and x4.shape == (2, 16, 40, 40)
     x8 = F.pixel_unshuffle(coarse[:, None], 4)  # back to the 16 channels at stride 8
     up = F.interpolate(x8, size=(40, 40), mode="bilinear", align_corners=False)

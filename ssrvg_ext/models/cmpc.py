@@ -40,9 +40,10 @@ class WordTypes(nn.Module):
     def forward(self, words: torch.Tensor, word_pad: torch.Tensor):
         """-> p, q_ea (B, d): entity + attribute words, s (B, d): all but the unnecessary ones (both
         L2-normalised sums over the real words)."""
-        p = self.mlp(words).softmax(-1) * (~word_pad)[..., None].to(words.dtype)
-        q_ea = F.normalize(((p[..., 0] + p[..., 1])[..., None] * words).sum(1), dim=-1)
-        s = F.normalize(((1 - p[..., 3]) * (~word_pad).to(words.dtype))[..., None].mul(words).sum(1), dim=-1)
+        real = (~word_pad)[..., None].to(words.dtype)
+        p = self.mlp(words).softmax(-1) * real
+        q_ea = F.normalize(((p[..., 0:1] + p[..., 1:2]) * words).sum(1), dim=-1)
+        s = F.normalize(((1 - p[..., 3:4]) * real * words).sum(1), dim=-1)
         return p, q_ea, s
 
 

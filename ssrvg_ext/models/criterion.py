@@ -180,10 +180,11 @@ class Criterion(nn.Module):
         tgt = batch["boxes"].to(out["boxes"].dtype)
         norm = global_count(tgt.shape[0], tgt.device)
         mask_terms, factors, aux_masks = {}, {}, {}
-        if self.mask:
+        if self.mask or "cal_pixels" in out:  # the mask targets (and the padding) of both
             size = batch["images"].shape[-1]
             targets = box_to_mask(batch["boxes"], size) if self.box_to_mask else batch["masks"]
             valid = padding_valid(batch["meta"], size, targets.device)
+        if self.mask:
             mask_terms, factors["last"] = self.mask_losses(out["mask_logits"], targets, valid, norm)
             for i, logits in enumerate(out.get("aux_mask_logits", [])):  # SegVG: a mask at every layer
                 aux_masks[i], factors[i] = self.mask_losses(logits, targets, valid, norm)
@@ -201,9 +202,7 @@ class Criterion(nn.Module):
         if "mg_logits" in out:
             terms["mg"] = self.mask_grounding_loss(out)
         if "cal_pixels" in out:
-            size = batch["images"].shape[-1]
-            masks = box_to_mask(batch["boxes"], size) if self.box_to_mask else batch["masks"]
-            terms.update(self.alignment_losses(out, masks, padding_valid(batch["meta"], size, masks.device), norm))
+            terms.update(self.alignment_losses(out, targets, valid, norm))
         terms.update({f"mask_{k}": v for k, v in mask_terms.items()})
         weights = self.weight_dict(len(out["aux_boxes"]))
         terms["total"] = sum(weights[k] * v for k, v in terms.items() if weights.get(k))

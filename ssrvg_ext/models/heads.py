@@ -40,6 +40,14 @@ def box_coords(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.stack([dx, dy, 2 * torch.maximum(dx.abs(), dy.abs())], 1)
 
 
+def kernel_input(queries: torch.Tensor) -> torch.Tensor:
+    """(B, 2d): the box query beside the mean of the mask queries (the box query again without any),
+    what the mask heads' dynamic kernels are predicted from."""
+    box_q = queries[:, 0]
+    mask_q = queries[:, 1:].mean(1) if queries.shape[1] > 1 else box_q
+    return torch.cat([box_q, mask_q], -1)
+
+
 class MaskHead(nn.Module):
     """Mask logits = <kernel(queries), [pixel features, coordinates relative to the predicted box]>:
     the box query and the pooled mask queries produce one dynamic 1x1 kernel per expression; the
@@ -50,8 +58,6 @@ class MaskHead(nn.Module):
         self.kernel = MLP(2 * d, d, mask_dim + 3, 3)
 
     def forward(self, queries: torch.Tensor, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        box_q = queries[:, 0]
-        mask_q = queries[:, 1:].mean(1) if queries.shape[1] > 1 else box_q
-        k = self.kernel(torch.cat([box_q, mask_q], -1))
+        k = self.kernel(kernel_input(queries))
         feats = torch.cat([pixels, box_coords(boxes.detach().to(pixels.dtype), *pixels.shape[-2:])], 1)
         return torch.einsum("bc,bchw->bhw", k, feats)

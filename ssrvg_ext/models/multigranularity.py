@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MLP
-from .heads import box_coords
+from .heads import box_coords, kernel_input
 
 
 def residual_block(k: int, c: int) -> nn.Sequential:
@@ -34,16 +34,20 @@ class MultiGranularityHead(nn.Module):
         self.kernel = MLP(2 * d, d, sum(self.sizes), 3)
         self.block8, self.block4 = residual_block(channels, c8), residual_block(channels, c4)
 
-    def forward(self, queries: torch.Tensor, fused: list[torch.Tensor], raw8: torch.Tensor, raw4: torch.Tensor,
-                boxes: torch.Tensor):
-        """Returns the refined mask logits (B, 4 h4, 4 w4), the coarse ones (B, 4 h8, 4 w8) and the
-        K-channel stride-4 features."""
+    @staticmethod
+    def features(fused: list[torch.Tensor], raw8: torch.Tensor, raw4: torch.Tensor):
+        """What every decoder layer's mask reads (computed once per forward): the memory levels at
+        strides 8, 16, 32 summed at stride 8 (bicubic), and the raw stride-8 and stride-4 maps."""
         size = fused[0].shape[-2:]
         mem = fused[0] + sum(F.interpolate(f, size=size, mode="bicubic", align_corners=False) for f in fused[1:3])
-        feats = torch.cat([mem, box_coords(boxes.detach().to(mem.dtype), *size)], 1)
-        box_q = queries[:, 0]
-        mask_q = queries[:, 1:].mean(1) if queries.shape[1] > 1 else box_q
-        w1, b1, w2, b2 = self.kernel(torch.cat([box_q, mask_q], -1)).split(self.sizes, -1)
+        return mem, raw8, raw4
+
+    def forward(self, queries: torch.Tensor, features: tuple, boxes: torch.Tensor):
+        """features: :meth:`features`. Returns the refined mask logits (B, 4 h4, 4 w4), the coarse
+        ones (B, 4 h8, 4 w8) and the K-channel stride-4 features."""
+        mem, raw8, raw4 = features
+        feats = torch.cat([mem, box_coords(boxes.detach().to(mem.dtype), *mem.shape[-2:])], 1)
+        w1, b1, w2, b2 = self.kernel(kernel_input(queries)).split(self.sizes, -1)
         b, k = queries.shape[0], self.k
         x = F.relu(torch.einsum("bkc,bchw->bkhw", w1.view(b, k, -1), feats) + b1[:, :, None, None])
         x = torch.einsum("bkj,bjhw->bkhw", w2.view(b, k, k), x) + b2[:, :, None, None]

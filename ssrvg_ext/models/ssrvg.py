@@ -82,13 +82,19 @@ class SSRVG(nn.Module):
             words, sentence = self.text(text_ids, text_mask)
         return f4, maps, words, sentence, queries, attr_logits, raw
 
-    def masks(self, queries, boxes, fused, f4, raw):
-        """The mask logits from one layer's queries and box, the coarse ones (SgMg; else None) and
-        the pixel features they were read from."""
+    def mask_features(self, fused, f4, raw):
+        """What every decoder layer's mask is read from, computed once per forward: the pixel
+        decoder's map, or SgMg's memory sum and raw backbone maps."""
         if self.multigranularity:
-            return self.mask_head(queries, fused, raw[1], raw[0], boxes)
-        pixels = self.pixel_decoder(fused, f4)
-        return self.mask_head(queries, pixels, boxes), None, pixels
+            return self.mask_head.features(fused, raw[1], raw[0])
+        return self.pixel_decoder(fused, f4)
+
+    def masks(self, queries, boxes, features):
+        """One layer's mask logits, the coarse ones (SgMg; else None) and the pixel features they
+        were read from."""
+        if self.multigranularity:
+            return self.mask_head(queries, features, boxes)
+        return self.mask_head(queries, features, boxes), None, features
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 image_index: torch.Tensor | None = None, masks: torch.Tensor | None = None) -> dict:
@@ -110,16 +116,13 @@ class SSRVG(nn.Module):
                  zip(memory.split([int(h) * int(w) for h, w in (m.shape[-2:] for m in maps)], 1), maps)]
         if self.cmpc is not None:  # CMPC: word types, entity perception, relation graph, feature exchange
             fused = self.cmpc(fused, words, word_pad)
-        mask_logits, coarse, pixels = self.masks(queries[-1], boxes[-1], fused, f4, raw)
+        features = self.mask_features(fused, f4, raw)
+        mask_logits, coarse, pixels = self.masks(queries[-1], boxes[-1], features)
         out = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
         if coarse is not None and self.training:
             out["coarse_mask_logits"] = coarse
         if self.mask_every_layer and self.training:  # SegVG: every decoder layer also predicts the mask
-            if self.multigranularity:  # (the pixel decoder's features do not depend on the layer)
-                out["aux_mask_logits"] = torch.stack([self.masks(q, b, fused, f4, raw)[0]
-                                                      for q, b in zip(queries[:-1], boxes[:-1])])
-            else:
-                out["aux_mask_logits"] = torch.stack([self.mask_head(q, pixels, b) for q, b in zip(queries[:-1], boxes[:-1])])
+            out["aux_mask_logits"] = torch.stack([self.masks(q, b, features)[0] for q, b in zip(queries[:-1], boxes[:-1])])
         if attr_logits is not None:
             out["attr_logits"] = attr_logits
             out["attr_points"] = torch.cat([token_centres(*m.shape[-2:], m.device) for m in maps[:2]])
