@@ -38,7 +38,8 @@ class VideoRecord:
     obj_id: int | None  # the object's value in the annotation PNGs (None: unannotated split)
     split: str = ""
     category: str = ""
-    extra: dict = field(default_factory=dict)  # dataset-specific (A2D: the annotated frame and its .h5)
+    extra: dict = field(default_factory=dict)  # dataset-specific (Ref-YouTube-VOS: the expression's other
+    # fields, e.g. the embedded set's "kind"; A2D: the annotated frame and its .h5)
 
 
 def _read_json(path: str) -> dict:
@@ -61,8 +62,9 @@ def _videos(meta: dict, path: str) -> dict:
     return meta["videos"]
 
 
-def _expressions(vid: str, v: dict, path: str) -> list[tuple[str, str, str | None, list[str], str]]:
-    """(exp_id, text, obj_id, frames, category) of one video, from either schema."""
+def _expressions(vid: str, v: dict, path: str) -> list[tuple[str, str, str | None, list[str], str, dict]]:
+    """(exp_id, text, obj_id, frames, category, the expression's other fields) of one video, from
+    either schema."""
     if not isinstance(v, dict):
         raise ValueError(f"{path}: video {vid!r} is not an object")
     out = []
@@ -75,14 +77,15 @@ def _expressions(vid: str, v: dict, path: str) -> list[tuple[str, str, str | Non
         for exp_id, e in v["expressions"].items():
             if not isinstance(e, dict) or not isinstance(e.get("exp"), str):
                 raise ValueError(f"{path}: video {vid!r} expression {exp_id!r} has no \"exp\" text")
-            out.append((str(exp_id), e["exp"], e.get("obj_id"), sorted(frames), ""))
+            rest = {k: x for k, x in e.items() if k not in ("exp", "obj_id")}
+            out.append((str(exp_id), e["exp"], e.get("obj_id"), sorted(frames), "", rest))
     elif isinstance(v.get("objects"), dict):  # the older schema: objects -> {category, frames, expressions}
         n = 0
         for obj_id, o in sorted(v["objects"].items()):
             if not isinstance(o, dict) or not isinstance(o.get("expressions"), list) or not isinstance(o.get("frames"), list):
                 raise ValueError(f"{path}: video {vid!r} object {obj_id!r} needs \"frames\" and \"expressions\" lists")
             for text in o["expressions"]:
-                out.append((str(n), text, obj_id, sorted(o["frames"]), str(o.get("category", ""))))
+                out.append((str(n), text, obj_id, sorted(o["frames"]), str(o.get("category", "")), {}))
                 n += 1
     else:
         raise ValueError(f"{path}: video {vid!r} has neither \"expressions\" nor \"objects\"")
@@ -112,7 +115,7 @@ def load_ytvos(root: str, split: str, annotated: bool | None = None) -> list[Vid
                 categories[(vid, str(oid))] = str(o.get("category", "")) if isinstance(o, dict) else ""
     records = []
     for vid in sorted(videos):
-        for exp_id, text, obj_id, frames, category in _expressions(vid, videos[vid], path):
+        for exp_id, text, obj_id, frames, category, rest in _expressions(vid, videos[vid], path):
             where = f"{path}: video {vid!r} expression {exp_id!r}"
             oid = None
             if annotated:
@@ -127,7 +130,7 @@ def load_ytvos(root: str, split: str, annotated: bool | None = None) -> list[Vid
                 video=vid, exp_id=exp_id, text=_clean(text), frames=frames,
                 frame_paths=[os.path.join(base, "JPEGImages", vid, f + ".jpg") for f in frames],
                 anno_paths=[os.path.join(base, "Annotations", vid, f + ".png") for f in frames] if annotated else None,
-                obj_id=oid, split=split, category=category or categories.get((vid, str(obj_id)), "")))
+                obj_id=oid, split=split, category=category or categories.get((vid, str(obj_id)), ""), extra=rest))
     return records
 
 

@@ -1,0 +1,223 @@
+"""Clips of a video for one expression (:class:`~ssrvg_ext.data.rvos.VideoRecord`): the dataset and
+its collate function.
+
+A clip sample holds ``clip_len`` frames of one video, resized and padded like the images
+(:class:`~ssrvg_ext.data.transforms.ResizePad`), the referred object's mask in every frame (an empty
+mask where it is not visible), its box per frame (from the mask; ``present`` False and a zero box
+where the mask is empty) and the expression. Training draws a random window of consecutive frames
+per expression (a video shorter than the window repeats its last frame), flips the whole clip with
+its text ("left" <-> "right") and jitters brightness / contrast once per clip; never reversed in
+time, since that changes what the motion words mean. Evaluation cuts each video into consecutive
+windows (the last one moved back to end at the last frame) and predicts every frame once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .dataset import Collate, read_image
+from .rvos import VideoRecord, read_palette_mask
+from .transforms import ResizePad, swap_left_right
+
+
+@dataclass
+class VideoLabels:
+    """Labels of every object of the training videos for the dense auxiliary loss (as
+    :class:`~ssrvg_ext.data.refer.InstanceLabels` for images): ``classes[name]`` the values of label
+    ``name`` (index i + 1 in the maps; 0 is background); ``tables[video]`` an (max id + 1, K) int64
+    table, row = the object's value in the annotation PNGs, -100 where a label is unknown;
+    ``flip[name]`` the index map a horizontal flip applies (a value naming "left" becomes the one
+    naming "right")."""
+    names: tuple[str, ...]
+    classes: dict
+    tables: dict = field(repr=False)
+    flip: dict = field(repr=False)
+
+
+def load_video_labels(root: str, split: str, names, videos=None) -> VideoLabels:
+    """Labels ``names`` (keys of the objects in ``<root>/<split>/meta.json``: "category" in
+    Ref-YouTube-VOS; the embedded set also has "color", "size" and "motion") of the objects of
+    ``videos`` (all when None)."""
+    path = os.path.join(root, split, "meta.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (data.aux_labels reads the objects' labels from it)")
+    with open(path) as f:
+        meta = json.load(f).get("videos", {})
+    objs = {v: {int(k): o for k, o in (m.get("objects") or {}).items()} for v, m in meta.items()
+            if videos is None or v in videos}
+    classes = {}
+    for n in names:
+        vals = sorted({str(o[n]) for os_ in objs.values() for o in os_.values() if n in o})
+        if not vals:
+            raise ValueError(f"{path}: no object has the label {n!r}")
+        classes[n] = vals
+    tables = {}
+    for v, os_ in objs.items():
+        t = torch.full((max(os_, default=0) + 1, len(names)), -100, dtype=torch.long)
+        t[0] = 0
+        for oid, o in os_.items():
+            for k, n in enumerate(names):
+                if n in o:
+                    t[oid, k] = classes[n].index(str(o[n])) + 1
+        tables[v] = t
+    def mirrored(x: str) -> str:  # "enters_left" -> "enters_right" ("_" joins words in label values)
+        return "_".join(swap_left_right(part) for part in x.split("_"))
+
+    flip = {n: torch.tensor([0] + [vals.index(mirrored(x)) + 1 if mirrored(x) in vals else i + 1
+                                   for i, x in enumerate(vals)]) for n, vals in classes.items()}
+    return VideoLabels(tuple(names), classes, tables, flip)
+
+
+def windows(n: int, clip_len: int) -> list[list[int]]:
+    """Frame indices of consecutive windows covering n frames, each frame in exactly one window's
+    ``own`` part: windows start every clip_len frames, the last one ends at frame n - 1 (it may then
+    overlap the previous one). A video shorter than clip_len is one window of all its frames."""
+    if n <= clip_len:
+        return [list(range(n))]
+    starts = list(range(0, n - clip_len + 1, clip_len))
+    if starts[-1] + clip_len < n:
+        starts.append(n - clip_len)
+    return [list(range(s, s + clip_len)) for s in starts]
+
+
+def box_of(mask: torch.Tensor) -> torch.Tensor:
+    """xyxy pixel box (4,) around a (H, W) mask's pixels (the far edges exclusive); zeros when empty."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    if len(xs) == 0:
+        return torch.zeros(4)
+    return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+
+
+class ClipDataset(Dataset):
+    """``train``: item i is a random window of record i. Otherwise the items are (record, window)
+    pairs (:func:`windows`); ``meta["frames"]`` names the window's frame indices and ``meta["own"]``
+    the ones this window predicts (the others are predicted by an earlier window)."""
+
+    def __init__(self, records: list[VideoRecord], clip_len: int, size: int, train: bool, flip: bool = True,
+                 jitter: bool = True, cache_images: bool = False, labels: VideoLabels | None = None):
+        if clip_len < 1:
+            raise ValueError(f"clip_len must be >= 1; got {clip_len}")
+        self.records, self.clip_len, self.train = records, clip_len, train
+        self.flip, self.jitter, self.resize = flip and train, jitter and train, ResizePad(size)
+        self.cache, self.labels = ({} if cache_images else None), labels
+        self.items = [(i, None) for i in range(len(records))] if train else \
+            [(i, w) for i, r in enumerate(records) for w in windows(len(r.frames), clip_len)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def _frame(self, path: str) -> torch.Tensor:
+        if self.cache is not None and path in self.cache:
+            return self.cache[path]
+        img = read_image(path)
+        if self.cache is not None:
+            self.cache[path] = img
+        return img
+
+    def _mask(self, rec: VideoRecord, t: int, shape) -> torch.Tensor:
+        if rec.anno_paths is None:
+            return torch.zeros(shape, dtype=torch.uint8)
+        key = (rec.anno_paths[t], rec.obj_id)
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        m = torch.from_numpy(read_palette_mask(rec.anno_paths[t], rec.obj_id, f"video {rec.video} expression "
+                                               f"{rec.exp_id}").astype(np.uint8))
+        if tuple(m.shape) != tuple(shape):
+            raise ValueError(f"{rec.anno_paths[t]}: size {tuple(m.shape)} differs from its frame {tuple(shape)}")
+        if self.cache is not None:
+            self.cache[key] = m
+        return m
+
+    def __getitem__(self, i: int) -> dict:
+        ri, frames = self.items[i]
+        rec = self.records[ri]
+        n = len(rec.frames)
+        if n == 0:
+            raise ValueError(f"video {rec.video} expression {rec.exp_id} has no frames")
+        own = None
+        if frames is None:  # training: a random window
+            start = random.randint(0, max(0, n - self.clip_len))
+            frames = [min(start + k, n - 1) for k in range(self.clip_len)]
+        else:
+            earlier = {t for w in windows(n, self.clip_len) if w[0] < frames[0] for t in w}
+            own = [t not in earlier for t in frames]
+        imgs = [self._frame(rec.frame_paths[t]) for t in frames]
+        size = tuple(imgs[0].shape[-2:])
+        if any(tuple(im.shape[-2:]) != size for im in imgs):
+            raise ValueError(f"video {rec.video}: its frames differ in size")
+        masks = [self._mask(rec, t, size) for t in frames]
+        text, ids, table = rec.text, None, None
+        if self.labels is not None:  # every object's id map per frame and the video's label table
+            ids = [self._ids(rec, t, size) for t in frames]
+            table = self.labels.tables.get(rec.video, torch.zeros(1, len(self.labels.names), dtype=torch.long))
+        if self.flip and random.random() < 0.5:
+            imgs, masks, text = [im.flip(-1) for im in imgs], [m.flip(-1) for m in masks], swap_left_right(text)
+            if ids is not None:
+                ids = [m.flip(-1) for m in ids]
+                table = torch.stack([torch.where(table[:, k] >= 0, self.labels.flip[n][table[:, k].clamp_min(0)],
+                                                 table[:, k]) for k, n in enumerate(self.labels.names)], 1)
+        if self.jitter:  # one brightness / contrast change for the whole clip (hues stay: colours are named)
+            b, c = random.uniform(0.75, 1.25), random.uniform(0.75, 1.25)
+            stack = torch.stack(imgs).float() * b
+            stack = ((stack - stack.mean()) * c + stack.mean()).clamp(0, 255).round().to(torch.uint8)
+            imgs = list(stack)
+        out = [self.resize({"image": im, "box": box_of(m), "mask": m, **({"instances": ids[k]} if ids else {})})
+               for k, (im, m) in enumerate(zip(imgs, masks))]
+        s = {"images": torch.stack([o["image"] for o in out]), "masks": torch.stack([o["mask"] for o in out]),
+             "boxes": torch.stack([o["box_cxcywh"] for o in out]),
+             "present": torch.tensor([bool(m.any()) for m in masks]), "text": text,
+             "meta": {"index": ri, "frames": frames, "own": own, "orig_size": size, **out[0]["meta"]}}
+        if ids is not None:
+            s["instances"], s["inst_labels"] = torch.stack([o["instances"] for o in out]), table
+        return s
+
+    def _ids(self, rec: VideoRecord, t: int, shape) -> torch.Tensor:
+        """(H, W) uint8: the annotation PNG's object ids."""
+        key = ("ids", rec.anno_paths[t])
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        with Image.open(rec.anno_paths[t]) as im:
+            m = torch.from_numpy(np.array(im, dtype=np.uint8))
+        if self.cache is not None:
+            self.cache[key] = m
+        return m
+
+
+class ClipCollate:
+    """Clips (B of T frames each) -> a batch of B * T frames, clip-major: ``images`` (B*T, 3, S, S)
+    normalised, ``text_ids`` / ``text_mask`` each expression's row repeated for its T frames,
+    ``boxes`` (B*T, 4) cxcywh, ``masks`` (B*T, S, S), ``box_valid`` (B*T,) whether the object is
+    visible, ``clip_len`` T; ``meta`` one per frame (what the losses read) and ``clips`` one per clip."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples: list[dict]) -> dict:
+        t = samples[0]["images"].shape[0]
+        if any(s["images"].shape[0] != t for s in samples):
+            raise ValueError("the clips of a batch must have the same number of frames")
+        ids, mask = self.tokenizer.encode([s["text"] for s in samples])
+        images = torch.cat([s["images"] for s in samples])
+        out = {"images": (images - Collate.MEAN) / Collate.STD,
+               "text_ids": ids.repeat_interleave(t, 0), "text_mask": mask.repeat_interleave(t, 0),
+               "boxes": torch.cat([s["boxes"] for s in samples]).float(),
+               "masks": torch.cat([s["masks"] for s in samples]),
+               "box_valid": torch.cat([s["present"] for s in samples]), "clip_len": t,
+               "meta": [dict(s["meta"], text=s["text"]) for s in samples for _ in range(t)],
+               "clips": [dict(s["meta"], text=s["text"]) for s in samples]}
+        if "instances" in samples[0]:  # per frame: the id map and its video's label table (padded)
+            out["instances"] = torch.cat([s["instances"] for s in samples])
+            n = max(s["inst_labels"].shape[0] for s in samples)
+            out["inst_labels"] = torch.full((len(samples) * t, n, samples[0]["inst_labels"].shape[1]), -100,
+                                            dtype=torch.long)
+            for i, s in enumerate(samples):
+                out["inst_labels"][i * t:(i + 1) * t, :s["inst_labels"].shape[0]] = s["inst_labels"]
+        return out
