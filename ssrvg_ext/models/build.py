@@ -19,6 +19,7 @@ from .heads import MaskHead, PixelDecoder
 from .multigranularity import MultiGranularityHead
 from .proposal import TokenProposals
 from .ssrvg import SSRVG
+from .temporal import QueryLink, TemporalEncoder
 from .text import TextEncoder
 
 
@@ -55,9 +56,11 @@ def build_model(cfg: dict, vocab_size: int, aux_classes: dict | None = None,
         pixel_decoder, mask_head = PixelDecoder(d, m["mask_dim"], levels), MaskHead(d, m["mask_dim"])
     c = m["cmpc"]
     cmpc = ProgressiveComprehension(d, **c) if c["perception"] or c["exchange_rounds"] else None
+    tm = m["temporal"]  # clips only (docs/video.md)
+    temporal = TemporalEncoder(d, tm["layers"], tm["heads"], tm["ffn"]) if tm["layers"] else None
     return SSRVG(backbone, text, fusion, decoder, pixel_decoder, mask_head, d,
                  levels, TokenProposals(d) if m["proposals"] else None, attr_classes(cfg, aux_classes), mask_every_layer,
-                 align, grounding, cal, cmpc)
+                 align, grounding, cal, cmpc, temporal, QueryLink(d, tm["heads"]) if tm["link_queries"] else None)
 
 
 def attr_classes(cfg: dict, aux_classes: dict | None) -> list[int] | None:

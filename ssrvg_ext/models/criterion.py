@@ -104,18 +104,19 @@ class Criterion(nn.Module):
         factor = 1 + (1 - sums[:, 0] / sums[:, 2].clamp_min(1)) ** 2
         return {k: ((v * factor) if k == "dice" else v).sum() / norm for k, v in per.items()}, factor
 
-    def proposal_losses(self, out: dict, tgt: torch.Tensor, norm: float) -> dict:
+    def proposal_losses(self, out: dict, tgt: torch.Tensor, norm: float, weight: torch.Tensor | None = None) -> dict:
         """Tokens whose anchor centre lies in the ground-truth box (and always the nearest one) are
-        positives: focal loss on every token's score, L1 + GIoU on the positives' boxes."""
+        positives: focal loss on every token's score, L1 + GIoU on the positives' boxes. ``weight``
+        (B,): each sample's share (0: a video frame without the object counts only as negatives)."""
         anchors, scores, boxes = out["anchors"], out["proposal_scores"], out["proposal_boxes"]
         gt = cxcywh_to_xyxy(tgt)  # (B, 4)
         cx, cy = anchors[None, :, 0], anchors[None, :, 1]
         pos = (cx >= gt[:, 0:1]) & (cx <= gt[:, 2:3]) & (cy >= gt[:, 1:2]) & (cy <= gt[:, 3:4])
         nearest = ((anchors[None, :, :2] - tgt[:, None, :2]) ** 2).sum(-1).argmin(1)
         pos.scatter_(1, nearest[:, None], True)  # (indexing with a Python True would copy it to the GPU: a sync)
-        w = pos.float()
+        w = pos.float() if weight is None else pos.float() * weight[:, None]
         score = sigmoid_focal_loss(scores, w, alpha=0.25, gamma=2.0, reduction="sum") / norm
-        npos = w.sum(1).clamp_min(1)  # each expression weighs the same, whatever its number of positives
+        npos = pos.float().sum(1).clamp_min(1)  # each expression weighs the same, whatever its number of positives
         per_tok = (boxes - tgt[:, None, :]).abs().sum(-1)
         l1 = ((per_tok * w).sum(1) / npos).sum() / norm
         giou_tok = giou_loss(cxcywh_to_xyxy(boxes), gt[:, None, :])
@@ -177,8 +178,11 @@ class Criterion(nn.Module):
         return terms
 
     def forward(self, out: dict, batch: dict) -> dict:
+        """``batch["box_valid"]`` (B,) bool, when present (video frames): the box terms of a sample
+        without the object are left out (its mask terms ask for an empty mask)."""
         tgt = batch["boxes"].to(out["boxes"].dtype)
         norm = global_count(tgt.shape[0], tgt.device)
+        box_w = batch["box_valid"].to(tgt.dtype) if "box_valid" in batch else None
         mask_terms, factors, aux_masks = {}, {}, {}
         if self.mask or "cal_pixels" in out:  # the mask targets (and the padding) of both
             size = batch["images"].shape[-1]
@@ -191,12 +195,15 @@ class Criterion(nn.Module):
             if "coarse_mask_logits" in out:  # SgMg: the coarse mask is supervised too
                 coarse, _ = self.mask_losses(out["coarse_mask_logits"], targets, valid, norm)
                 mask_terms.update({f"{k}_coarse": v for k, v in coarse.items()})
+        if box_w is not None:
+            factors = {k: box_w if factors.get(k) is None else factors[k] * box_w for k in ["last", *aux_masks]}
+            factors.update({i: box_w for i in range(len(out["aux_boxes"])) if i not in factors})
         terms = self.box_losses(out["boxes"], tgt, norm, factors.get("last"))
         for i, aux in enumerate(out["aux_boxes"]):
             terms.update({f"{k}_{i}": v for k, v in self.box_losses(aux, tgt, norm, factors.get(i)).items()})
             terms.update({f"mask_{k}_{i}": v for k, v in aux_masks.get(i, {}).items()})
         if self.proposal and "proposal_scores" in out:
-            terms.update(self.proposal_losses(out, tgt, norm))
+            terms.update(self.proposal_losses(out, tgt, norm, box_w))
         if self.attr and self.attr_classes and "attr_logits" in out and "instances" in batch:
             terms["attr"] = self.attr_loss(out, batch)
         if "mg_logits" in out:

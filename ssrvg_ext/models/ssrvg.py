@@ -6,14 +6,16 @@
     fused + sentence ──TokenProposals──> best-matching token: the decoder's start box
     sentence + words + fused ──QueryDecoder──> queries, a box per layer
     queries + fused + stride-4 ──PixelDecoder / MaskHead──> low-res mask logits
-    (training aid) stride-8/16 levels ──attr_head──> every token's object labels (category, colour, ...)
+    (training aid) stride-8/16 levels ──attr_head──> every token's object labels (category, colour, ...;
+                   for clips read from the memory after the temporal layers, the motion too)
 
 Optional method components (docs/methods.md): ``align`` puts language inside the backbone (SegVG's
 triple alignment, which also starts the queries; MagNet's CAM); ``grounding`` is MagNet's mask
 grounding and ``cal_text`` the sentence side of its alignment loss (training outputs only); ``cmpc``
 refines the fused levels (CMPC); a MultiGranularityHead as ``mask_head`` is SgMg's
 segment-and-optimise head (then there is no pixel decoder); SgMg's spectrum fusion is inside
-``fusion``.
+``fusion``. For clips (referring video segmentation, docs/video.md), ``temporal`` mixes the fused
+memory across the frames of each clip and ``query_link`` the final queries.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .heads import MaskHead, PixelDecoder
 from .multigranularity import MultiGranularityHead
 from .position import sine_position, token_centres
 from .proposal import TokenProposals
+from .temporal import QueryLink, TemporalEncoder
 from .text import TextEncoder
 
 
@@ -42,7 +45,8 @@ class SSRVG(nn.Module):
                  proposals: TokenProposals | None = None, attr_classes: list[int] | None = None,
                  mask_every_layer: bool = False, align: StageAlignment | None = None,
                  grounding: MaskGrounding | None = None, cal: dict | None = None,
-                 cmpc: ProgressiveComprehension | None = None):
+                 cmpc: ProgressiveComprehension | None = None, temporal: TemporalEncoder | None = None,
+                 query_link: QueryLink | None = None):
         """attr_classes: the number of classes (background included) of each label that the dense
         auxiliary head predicts for the tokens of the two finest levels; None: no such head.
         cal: the alignment loss's terms ({"p2p": bool, "p2t": bool}; None: no such loss)."""
@@ -58,6 +62,7 @@ class SSRVG(nn.Module):
         feature_dim = pixel_decoder.mask_dim if pixel_decoder is not None else mask_head.k
         self.cal_text = nn.Linear(d_model, feature_dim) if cal and cal["p2t"] else None
         self.multigranularity = isinstance(mask_head, MultiGranularityHead)
+        self.temporal, self.query_link = temporal, query_link
 
     def encode(self, images, text_ids, text_mask, image_index=None):
         """Backbone and text encoder: the stride-4 map, the levels, the words, the sentence, the
@@ -73,7 +78,7 @@ class SSRVG(nn.Module):
         if self.align is not None:
             words, queries = self.align.finish()
         attr_logits = None
-        if self.attr_head is not None and self.training:  # the object under each visual token
+        if self.attr_head is not None and self.training and self.temporal is None:  # the object under each token
             attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in maps[:2]], 2).transpose(1, 2)
         if image_index is not None:
             f4, maps = (f4[image_index] if f4 is not None else None), [m[image_index] for m in maps]
@@ -97,26 +102,36 @@ class SSRVG(nn.Module):
         return self.mask_head(queries, features, boxes), None, features
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
-                image_index: torch.Tensor | None = None, masks: torch.Tensor | None = None) -> dict:
+                image_index: torch.Tensor | None = None, masks: torch.Tensor | None = None,
+                clip_len: int | None = None) -> dict:
         """images (B_img, 3, S, S); text_ids / text_mask (B, T), one row per expression. image_index
         (B,) int64: the row of ``images`` each expression refers to, when several share an image
         (the backbone then runs once per image); None: expression i is about image i. masks
         (B, S, S): the ground truth, an input of mask grounding (training only). The outputs have a
-        row per expression, except ``attr_logits`` (one per image)."""
+        row per expression, except ``attr_logits`` (one per image). clip_len T: the rows are clips of
+        T consecutive frames (clip-major, each frame with its clip's expression), which the temporal
+        modules connect; None: independent images."""
         f4, maps, words, sentence, aligned, attr_logits, raw = self.encode(images, text_ids, text_mask, image_index)
         word_pad = ~text_mask
         d = maps[0].shape[1]
         pos = torch.cat([sine_position(*m.shape[-2:], d, m.device, m.dtype) + self.level_embed[i]
                          for i, m in enumerate(maps)])
         memory, words, shapes, starts = self.fusion(maps, pos, words, word_pad)
+        if self.temporal is not None and clip_len:
+            memory = self.temporal(memory, shapes, words, word_pad, clip_len)
         prop = self.proposals(memory, sentence, shapes) if self.proposals is not None else None
         queries, boxes = self.decoder(sentence, words, word_pad, memory, shapes, starts,
                                       prop["best_box"] if prop else None, prop["best_feature"] if prop else None, aligned)
         fused = [lvl.transpose(1, 2).reshape(m.shape) for lvl, m in
                  zip(memory.split([int(h) * int(w) for h, w in (m.shape[-2:] for m in maps)], 1), maps)]
+        if self.temporal is not None and clip_len and self.attr_head is not None and self.training:
+            # clips: the labels (a motion among them) are read from the memory after the temporal layers
+            attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in fused[:2]], 2).transpose(1, 2)
         if self.cmpc is not None:  # CMPC: word types, entity perception, relation graph, feature exchange
             fused = self.cmpc(fused, words, word_pad)
         features = self.mask_features(fused, f4, raw)
+        if self.query_link is not None and clip_len:
+            queries = [*queries[:-1], self.query_link(queries[-1], clip_len)]
         mask_logits, coarse, pixels = self.masks(queries[-1], boxes[-1], features)
         out = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
         if coarse is not None and self.training:
@@ -142,7 +157,8 @@ class SSRVG(nn.Module):
     @torch.no_grad()
     def predict(self, batch: dict, threshold: float = 0.0) -> list[dict]:
         """Original-resolution box (xyxy pixels) and uint8 mask per sample, using the transform's meta."""
-        out = self(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"))
+        out = self(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"),
+                   clip_len=batch.get("clip_len"))
         return postprocess(out, batch["meta"], threshold)
 
 

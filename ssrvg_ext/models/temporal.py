@@ -1,0 +1,90 @@
+"""Interaction between the frames of a clip (referring video segmentation, docs/video.md).
+
+The per-frame model sees one frame at a time; these modules see the clip. Rows of a batch are
+clip-major: B clips of T frames are B * T rows, frame t of clip b at row b * T + t.
+
+* :class:`TemporalLayer` on the fused memory of every level: a depthwise 3x3x3 convolution over
+  (time, y, x) -- the local motion at each place --, attention across the T frames at each position
+  (with a sinusoidal frame-index embedding, so "before" and "after" differ), attention from every
+  position to the words (so the motion words meet the motion features), and a feed-forward block;
+  each a residual with its LayerNorm.
+* :class:`QueryLink` on the decoder's final queries: each query attends to the same query in every
+  frame of its clip, so the mask kernels of one expression agree across the clip (one object is
+  followed).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .attention import MLP, Attention
+
+
+def frame_embedding(t: int, d: int, device, dtype) -> torch.Tensor:
+    """(T, d) sinusoidal embedding of the frame index within the clip."""
+    pos = torch.arange(t, device=device, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(100.0) / d))
+    emb = torch.zeros(t, d, device=device)
+    emb[:, 0::2], emb[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div[: d // 2])
+    return emb.to(dtype)
+
+
+class TemporalLayer(nn.Module):
+    def __init__(self, d: int, heads: int, ffn: int):
+        super().__init__()
+        self.motion = nn.Conv3d(d, d, 3, padding=1, groups=d)
+        self.motion_proj = nn.Linear(d, d)
+        self.time_attn, self.word_attn = Attention(d, heads), Attention(d, heads)
+        self.ffn = MLP(d, ffn, d)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(4))
+        nn.init.zeros_(self.motion_proj.weight)  # starts as the per-frame model
+        nn.init.zeros_(self.motion_proj.bias)
+
+    def forward(self, x, shapes, words, word_pad, t: int):
+        """x (B*T, N, C) memory of all levels; shapes (levels, 2); words (B*T, L, C)."""
+        bt, n, c = x.shape
+        b = bt // t
+        parts = []
+        for lvl, (h, w) in zip(x.split([int(h) * int(w) for h, w in shapes.tolist()], 1), shapes.tolist()):
+            vol = lvl.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # (B, C, T, h, w)
+            parts.append(self.motion(vol).permute(0, 2, 3, 4, 1).reshape(bt, h * w, c))
+        x = self.norms[0](x + self.motion_proj(torch.cat(parts, 1)))
+        seq = (x.reshape(b, t, n, c) + frame_embedding(t, c, x.device, x.dtype)[None, :, None]).transpose(1, 2)
+        seq = seq.reshape(b * n, t, c)
+        attn = self.time_attn(seq, seq, x.reshape(b, t, n, c).transpose(1, 2).reshape(b * n, t, c))
+        x = self.norms[1](x + attn.reshape(b, n, t, c).transpose(1, 2).reshape(bt, n, c))
+        x = self.norms[2](x + self.word_attn(x, words, words, word_pad))
+        return self.norms[3](x + self.ffn(x))
+
+
+class TemporalEncoder(nn.Module):
+    """``layers`` :class:`TemporalLayer` s after the fusion encoder."""
+
+    def __init__(self, d: int, layers: int, heads: int, ffn: int):
+        super().__init__()
+        self.layers = nn.ModuleList(TemporalLayer(d, heads, ffn) for _ in range(layers))
+
+    def forward(self, memory, shapes, words, word_pad, t: int):
+        if memory.shape[0] % t:
+            raise ValueError(f"{memory.shape[0]} frames are not whole clips of {t}")
+        for layer in self.layers:
+            memory = layer(memory, shapes, words, word_pad, t)
+        return memory
+
+
+class QueryLink(nn.Module):
+    """Each query attends to itself in every frame of its clip (residual, LayerNorm)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.attn, self.norm = Attention(d, heads), nn.LayerNorm(d)
+
+    def forward(self, q: torch.Tensor, t: int) -> torch.Tensor:  # (B*T, Q, C)
+        bt, nq, c = q.shape
+        seq = q.reshape(bt // t, t, nq, c).transpose(1, 2).reshape(-1, t, c)
+        pe = frame_embedding(t, c, q.device, q.dtype)[None]
+        out = self.attn(seq + pe, seq + pe, seq).reshape(bt // t, nq, t, c).transpose(1, 2).reshape(bt, nq, c)
+        return self.norm(q + out)
