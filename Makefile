@@ -1,6 +1,7 @@
 # The two main commands (see README.md):
 #   make test    set up .venv, build the extension (CUDA kernels too where torch has CUDA), run the tests
 #   make train   set up, generate the synthetic dataset, train the default config, evaluate, demo picture
+#   make train-video   the same for referring video segmentation on the embedded video set (docs/video.md)
 # Everything installs into .venv at the versions pinned in constraints.txt (refresh: make lock);
 # FORCE_CUDA=0 make test builds CPU-only kernels.
 
@@ -19,7 +20,11 @@ DATA    ?= data/synthetic
 RUN     ?= runs/tiny_synthetic
 CONFIG  ?= configs/tiny_synthetic.yaml
 
-.PHONY: setup build train-build test fuzz train data bench info lock clean
+VDATA   ?= data/synthetic_video
+VRUN    ?= runs/tiny_video
+VCONFIG ?= configs/tiny_video.yaml
+
+.PHONY: setup build train-build test fuzz train data video-data train-video bench info lock clean
 
 setup: $(VENV)/.setup-done
 
@@ -82,6 +87,18 @@ train: train-build data
 	$(PYTHON) -m ssrvg_ext.cli.eval --checkpoint $(RUN)/best.pth --split val testB --control val --out-dir $(RUN)
 	$(PYTHON) -m ssrvg_ext.cli.demo --checkpoint $(RUN)/best.pth --example $(DATA)/example.json --out $(RUN)/demo.png
 	$(PYTHON) -m ssrvg_ext.cli.report $(RUN)
+
+video-data: $(VDATA)/meta_expressions/train/meta_expressions.json
+
+$(VDATA)/meta_expressions/train/meta_expressions.json: ssrvg_ext/data/synthetic_video.py ssrvg_ext/cli/make_synthetic_video.py | setup
+	$(PYTHON) -m ssrvg_ext.cli.make_synthetic_video --out $(VDATA)
+
+# Trains on clips, evaluates J&F on valid and testB (and valid with shuffled expressions), draws one clip.
+train-video: train-build video-data
+	$(PYTHON) -m ssrvg_ext.cli.train --config $(VCONFIG) --out $(VRUN) --resume auto data.ann_dir=$(VDATA) data.image_dir=$(VDATA)
+	$(PYTHON) -m ssrvg_ext.cli.eval --checkpoint $(VRUN)/best.pth --split valid testB --control valid --out-dir $(VRUN)
+	$(PYTHON) -m ssrvg_ext.cli.demo_video --checkpoint $(VRUN)/best.pth --data $(VDATA) --split valid --out $(VRUN)/demo_strip.png
+	$(PYTHON) -m ssrvg_ext.cli.report $(VRUN)
 
 bench: build
 	$(PYTHON) benchmarks/bench_rle.py

@@ -11,9 +11,9 @@ from . import ops  # noqa: F401
 __version__ = "0.1.0"
 
 
-def __getattr__(name):  # ssrvg_ext.Predictor without importing the models on `import ssrvg_ext`
-    if name == "Predictor":
-        from .predictor import Predictor
+def __getattr__(name):  # ssrvg_ext.Predictor / VideoPredictor without importing the models on `import ssrvg_ext`
+    if name in ("Predictor", "VideoPredictor"):
+        from . import predictor
 
-        return Predictor
+        return getattr(predictor, name)
     raise AttributeError(f"module 'ssrvg_ext' has no attribute {name!r}")

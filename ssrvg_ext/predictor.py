@@ -107,3 +107,52 @@ class Predictor:
                 results.append({"box": [round(float(v), 2) for v in p["box"]], "score": float(s), "text": meta["text"],
                                 "mask": rle.encode(mask) if as_rle else mask})
         return results
+
+
+class VideoPredictor:
+    """A model trained on clips (a video config, docs/video.md) that segments the object an
+    expression refers to in every frame of a video, in windows of ``data.clip_len`` frames as
+    evaluation does. ``device`` / ``amp`` / ``ema``: as :class:`Predictor`.
+
+        >>> vp = VideoPredictor("runs/tiny_video/best.pth")
+        >>> r = vp.predict(["f0.jpg", "f1.jpg", ...], "the square moving to the left")
+        >>> r["masks"].shape, r["boxes"].shape       # (T, H, W) uint8, (T, 4) xyxy; a zero box: no object
+    """
+
+    def __init__(self, checkpoint: str, device: torch.device | str | None = None, amp: str = "auto", ema: bool = False):
+        self.image = Predictor(checkpoint, device, amp, ema)
+        if self.image.cfg["data"]["format"] != "ytvos":
+            raise ValueError(f"{checkpoint} was not trained on videos (data.format={self.image.cfg['data']['format']}); "
+                             "use Predictor")
+        self.clip_len = int(self.image.cfg["data"]["clip_len"])
+
+    @torch.no_grad()
+    def predict(self, frames: Sequence[ImageLike], expression: str, threshold: float = 0.0) -> dict:
+        """``frames``: the video's frames in order (paths, PIL images, arrays or tensors, one size).
+        Returns ``masks`` (T, H, W) uint8, ``boxes`` (T, 4) xyxy in pixels (zeros where the mask
+        is empty), and ``text``."""
+        from .data.clips import box_of, windows
+
+        if not isinstance(expression, str) or not expression.strip():
+            raise ValueError(f"the expression is empty or not a string: {expression!r}")
+        imgs = [as_image_tensor(f) for f in frames]
+        if not imgs:
+            raise ValueError("no frames")
+        size = tuple(imgs[0].shape[-2:])
+        if any(tuple(im.shape[-2:]) != size for im in imgs):
+            raise ValueError("the frames of a video must have one size")
+        p = self.image
+        masks = [None] * len(imgs)
+        for win in windows(len(imgs), self.clip_len):
+            todo = [t for t in win if masks[t] is None]
+            samples = [p.transform({"image": imgs[t], "box": torch.zeros(4), "mask": torch.zeros(size, dtype=torch.uint8),
+                                    "text": expression, "meta": {"index": t, "orig_size": size}}) for t in win]
+            batch = to_device(p.collate(samples), p.device)
+            ids, tmask = batch["text_ids"][:1].expand(len(win), -1), batch["text_mask"][:1].expand(len(win), -1)
+            with torch.autocast(p.device.type, dtype=p.amp_dtype, enabled=p.amp_dtype is not None):
+                out = p.model(batch["images"], ids, tmask, clip_len=len(win))
+            for t, pred in zip(win, postprocess(out, batch["meta"], threshold)):
+                if t in todo:
+                    masks[t] = pred["mask"].cpu()
+        m = torch.stack(masks)
+        return {"masks": m, "boxes": torch.stack([box_of(x) for x in m]), "text": expression}

@@ -1,13 +1,18 @@
-"""Evaluate a checkpoint: REC Acc@0.5, RES mIoU / oIoU / Prec@0.5:0.9 at original resolution.
+"""Evaluate a checkpoint: REC Acc@0.5, RES mIoU / oIoU / Prec@0.5:0.9 at original resolution; for a
+video model (data.format=ytvos) J, F and J&F per expression and over the split (docs/video.md).
 
     python -m ssrvg_ext.cli.eval --checkpoint runs/tiny/best.pth [--config CFG] --split val [--shuffle-text] [--out metrics.json]
     python -m ssrvg_ext.cli.eval --checkpoint runs/tiny/best.pth --split val testB --control val --out-dir runs/tiny
+    python -m ssrvg_ext.cli.eval --checkpoint runs/ytvos/best.pth --split valid --submission runs/ytvos/submission
+    python -m ssrvg_ext.cli.eval --checkpoint runs/davis/best.pth --split valid --davis runs/davis/results
 
 Writes a JSON with the metrics and every expression's prediction (box + RLE mask): to --out for a
 single evaluation, or eval_<split>.json (eval_<split>_shuffled.json for a control) in --out-dir.
 --shuffle-text pairs each image with another expression of the split: a model that uses the
 expression must score far lower then. --control SPLIT also evaluates SPLIT that way, next to the
-plain evaluations, with the model loaded once.
+plain evaluations, with the model loaded once. --submission DIR writes DIR/Annotations/<video>/<exp_id>/
+<frame>.png and DIR/submission.zip (Ref-YouTube-VOS's server); --davis DIR writes DIR/anno_<k>/<video>/
+<frame>.png (the DAVIS 2017 toolkit, Ref-DAVIS17's four annotators); both for one split.
 """
 
 import argparse
@@ -19,23 +24,27 @@ import torch
 
 from ssrvg_ext.engine import checkpoint, dist
 from ssrvg_ext.engine.inference import load_for_inference
-from ssrvg_ext.engine.data import load_records, make_dataset, make_loader
+from ssrvg_ext.engine.data import is_video, load_records, make_dataset, make_loader
 from ssrvg_ext.engine.loops import evaluate
 from ssrvg_ext.engine.optim import amp_setup
+from ssrvg_ext.engine.video import write_davis_results, write_ytvos_submission
 from ssrvg_ext.cli.report import table
 
 
-def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False) -> list[dict]:
+def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False, submission=None, davis=None) -> list[dict]:
     """Evaluates every (split, shuffle_text) of ``evals`` with the checkpoint loaded once; writes the
     i-th result to ``outs[i]`` when given (an ``outs`` entry may be a function of the pair). A split
     of None stands for the config's ``data.eval_splits`` (the benchmark's own splits). Returns the
-    metrics in order and prints them as one table."""
+    metrics in order and prints them as one table. ``submission`` / ``davis``: folders for a video
+    model's result files (of the first evaluation)."""
     _, _, device = dist.init_from_env()
     loaded = load_for_inference(ckpt_path, config, overrides, ema=ema, device=device)
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.cfg
     default = cfg["data"].get("eval_splits", ["val"])  # configs of earlier checkpoints have none
     jobs = [((s, sh), o(s, sh) if callable(o) else o)
             for (split, sh), o in zip(evals, outs or [None] * len(evals)) for s in ([split] if split else default)]
+    if (submission or davis) and not is_video(cfg):
+        raise ValueError("--submission and --davis write video results; this checkpoint's config is not a video one")
     amp_dtype, results, rows = amp_setup(cfg, device)[0], [], []
     for (split, shuffle_text), out in jobs:
         ds = make_dataset(cfg, load_records(cfg, split, shuffle_text), train=False)
@@ -48,6 +57,11 @@ def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False) -> li
                 checkpoint.save_atomic({"split": split, "checkpoint": ckpt_path, "shuffle_text": shuffle_text,
                                         "metrics": metrics, "predictions": preds}, out,
                                        dump=lambda o, f: f.write(json.dumps(o).encode()))
+        if dist.is_main() and not results:
+            if submission:
+                print(f"wrote {write_ytvos_submission(preds, submission)}", flush=True)
+            if davis:
+                print(f"wrote {', '.join(write_davis_results(preds, davis))}", flush=True)
         results.append(metrics)
         rows.append((split, shuffle_text, metrics))
     if dist.is_main():
@@ -68,6 +82,8 @@ def main():
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights when the checkpoint has them")
     p.add_argument("--out", default=None, help="output JSON (a single evaluation only)")
     p.add_argument("--out-dir", default=None, help="folder for eval_<split>[_shuffled].json, one per evaluation")
+    p.add_argument("--submission", default=None, help="video: write a Ref-YouTube-VOS submission folder and zip here")
+    p.add_argument("--davis", default=None, help="video: write Ref-DAVIS17 results (anno_<k>/<video>/<frame>.png) here")
     p.add_argument("overrides", nargs="*", help="key=value changes to the config (e.g. data.ann_dir=...)")
     a = p.parse_args()
     for names in (a.split or [], a.control):  # "--split val testB key=value": the list options swallow overrides
@@ -80,6 +96,8 @@ def main():
     evals = [(s, a.shuffle_text) for s in (a.split or [None])] + [(s, True) for s in a.control]
     if a.out and a.out_dir:
         p.error("give --out or --out-dir, not both")
+    if (a.submission or a.davis) and (a.split is None or len(a.split) != 1 or a.shuffle_text):
+        p.error("--submission / --davis write the results of one split: give one --split (without --shuffle-text)")
     if a.out and (len(evals) > 1 or a.split is None):
         p.error("--out takes a single evaluation (one --split): use --out-dir")
     if a.out_dir:
@@ -87,7 +105,7 @@ def main():
     else:
         outs = [a.out] * len(evals)
     with torch.inference_mode():
-        run(a.checkpoint, evals, a.config, a.overrides, outs, a.ema)
+        run(a.checkpoint, evals, a.config, a.overrides, outs, a.ema, a.submission, a.davis)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,18 @@ import os
 import sys
 
 COLS = ["n", "Acc@0.5", "mIoU", "oIoU", "Prec@0.5", "Prec@0.7", "Prec@0.9"]
+VIDEO_COLS = ["n", "J&F", "J", "F", "J&F[motion]", "J&F[appearance]"]
 
 
 def table(rows) -> str:
-    """A markdown table, one row per (split, shuffled text, metrics)."""
-    lines = [f"| {'split':22s} | " + " | ".join(f"{c:>8s}" for c in COLS) + " |",
-             "|" + "-" * 24 + "|" + "|".join("-" * 10 for _ in COLS) + "|"]
+    """A markdown table, one row per (split, shuffled text, metrics); video columns (J&F, J, F, per
+    expression kind) when no row has Acc@0.5."""
+    cols = COLS if any("Acc@0.5" in m for _, _, m in rows) else VIDEO_COLS
+    lines = [f"| {'split':22s} | " + " | ".join(f"{c:>8s}" for c in cols) + " |",
+             "|" + "-" * 24 + "|" + "|".join("-" * 10 for _ in cols) + "|"]
     for split, shuffled, m in rows:
         name = split + (" (shuffled text)" if shuffled else "")
-        vals = [f"{m[c]:8d}" if c == "n" else f"{100 * m[c]:7.2f}%" if c in m else f"{'-':>8s}" for c in COLS]
+        vals = [f"{m[c]:8d}" if c == "n" else f"{100 * m[c]:7.2f}%" if c in m else f"{'-':>8s}" for c in cols]
         lines.append(f"| {name:22s} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 

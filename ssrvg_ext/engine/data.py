@@ -9,7 +9,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import Collate, HFTokenizer, ImageGroupBatchSampler, RefDataset, WordTokenizer, build_transforms, load_refer
+from ..data.clips import ClipCollate, ClipDataset, load_video_labels
 from ..data.refer import load_instance_labels
+from ..data.rvos import load_ytvos
 from ..data.splitfile import load_split_file
 from . import dist
 
@@ -22,15 +24,24 @@ def read_source(fmt: str, ann_dir: str, image_dir: str, name: str, split: str):
         return load_refer(ann_dir, image_dir, name, [split])
     if fmt == "splitfile":
         return load_split_file(ann_dir, name, split, image_dir)
-    raise ValueError(f"data.format must be refer or splitfile; got {fmt!r}")
+    raise ValueError(f"data.format must be refer, splitfile or ytvos; got {fmt!r}")
+
+
+def is_video(cfg: dict) -> bool:
+    return cfg["data"]["format"] == "ytvos"
 
 
 def load_records(cfg: dict, split: str, shuffle_text: bool = False):
     """The records of ``split`` of the config's dataset; for the training split, plus those of every
     ``data.extra_train`` source (e.g. a box-only set beside a mask-annotated one)."""
     d = cfg["data"]
-    recs = read_source(d["format"], d["ann_dir"], d["image_dir"], d["split_by"], split)
-    if split == d["train_split"]:
+    if is_video(cfg):  # one record per expression of a video (data.rvos.VideoRecord)
+        if d["extra_train"]:
+            raise ValueError("data.extra_train is not supported with data.format=ytvos")
+        recs = load_ytvos(d["ann_dir"], split, annotated=split in d["annotated_splits"])
+    else:
+        recs = read_source(d["format"], d["ann_dir"], d["image_dir"], d["split_by"], split)
+    if split == d["train_split"] and not is_video(cfg):
         for i, s in enumerate(d["extra_train"]):
             missing = {"format", "ann_dir", "image_dir", "name", "split"} - set(s)
             if missing:
@@ -50,6 +61,10 @@ def load_train_instances(cfg: dict, records):
     d = cfg["data"]
     if not (d["aux_labels"] or d["crop"] == "objects"):
         return None
+    if is_video(cfg):  # labels of the objects in <ann_dir>/<train split>/meta.json; every frame's id map
+        if d["crop"] == "objects":
+            raise ValueError("data.crop=objects is image-only: set data.crop=false for videos")
+        return load_video_labels(d["ann_dir"], d["train_split"], d["aux_labels"], {r.video for r in records})
     if d["format"] != "refer" or d["extra_train"]:
         raise ValueError("data.aux_labels and data.crop=objects read every object from instances.json: they need "
                          "data.format=refer and no data.extra_train")
@@ -102,9 +117,12 @@ def train_input_size(cfg: dict, epoch: int) -> int:
     return d["early_input_size"] if d["early_input_size"] and epoch < d["early_input_epochs"] else d["input_size"]
 
 
-def make_dataset(cfg: dict, records, train: bool, instances=None) -> RefDataset:
-    return RefDataset(records, make_transform(cfg, train), cache_images=cfg["data"]["cache_images"],
-                      instances=instances)
+def make_dataset(cfg: dict, records, train: bool, instances=None) -> RefDataset | ClipDataset:
+    d = cfg["data"]
+    if is_video(cfg):
+        return ClipDataset(records, d["clip_len"], d["input_size"], train, d["flip"], d["jitter"], d["cache_images"],
+                           labels=instances)
+    return RefDataset(records, make_transform(cfg, train), cache_images=d["cache_images"], instances=instances)
 
 
 def loader_seed(seed: int, epoch: int, rank: int) -> int:
@@ -119,16 +137,20 @@ def make_loader(cfg: dict, ds: RefDataset, tokenizer, train: bool, epoch_seed: i
     expressions of one image (:class:`~ssrvg_ext.data.ImageGroupBatchSampler`)."""
     t = cfg["train"]
     k = int(cfg["data"]["exprs_per_image"])
-    common = dict(num_workers=t["workers"], collate_fn=Collate(tokenizer), worker_init_fn=_seed_worker,
-                  persistent_workers=False)
-    if train and k > 1:
+    clips = isinstance(ds, ClipDataset)  # batch_size clips of data.clip_len frames
+    common = dict(num_workers=t["workers"], collate_fn=ClipCollate(tokenizer) if clips else Collate(tokenizer),
+                  worker_init_fn=_seed_worker, persistent_workers=False)
+    if train and k > 1 and not clips:
         sampler = ImageGroupBatchSampler(ds.records, k, t["batch_size"], t["seed"], dist.rank(), dist.world_size())
         return DataLoader(ds, batch_sampler=sampler, **common), sampler
     sampler = DistributedSampler(ds, shuffle=train, seed=t["seed"]) if dist.world_size() > 1 else None
     # Seeds the shuffle (one process) and the workers' base seed; the rank term gives every rank its
     # own augmentation stream in its workers (0 on a single process: unchanged there).
     g = torch.Generator().manual_seed(loader_seed(t["seed"], epoch_seed, dist.rank()))
-    loader = DataLoader(ds, batch_size=t["batch_size"], shuffle=train and sampler is None, sampler=sampler,
+    batch = t["batch_size"]
+    if clips and not train and any(len(w) != ds.clip_len for _, w in ds.items):
+        batch = 1  # windows of videos shorter than a clip: one window a batch
+    loader = DataLoader(ds, batch_size=batch, shuffle=train and sampler is None, sampler=sampler,
                         drop_last=train, generator=g, **common)
     return loader, sampler
 

@@ -37,7 +37,8 @@ def train_step(state: TrainState, batch: dict) -> dict:
     them is left to the caller: each read is a host synchronisation on a GPU)."""
     model, opt, scaler = state.model, state.opt, state.scaler
     with torch.autocast(batch["images"].device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
-        out = model(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"), batch.get("masks"))
+        out = model(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"), batch.get("masks"),
+                    batch.get("clip_len"))
     out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
     losses = state.crit(out, batch)
     opt.zero_grad(set_to_none=True)
@@ -89,7 +90,11 @@ def train_one_epoch(state: TrainState, loader, device: torch.device, epoch: int,
 @torch.no_grad()
 def evaluate(model, loader, device, amp_dtype=None, desc="eval") -> tuple[dict, list[dict]]:
     """Metrics over the loader's dataset, every sample counted once whatever the number of ranks;
-    and the per-expression predictions (rank 0 gets them all)."""
+    and the per-expression predictions (rank 0 gets them all). Clips: :func:`.video.evaluate_video`."""
+    from .video import ClipDataset, evaluate_video
+
+    if isinstance(loader.dataset, ClipDataset):
+        return evaluate_video(model, loader, device, amp_dtype, desc)
     core = model.module if hasattr(model, "module") else model
     core.eval()
     ds = loader.dataset

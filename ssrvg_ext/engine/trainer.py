@@ -14,7 +14,7 @@ import yaml
 from ..models import build_criterion, build_model
 from . import checkpoint, dist
 from .inference import without_pretrained
-from .data import (label_classes, load_records, load_train_instances, make_dataset, make_loader, make_tokenizer,
+from .data import (is_video, label_classes, load_records, load_train_instances, make_dataset, make_loader, make_tokenizer,
                    make_transform, tokenizer_state, train_input_size)
 from .loops import TrainState, evaluate, train_one_epoch, write_jsonl
 from .optim import EMA, amp_setup, fused_if_supported, lr_factor, param_groups
@@ -27,7 +27,10 @@ def seed_all(seed: int):
 
 
 def score(metrics: dict) -> float:
-    """What best.pth maximises: Acc@0.5 + mIoU (Acc@0.5 alone on a box-only validation set)."""
+    """What best.pth maximises: Acc@0.5 + mIoU (Acc@0.5 alone on a box-only validation set); J&F
+    for videos (-inf on a split without annotations: then the last epoch is kept)."""
+    if "Acc@0.5" not in metrics:
+        return metrics.get("J&F", -math.inf)
     return metrics["Acc@0.5"] + metrics.get("mIoU", 0.0)
 
 
@@ -91,7 +94,8 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     metrics = {}
     t_start = time.time()
     for epoch in range(start_epoch, t["epochs"]):
-        train_ds.transform = make_transform(cfg, True, train_input_size(cfg, epoch))
+        if not is_video(cfg):
+            train_ds.transform = make_transform(cfg, True, train_input_size(cfg, epoch))
         loader, sampler = make_loader(cfg, train_ds, tok, train=True, epoch_seed=epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
