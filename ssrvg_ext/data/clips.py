@@ -114,26 +114,25 @@ class ClipDataset(Dataset):
     def __len__(self):
         return len(self.items)
 
+    def _cached(self, key, load):
+        """load(), kept in memory under key with data.cache_images."""
+        if self.cache is None:
+            return load()
+        if key not in self.cache:
+            self.cache[key] = load()
+        return self.cache[key]
+
     def _frame(self, path: str) -> torch.Tensor:
-        if self.cache is not None and path in self.cache:
-            return self.cache[path]
-        img = read_image(path)
-        if self.cache is not None:
-            self.cache[path] = img
-        return img
+        return self._cached(path, lambda: read_image(path))
 
     def _mask(self, rec: VideoRecord, t: int, shape) -> torch.Tensor:
         if rec.anno_paths is None:
             return torch.zeros(shape, dtype=torch.uint8)
-        key = (rec.anno_paths[t], rec.obj_id)
-        if self.cache is not None and key in self.cache:
-            return self.cache[key]
-        m = torch.from_numpy(read_palette_mask(rec.anno_paths[t], rec.obj_id, f"video {rec.video} expression "
-                                               f"{rec.exp_id}").astype(np.uint8))
+        path = rec.anno_paths[t]
+        m = self._cached((path, rec.obj_id), lambda: torch.from_numpy(
+            read_palette_mask(path, rec.obj_id, f"video {rec.video} expression {rec.exp_id}").astype(np.uint8)))
         if tuple(m.shape) != tuple(shape):
-            raise ValueError(f"{rec.anno_paths[t]}: size {tuple(m.shape)} differs from its frame {tuple(shape)}")
-        if self.cache is not None:
-            self.cache[key] = m
+            raise ValueError(f"{path}: size {tuple(m.shape)} differs from its frame {tuple(shape)}")
         return m
 
     def __getitem__(self, i: int) -> dict:
@@ -181,13 +180,12 @@ class ClipDataset(Dataset):
 
     def _ids(self, rec: VideoRecord, t: int, shape) -> torch.Tensor:
         """(H, W) uint8: the annotation PNG's object ids."""
-        key = ("ids", rec.anno_paths[t])
-        if self.cache is not None and key in self.cache:
-            return self.cache[key]
-        with Image.open(rec.anno_paths[t]) as im:
-            m = torch.from_numpy(np.array(im, dtype=np.uint8))
-        if self.cache is not None:
-            self.cache[key] = m
+        def load():
+            with Image.open(rec.anno_paths[t]) as im:
+                return torch.from_numpy(np.array(im, dtype=np.uint8))
+        m = self._cached(("ids", rec.anno_paths[t]), load)
+        if tuple(m.shape) != tuple(shape):
+            raise ValueError(f"{rec.anno_paths[t]}: size {tuple(m.shape)} differs from its frame {tuple(shape)}")
         return m
 
 
