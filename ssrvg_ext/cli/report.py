@@ -17,11 +17,13 @@ def table(rows) -> str:
     """A markdown table, one row per (split, shuffled text, metrics); video columns (J&F, J, F, per
     expression kind) when no row has Acc@0.5."""
     cols = COLS if any("Acc@0.5" in m for _, _, m in rows) else VIDEO_COLS
-    lines = [f"| {'split':22s} | " + " | ".join(f"{c:>8s}" for c in cols) + " |",
-             "|" + "-" * 24 + "|" + "|".join("-" * 10 for _ in cols) + "|"]
+    w = {c: max(8, len(c)) for c in cols}
+    lines = [f"| {'split':22s} | " + " | ".join(f"{c:>{w[c]}s}" for c in cols) + " |",
+             "|" + "-" * 24 + "|" + "|".join("-" * (w[c] + 2) for c in cols) + "|"]
     for split, shuffled, m in rows:
         name = split + (" (shuffled text)" if shuffled else "")
-        vals = [f"{m[c]:8d}" if c == "n" else f"{100 * m[c]:7.2f}%" if c in m else f"{'-':>8s}" for c in cols]
+        vals = [f"{m[c]:{w[c]}d}" if c == "n" else f"{100 * m[c]:{w[c] - 1}.2f}%" if c in m else f"{'-':>{w[c]}s}"
+                for c in cols]
         lines.append(f"| {name:22s} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
