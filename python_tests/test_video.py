@@ -127,7 +127,7 @@ def test_temporal_modules_stay_inside_each_clip():
     enc, link = TemporalEncoder(16, 2, 2, 32).eval(), QueryLink(16, 2).eval()
     for p in list(enc.parameters()) + list(link.parameters()):  # zero-initialised projections too
         torch.nn.init.normal_(p, std=0.2)
-    shapes = torch.tensor([[4, 4], [2, 2]])
+    shapes = [(4, 4), (2, 2)]
     mem, words = torch.randn(6, 20, 16), torch.randn(6, 5, 16)
     pad = torch.zeros(6, 5, dtype=torch.bool)
     q = torch.randn(6, 3, 16)

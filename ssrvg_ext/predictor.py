@@ -16,7 +16,7 @@ from PIL import Image
 
 from .data import Collate
 from .data.dataset import read_image
-from .engine.data import make_transform, to_device
+from .engine.data import is_video, make_transform, to_device
 from .engine.inference import load_for_inference
 from .engine.optim import amp_setup
 from .models import postprocess
@@ -121,7 +121,7 @@ class VideoPredictor:
 
     def __init__(self, checkpoint: str, device: torch.device | str | None = None, amp: str = "auto", ema: bool = False):
         self.image = Predictor(checkpoint, device, amp, ema)
-        if self.image.cfg["data"]["format"] != "ytvos":
+        if not is_video(self.image.cfg):
             raise ValueError(f"{checkpoint} was not trained on videos (data.format={self.image.cfg['data']['format']}); "
                              "use Predictor")
         self.clip_len = int(self.image.cfg["data"]["clip_len"])
@@ -131,7 +131,7 @@ class VideoPredictor:
         """``frames``: the video's frames in order (paths, PIL images, arrays or tensors, one size).
         Returns ``masks`` (T, H, W) uint8, ``boxes`` (T, 4) xyxy in pixels (zeros where the mask
         is empty), and ``text``."""
-        from .data.clips import box_of, windows
+        from .data.clips import box_of, owned_windows
 
         if not isinstance(expression, str) or not expression.strip():
             raise ValueError(f"the expression is empty or not a string: {expression!r}")
@@ -143,16 +143,14 @@ class VideoPredictor:
             raise ValueError("the frames of a video must have one size")
         p = self.image
         masks = [None] * len(imgs)
-        for win in windows(len(imgs), self.clip_len):
-            todo = [t for t in win if masks[t] is None]
+        for win, own in owned_windows(len(imgs), self.clip_len):
             samples = [p.transform({"image": imgs[t], "box": torch.zeros(4), "mask": torch.zeros(size, dtype=torch.uint8),
                                     "text": expression, "meta": {"index": t, "orig_size": size}}) for t in win]
             batch = to_device(p.collate(samples), p.device)
-            ids, tmask = batch["text_ids"][:1].expand(len(win), -1), batch["text_mask"][:1].expand(len(win), -1)
             with torch.autocast(p.device.type, dtype=p.amp_dtype, enabled=p.amp_dtype is not None):
-                out = p.model(batch["images"], ids, tmask, clip_len=len(win))
-            for t, pred in zip(win, postprocess(out, batch["meta"], threshold)):
-                if t in todo:
+                out = p.model(batch["images"], batch["text_ids"], batch["text_mask"], clip_len=len(win))
+            for t, mine, pred in zip(win, own, postprocess(out, batch["meta"], threshold)):
+                if mine:
                     masks[t] = pred["mask"].cpu()
         m = torch.stack(masks)
         return {"masks": m, "boxes": torch.stack([box_of(x) for x in m]), "text": expression}

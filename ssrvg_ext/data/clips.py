@@ -18,13 +18,11 @@ import os
 import random
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from .dataset import Collate, read_image
-from .rvos import VideoRecord, read_palette_mask
+from .rvos import VideoRecord, read_ids
 from .transforms import ResizePad, swap_left_right
 
 
@@ -77,15 +75,25 @@ def load_video_labels(root: str, split: str, names, videos=None) -> VideoLabels:
 
 
 def windows(n: int, clip_len: int) -> list[list[int]]:
-    """Frame indices of consecutive windows covering n frames, each frame in exactly one window's
-    ``own`` part: windows start every clip_len frames, the last one ends at frame n - 1 (it may then
-    overlap the previous one). A video shorter than clip_len is one window of all its frames."""
+    """Frame indices of consecutive windows covering n frames: windows start every clip_len frames,
+    the last one ends at frame n - 1 (it may then overlap the previous one). A video shorter than
+    clip_len is one window of all its frames."""
     if n <= clip_len:
         return [list(range(n))]
     starts = list(range(0, n - clip_len + 1, clip_len))
     if starts[-1] + clip_len < n:
         starts.append(n - clip_len)
     return [list(range(s, s + clip_len)) for s in starts]
+
+
+def owned_windows(n: int, clip_len: int) -> list[tuple[list[int], list[bool]]]:
+    """:func:`windows` with, per frame, whether the window predicts it: every frame is predicted
+    once, by the first window that holds it."""
+    seen, out = set(), []
+    for w in windows(n, clip_len):
+        out.append((w, [t not in seen for t in w]))
+        seen.update(w)
+    return out
 
 
 def box_of(mask: torch.Tensor) -> torch.Tensor:
@@ -97,8 +105,8 @@ def box_of(mask: torch.Tensor) -> torch.Tensor:
 
 
 class ClipDataset(Dataset):
-    """``train``: item i is a random window of record i. Otherwise the items are (record, window)
-    pairs (:func:`windows`); ``meta["frames"]`` names the window's frame indices and ``meta["own"]``
+    """``train``: item i is a random window of record i. Otherwise the items are the windows of every
+    record (:func:`owned_windows`); ``meta["frames"]`` names the window's frame indices and ``meta["own"]``
     the ones this window predicts (the others are predicted by an earlier window)."""
 
     def __init__(self, records: list[VideoRecord], clip_len: int, size: int, train: bool, flip: bool = True,
@@ -108,8 +116,8 @@ class ClipDataset(Dataset):
         self.records, self.clip_len, self.train = records, clip_len, train
         self.flip, self.jitter, self.resize = flip and train, jitter and train, ResizePad(size)
         self.cache, self.labels = ({} if cache_images else None), labels
-        self.items = [(i, None) for i in range(len(records))] if train else \
-            [(i, w) for i, r in enumerate(records) for w in windows(len(r.frames), clip_len)]
+        self.items = [(i, None, None) for i in range(len(records))] if train else \
+            [(i, w, own) for i, r in enumerate(records) for w, own in owned_windows(len(r.frames), clip_len)]
 
     def __len__(self):
         return len(self.items)
@@ -125,68 +133,55 @@ class ClipDataset(Dataset):
     def _frame(self, path: str) -> torch.Tensor:
         return self._cached(path, lambda: read_image(path))
 
-    def _mask(self, rec: VideoRecord, t: int, shape) -> torch.Tensor:
+    def _ids(self, rec: VideoRecord, t: int, shape) -> torch.Tensor:
+        """(H, W) uint8: the object ids of frame t's annotation (zeros on an unannotated split)."""
         if rec.anno_paths is None:
             return torch.zeros(shape, dtype=torch.uint8)
         path = rec.anno_paths[t]
-        m = self._cached((path, rec.obj_id), lambda: torch.from_numpy(
-            read_palette_mask(path, rec.obj_id, f"video {rec.video} expression {rec.exp_id}").astype(np.uint8)))
+        m = self._cached(("ids", path), lambda: torch.from_numpy(
+            read_ids(path, f"video {rec.video} expression {rec.exp_id}")))
         if tuple(m.shape) != tuple(shape):
             raise ValueError(f"{path}: size {tuple(m.shape)} differs from its frame {tuple(shape)}")
         return m
 
     def __getitem__(self, i: int) -> dict:
-        ri, frames = self.items[i]
+        ri, frames, own = self.items[i]
         rec = self.records[ri]
         n = len(rec.frames)
         if n == 0:
             raise ValueError(f"video {rec.video} expression {rec.exp_id} has no frames")
-        own = None
         if frames is None:  # training: a random window
             start = random.randint(0, max(0, n - self.clip_len))
             frames = [min(start + k, n - 1) for k in range(self.clip_len)]
-        else:
-            earlier = {t for w in windows(n, self.clip_len) if w[0] < frames[0] for t in w}
-            own = [t not in earlier for t in frames]
         imgs = [self._frame(rec.frame_paths[t]) for t in frames]
         size = tuple(imgs[0].shape[-2:])
         if any(tuple(im.shape[-2:]) != size for im in imgs):
             raise ValueError(f"video {rec.video}: its frames differ in size")
-        masks = [self._mask(rec, t, size) for t in frames]
-        text, ids, table = rec.text, None, None
+        ids = [self._ids(rec, t, size) for t in frames]
+        masks = [(m == rec.obj_id).to(torch.uint8) if rec.obj_id is not None else torch.zeros_like(m) for m in ids]
+        text, table = rec.text, None
         if self.labels is not None:  # every object's id map per frame and the video's label table
-            ids = [self._ids(rec, t, size) for t in frames]
             table = self.labels.tables.get(rec.video, torch.zeros(1, len(self.labels.names), dtype=torch.long))
         if self.flip and random.random() < 0.5:
             imgs, masks, text = [im.flip(-1) for im in imgs], [m.flip(-1) for m in masks], swap_left_right(text)
-            if ids is not None:
-                ids = [m.flip(-1) for m in ids]
-                table = torch.stack([torch.where(table[:, k] >= 0, self.labels.flip[n][table[:, k].clamp_min(0)],
-                                                 table[:, k]) for k, n in enumerate(self.labels.names)], 1)
+            ids = [m.flip(-1) for m in ids]
+            if table is not None:
+                table = torch.stack([torch.where(table[:, k] >= 0, self.labels.flip[name][table[:, k].clamp_min(0)],
+                                                 table[:, k]) for k, name in enumerate(self.labels.names)], 1)
         if self.jitter:  # one brightness / contrast change for the whole clip (hues stay: colours are named)
             b, c = random.uniform(0.75, 1.25), random.uniform(0.75, 1.25)
             stack = torch.stack(imgs).float() * b
             stack = ((stack - stack.mean()) * c + stack.mean()).clamp(0, 255).round().to(torch.uint8)
             imgs = list(stack)
-        out = [self.resize({"image": im, "box": box_of(m), "mask": m, **({"instances": ids[k]} if ids else {})})
-               for k, (im, m) in enumerate(zip(imgs, masks))]
+        out = [self.resize({"image": im, "box": box_of(m), "mask": m, **({"instances": x} if table is not None else {})})
+               for im, m, x in zip(imgs, masks, ids)]
         s = {"images": torch.stack([o["image"] for o in out]), "masks": torch.stack([o["mask"] for o in out]),
              "boxes": torch.stack([o["box_cxcywh"] for o in out]),
              "present": torch.tensor([bool(m.any()) for m in masks]), "text": text,
              "meta": {"index": ri, "frames": frames, "own": own, "orig_size": size, **out[0]["meta"]}}
-        if ids is not None:
+        if table is not None:
             s["instances"], s["inst_labels"] = torch.stack([o["instances"] for o in out]), table
         return s
-
-    def _ids(self, rec: VideoRecord, t: int, shape) -> torch.Tensor:
-        """(H, W) uint8: the annotation PNG's object ids."""
-        def load():
-            with Image.open(rec.anno_paths[t]) as im:
-                return torch.from_numpy(np.array(im, dtype=np.uint8))
-        m = self._cached(("ids", rec.anno_paths[t]), load)
-        if tuple(m.shape) != tuple(shape):
-            raise ValueError(f"{rec.anno_paths[t]}: size {tuple(m.shape)} differs from its frame {tuple(shape)}")
-        return m
 
 
 class ClipCollate:

@@ -134,18 +134,22 @@ def load_ytvos(root: str, split: str, annotated: bool | None = None) -> list[Vid
     return records
 
 
-def read_palette_mask(path: str, obj_id: int, record: str = "") -> np.ndarray:
-    """(H, W) bool: the pixels of ``obj_id`` in a palette (or grey) annotation PNG."""
+def read_ids(path: str, record: str = "") -> np.ndarray:
+    """(H, W) uint8: the object ids of a palette (or grey) annotation PNG."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such annotation{' (' + record + ')' if record else ''}")
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L"):
                 raise ValueError(f"{path}: annotation PNGs hold object ids (mode P or L), this one is mode {im.mode}")
-            ids = np.asarray(im)
+            return np.array(im, dtype=np.uint8)
     except (OSError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable PNG ({e}){' (' + record + ')' if record else ''}") from None
-    return ids == obj_id
+
+
+def read_palette_mask(path: str, obj_id: int, record: str = "") -> np.ndarray:
+    """(H, W) bool: the pixels of ``obj_id`` in a palette (or grey) annotation PNG."""
+    return read_ids(path, record) == obj_id
 
 
 # ---- A2D-Sentences and JHMDB-Sentences ----

@@ -41,7 +41,7 @@ def load_records(cfg: dict, split: str, shuffle_text: bool = False):
         recs = load_ytvos(d["ann_dir"], split, annotated=split in d["annotated_splits"])
     else:
         recs = read_source(d["format"], d["ann_dir"], d["image_dir"], d["split_by"], split)
-    if split == d["train_split"] and not is_video(cfg):
+    if split == d["train_split"]:
         for i, s in enumerate(d["extra_train"]):
             missing = {"format", "ann_dir", "image_dir", "name", "split"} - set(s)
             if missing:
@@ -148,7 +148,7 @@ def make_loader(cfg: dict, ds: RefDataset, tokenizer, train: bool, epoch_seed: i
     # own augmentation stream in its workers (0 on a single process: unchanged there).
     g = torch.Generator().manual_seed(loader_seed(t["seed"], epoch_seed, dist.rank()))
     batch = t["batch_size"]
-    if clips and not train and any(len(w) != ds.clip_len for _, w in ds.items):
+    if clips and not train and any(len(w) != ds.clip_len for _, w, _ in ds.items):
         batch = 1  # windows of videos shorter than a clip: one window a batch
     loader = DataLoader(ds, batch_size=batch, shuffle=train and sampler is None, sampler=sampler,
                         drop_last=train, generator=g, **common)

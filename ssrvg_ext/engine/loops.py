@@ -10,11 +10,13 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from ..data.clips import ClipDataset
 from ..evaluation import box_iou, grounding_metrics, mask_stats_batch
 from ..ops import rle
 from . import dist
 from .data import to_device
 from .optim import EMA
+from .video import evaluate_video
 
 
 @dataclass
@@ -91,8 +93,6 @@ def train_one_epoch(state: TrainState, loader, device: torch.device, epoch: int,
 def evaluate(model, loader, device, amp_dtype=None, desc="eval") -> tuple[dict, list[dict]]:
     """Metrics over the loader's dataset, every sample counted once whatever the number of ranks;
     and the per-expression predictions (rank 0 gets them all). Clips: :func:`.video.evaluate_video`."""
-    from .video import ClipDataset, evaluate_video
-
     if isinstance(loader.dataset, ClipDataset):
         return evaluate_video(model, loader, device, amp_dtype, desc)
     core = model.module if hasattr(model, "module") else model

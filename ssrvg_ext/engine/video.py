@@ -31,7 +31,14 @@ from ..ops import rle
 from . import dist
 from .data import to_device
 
-__all__ = ["ClipDataset", "evaluate_video", "write_ytvos_submission", "write_davis_results"]
+
+
+def _to_json(r: dict) -> dict:  # a pycocotools RLE with its counts as text (JSON, gathering over ranks)
+    return {"size": r["size"], "counts": r["counts"].decode("ascii")}
+
+
+def _from_json(m: dict) -> dict:
+    return {"size": m["size"], "counts": m["counts"].encode("ascii")}
 
 
 @torch.no_grad()
@@ -49,11 +56,10 @@ def evaluate_video(model, loader, device, amp_dtype=None, desc="eval") -> tuple[
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = core(batch["images"], batch["text_ids"], batch["text_mask"], clip_len=t)
         preds = postprocess(out, batch["meta"])
-        for c, clip in enumerate(batch["clips"]):
-            for k, (f, own) in enumerate(zip(clip["frames"], clip["own"])):
-                if own:
-                    r = rle.encode(preds[c * t + k]["mask"])
-                    mine[(clip["index"], f)] = {"size": r["size"], "counts": r["counts"].decode("ascii")}
+        keys = [(clip["index"], f, c * t + k) for c, clip in enumerate(batch["clips"])
+                for k, (f, own) in enumerate(zip(clip["frames"], clip["own"])) if own]
+        rles = rle.encode(torch.stack([preds[row]["mask"] for _, _, row in keys]))  # a window's frames share a size
+        mine.update({(i, f): _to_json(r) for (i, f, _), r in zip(keys, rles)})
     merged = {}
     for part in dist.gather_objects(mine):
         merged.update(part)
@@ -69,7 +75,7 @@ def evaluate_video(model, loader, device, amp_dtype=None, desc="eval") -> tuple[
         if rec.anno_paths is not None:
             where = f"video {rec.video} expression {rec.exp_id}"
             gt = torch.from_numpy(np.stack([read_palette_mask(p, rec.obj_id, where) for p in rec.anno_paths]))
-            pred = rle.decode([{"size": m["size"], "counts": m["counts"].encode("ascii")} for m in masks])
+            pred = rle.decode([_from_json(m) for m in masks])
             if tuple(pred.shape) != tuple(gt.shape):
                 raise ValueError(f"{where}: predicted masks {tuple(pred.shape)} but annotations {tuple(gt.shape)}")
             jf = jf_object(pred, gt)
@@ -88,7 +94,7 @@ def evaluate_video(model, loader, device, amp_dtype=None, desc="eval") -> tuple[
 
 
 def _decode(m: dict) -> np.ndarray:
-    return rle.decode({"size": m["size"], "counts": m["counts"].encode("ascii")}).numpy().astype(bool)
+    return rle.decode(_from_json(m)).numpy().astype(bool)
 
 
 def write_ytvos_submission(predictions: list[dict], out_dir: str, zip_path: str | None = None) -> str:
@@ -126,24 +132,19 @@ def write_davis_results(predictions: list[dict], out_dir: str, annotators: int =
     elsewhere. Where two objects' masks overlap, the later object keeps the pixel (the public
     writers take an argmax over the objects' probabilities; the binary masks kept here have none).
     Returns the annotator folders written."""
-    pal, folders = davis_palette(), []
-    by = {}
+    pal, by = davis_palette(), {}
     for p in predictions:
         e = int(p["exp_id"])
         by.setdefault((e % annotators, p["video"]), []).append((e // annotators, p))
     for (k, video), objs in sorted(by.items()):
         folder = os.path.join(out_dir, f"anno_{k}", video)
         os.makedirs(folder, exist_ok=True)
-        if os.path.dirname(folder) not in folders:
-            folders.append(os.path.dirname(folder))
-        frames = objs[0][1]["frames"]
-        for f, frame in enumerate(frames):
-            ids = None
-            for o, p in sorted(objs, key=lambda x: x[0]):
-                m = _decode(p["masks"][f])
-                ids = np.zeros(m.shape, np.uint8) if ids is None else ids
-                ids[m] = o + 1
+        objs.sort(key=lambda x: x[0])
+        for f, frame in enumerate(objs[0][1]["frames"]):
+            ids = np.zeros(objs[0][1]["masks"][f]["size"], np.uint8)
+            for o, p in objs:
+                ids[_decode(p["masks"][f])] = o + 1
             im = Image.fromarray(ids, mode="P")
             im.putpalette(pal)
             im.save(os.path.join(folder, frame + ".png"))
-    return folders
+    return [os.path.join(out_dir, f"anno_{k}") for k in sorted({k for k, _ in by})]

@@ -117,13 +117,13 @@ class SSRVG(nn.Module):
         pos = torch.cat([sine_position(*m.shape[-2:], d, m.device, m.dtype) + self.level_embed[i]
                          for i, m in enumerate(maps)])
         memory, words, shapes, starts = self.fusion(maps, pos, words, word_pad)
+        sizes = [tuple(m.shape[-2:]) for m in maps]
         if self.temporal is not None and clip_len:
-            memory = self.temporal(memory, shapes, words, word_pad, clip_len)
+            memory = self.temporal(memory, sizes, words, word_pad, clip_len)
         prop = self.proposals(memory, sentence, shapes) if self.proposals is not None else None
         queries, boxes = self.decoder(sentence, words, word_pad, memory, shapes, starts,
                                       prop["best_box"] if prop else None, prop["best_feature"] if prop else None, aligned)
-        fused = [lvl.transpose(1, 2).reshape(m.shape) for lvl, m in
-                 zip(memory.split([int(h) * int(w) for h, w in (m.shape[-2:] for m in maps)], 1), maps)]
+        fused = [lvl.transpose(1, 2).reshape(m.shape) for lvl, m in zip(memory.split([h * w for h, w in sizes], 1), maps)]
         if self.temporal is not None and clip_len and self.attr_head is not None and self.training:
             # clips: the labels (a motion among them) are read from the memory after the temporal layers
             attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in fused[:2]], 2).transpose(1, 2)

@@ -32,6 +32,15 @@ def frame_embedding(t: int, d: int, device, dtype) -> torch.Tensor:
     return emb.to(dtype)
 
 
+def across_time(attn: Attention, x: torch.Tensor, t: int) -> torch.Tensor:
+    """x (B*T, N, C), clip-major: each of the N tokens attends to itself in the T frames of its
+    clip (queries and keys carry the frame embedding, values do not). Returns (B*T, N, C)."""
+    bt, n, c = x.shape
+    seq = x.reshape(bt // t, t, n, c).transpose(1, 2).reshape(-1, t, c)
+    qk = seq + frame_embedding(t, c, x.device, x.dtype)
+    return attn(qk, qk, seq).reshape(bt // t, n, t, c).transpose(1, 2).reshape(bt, n, c)
+
+
 class TemporalLayer(nn.Module):
     def __init__(self, d: int, heads: int, ffn: int):
         super().__init__()
@@ -43,19 +52,15 @@ class TemporalLayer(nn.Module):
         nn.init.zeros_(self.motion_proj.weight)  # starts as the per-frame model
         nn.init.zeros_(self.motion_proj.bias)
 
-    def forward(self, x, shapes, words, word_pad, t: int):
-        """x (B*T, N, C) memory of all levels; shapes (levels, 2); words (B*T, L, C)."""
-        bt, n, c = x.shape
-        b = bt // t
+    def forward(self, x, shapes: list[tuple[int, int]], words, word_pad, t: int):
+        """x (B*T, N, C) memory of all levels; shapes the levels' (h, w); words (B*T, L, C)."""
+        bt, _, c = x.shape
         parts = []
-        for lvl, (h, w) in zip(x.split([int(h) * int(w) for h, w in shapes.tolist()], 1), shapes.tolist()):
-            vol = lvl.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # (B, C, T, h, w)
+        for lvl, (h, w) in zip(x.split([h * w for h, w in shapes], 1), shapes):
+            vol = lvl.reshape(bt // t, t, h, w, c).permute(0, 4, 1, 2, 3)  # (B, C, T, h, w)
             parts.append(self.motion(vol).permute(0, 2, 3, 4, 1).reshape(bt, h * w, c))
         x = self.norms[0](x + self.motion_proj(torch.cat(parts, 1)))
-        seq = (x.reshape(b, t, n, c) + frame_embedding(t, c, x.device, x.dtype)[None, :, None]).transpose(1, 2)
-        seq = seq.reshape(b * n, t, c)
-        attn = self.time_attn(seq, seq, x.reshape(b, t, n, c).transpose(1, 2).reshape(b * n, t, c))
-        x = self.norms[1](x + attn.reshape(b, n, t, c).transpose(1, 2).reshape(bt, n, c))
+        x = self.norms[1](x + across_time(self.time_attn, x, t))
         x = self.norms[2](x + self.word_attn(x, words, words, word_pad))
         return self.norms[3](x + self.ffn(x))
 
@@ -67,7 +72,8 @@ class TemporalEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(TemporalLayer(d, heads, ffn) for _ in range(layers))
 
-    def forward(self, memory, shapes, words, word_pad, t: int):
+    def forward(self, memory, shapes: list[tuple[int, int]], words, word_pad, t: int):
+        """shapes: the levels' (h, w) as Python ints (no device round trip per layer)."""
         if memory.shape[0] % t:
             raise ValueError(f"{memory.shape[0]} frames are not whole clips of {t}")
         for layer in self.layers:
@@ -83,8 +89,4 @@ class QueryLink(nn.Module):
         self.attn, self.norm = Attention(d, heads), nn.LayerNorm(d)
 
     def forward(self, q: torch.Tensor, t: int) -> torch.Tensor:  # (B*T, Q, C)
-        bt, nq, c = q.shape
-        seq = q.reshape(bt // t, t, nq, c).transpose(1, 2).reshape(-1, t, c)
-        pe = frame_embedding(t, c, q.device, q.dtype)[None]
-        out = self.attn(seq + pe, seq + pe, seq).reshape(bt // t, nq, t, c).transpose(1, 2).reshape(bt, nq, c)
-        return self.norm(q + out)
+        return self.norm(q + across_time(self.attn, q, t))
