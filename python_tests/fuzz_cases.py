@@ -319,7 +319,7 @@ def _():
 
 
 def _post(**kw):
-    from ssrvg_ext.ops.mask_loss import mask_postprocess
+    from ssrvg_ext.ops.mask_postprocess import mask_postprocess
     args = dict(logits=torch.zeros(1, 4, 4), input_size=(16, 16), valid_sizes=[(16, 16)], orig_sizes=[(8, 8)])
     args.update(kw)
     return mask_postprocess(**args)

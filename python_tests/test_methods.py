@@ -16,7 +16,9 @@ import torch.nn.functional as F
 
 from ssrvg_ext.config import load_config, merge
 from ssrvg_ext.models import build_criterion, build_model
-from ssrvg_ext.models.grounding import mask_tokens
+from ssrvg_ext.models.alignment_loss import alignment_loss
+from ssrvg_ext.models.criterion import LossContext
+from ssrvg_ext.models.grounding import mask_grounding_loss, mask_tokens
 
 from test_model import batch_for
 
@@ -161,13 +163,13 @@ def test_stage_alignment_on_other_timm_backbones(backbone, kwargs):
     words, pad = torch.randn(2, 5, 16), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
     with torch.no_grad():
         f4, plain, _ = bb(images)
-        align.start(words, pad)
-        g4, aligned, _ = bb(images, align)
-        new_words, queries = align.finish()
+        state = align.begin(words, pad)
+        g4, aligned, _ = bb(images, lambda i, x: align.stage(state, i, x))
+        new_words, queries = align.end(state)
         copy_bb, copy_align = copy.deepcopy(bb), copy.deepcopy(align)
-        copy_align.start(words, pad)
-        h4, again, _ = copy_bb(images, copy_align)
-        copy_align.finish()
+        state = copy_align.begin(words, pad)
+        h4, again, _ = copy_bb(images, lambda i, x: copy_align.stage(state, i, x))
+        copy_align.end(state)
     assert queries.shape == (2, 3, 16) and new_words.shape == words.shape and not torch.equal(new_words, words)
     for a, b in zip([g4] + aligned, [f4] + plain):
         assert a.shape == b.shape and not torch.allclose(a, b)
@@ -176,7 +178,7 @@ def test_stage_alignment_on_other_timm_backbones(backbone, kwargs):
     with torch.no_grad():  # the hooks do nothing outside an aligned forward
         torch.testing.assert_close(bb(images)[1][-1], plain[-1], rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="stage_hooks"):
-        Backbone(backbone, 16, 16, pretrained=False, checkpoint=None, timm_kwargs=kwargs)(images, align)
+        Backbone(backbone, 16, 16, pretrained=False, checkpoint=None, timm_kwargs=kwargs)(images, lambda i, x: (x, x))
 
 
 def test_mask_tokens_rule():
@@ -208,8 +210,10 @@ def test_mask_grounding_loss_by_hand():
     targets = torch.tensor([[-100, 3, -100, -100], [-100, 0, 6, -100]])
     want = sum(float(torch.logsumexp(logits[b, t], 0) - logits[b, t, k])
                for b, t, k in [(0, 1, 3), (1, 1, 0), (1, 2, 6)]) / 3
-    assert abs(float(crit.mask_grounding_loss({"mg_logits": logits, "mg_targets": targets})) - want) < 1e-5
-    none = crit.mask_grounding_loss({"mg_logits": logits.requires_grad_(), "mg_targets": torch.full((2, 4), -100)})
+    assert crit.losses == ["boxes", "proposals", "mask_grounding", "masks"]
+    assert abs(float(mask_grounding_loss(crit, {"mg_logits": logits, "mg_targets": targets}, {}, None)["mg"]) - want) < 1e-5
+    none = mask_grounding_loss(crit, {"mg_logits": logits.requires_grad_(), "mg_targets": torch.full((2, 4), -100)}, {},
+                               None)["mg"]
     none.backward()
     assert float(none.detach()) == 0 and torch.isfinite(logits.grad).all()
 
@@ -218,8 +222,8 @@ def test_alignment_loss_by_hand():
     """With every pixel drawn (points >= pixels), the pixel-to-text and pixel-to-pixel terms equal
     loops over the inside / outside pixels; a sample without outside pixels adds nothing."""
     _, _, crit = build(COMPONENTS["alignment_loss"])
-    crit.align["points"] = 100
-    tau = crit.align["temperature"]
+    crit.loss_cfg["align"]["points"] = 100
+    tau = crit.loss_cfg["align"]["temperature"]
     torch.manual_seed(0)
     pix, text = torch.randn(3, 5, 4, 4), torch.randn(3, 5)
     masks = torch.zeros(3, 8, 8, dtype=torch.uint8)
@@ -228,7 +232,7 @@ def test_alignment_loss_by_hand():
     masks[2] = 1  # no outside pixel
     valid = torch.ones(3, 8, 8, dtype=torch.bool)
     valid[1, :, 6:] = False  # the padding is neither inside nor outside
-    terms = crit.alignment_losses({"cal_pixels": pix, "cal_text": text}, masks, valid, norm=3.0)
+    terms = alignment_loss(crit, {"cal_pixels": pix, "cal_text": text}, {}, LossContext(3.0, None, masks, valid))
     e = F.normalize(pix.flatten(2).transpose(1, 2), dim=-1)
     t = F.normalize(text, dim=-1)
     p2t = p2p = 0.0

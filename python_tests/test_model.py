@@ -69,7 +69,7 @@ def test_forward_backward_every_switch(name):
 def test_object_label_loss_by_hand():
     """Token centres read the instance map; cross-entropy per label, object and background tokens
     averaged apart and weighted half each, averaged over the labels; unknown labels are skipped."""
-    from ssrvg_ext.models.criterion import Criterion
+    from ssrvg_ext.models.criterion import loss_attr
 
     crit = build_criterion(load_config(TINY)); crit.attr_classes = [3, 2]
     logits = torch.randn(1, 3, 5)
@@ -77,7 +77,8 @@ def test_object_label_loss_by_hand():
     inst[0, :4, :4] = 1  # object 1 fills the top-left quadrant
     table = torch.tensor([[[0, 0], [2, -100]]])  # object 1: class 2 of label 0, label 1 unknown
     points = torch.tensor([[0.25, 0.25], [0.75, 0.75], [0.75, 0.25]])  # object, background, background
-    got = crit.attr_loss({"attr_logits": logits, "attr_points": points}, {"instances": inst, "inst_labels": table})
+    got = loss_attr(crit, {"attr_logits": logits, "attr_points": points}, {"instances": inst, "inst_labels": table},
+                    None)["attr"]
 
     def ce(t, sl, k):
         v = logits[0, t, sl]
@@ -298,7 +299,8 @@ def test_text_encoder_4d_mask_equals_2d_mask(rng):
 
 def test_criterion_terms_are_unweighted_and_total_uses_the_weight_dict(rng):
     """Every term comes back unweighted, one per decoder layer for the boxes; total is the weight
-    dict applied to them, so doubling a weight adds that term once more."""
+    dict applied to them, so doubling a weight adds that term once more; the losses computed are
+    the ones the config switched on when the criterion was built."""
     cfg = load_config("configs/tiny_synthetic.yaml", ["loss.attr=0"])
     torch.manual_seed(0)
     model = build_model(cfg, vocab_size=50).eval()
@@ -312,9 +314,10 @@ def test_criterion_terms_are_unweighted_and_total_uses_the_weight_dict(rng):
     expected = {"l1", "giou", "prop_score", "prop_l1", "prop_giou", "mask_dice", "mask_bce", "total"}
     expected |= {f"{k}_{i}" for i in range(layers) for k in ("l1", "giou")}
     assert set(terms) == expected
-    weights = crit.weight_dict(layers)
+    assert crit.losses == ["boxes", "proposals", "masks"]
+    weights = dict(crit.weight_dict)
     torch.testing.assert_close(terms["total"], sum(weights[k] * v for k, v in terms.items() if k != "total"))
-    crit.mask["dice"] *= 2
+    crit.weight_dict["mask_dice"] *= 2
     torch.testing.assert_close(crit(out, batch)["total"], terms["total"] + weights["mask_dice"] * terms["mask_dice"])
 
 
@@ -323,8 +326,8 @@ def test_segvg_factor_scales_dice_and_box_losses_by_hand():
     from ssrvg_ext.models.criterion import giou_loss, cxcywh_to_xyxy
     from ssrvg_ext.ops import reference
 
-    cfg = merge(load_config(TINY), SWITCHES["segvg"])
-    crit = build_criterion(cfg)
+    cfg = merge(load_config(TINY), merge(SWITCHES["segvg"], {"model": {"proposals": False}}))
+    crit = build_criterion(cfg)  # the outputs below have no proposals: the criterion built without their loss
     g = torch.Generator().manual_seed(0)
     b, s = 3, cfg["data"]["input_size"]
     batch = batch_for(cfg, b=b)
@@ -344,7 +347,7 @@ def test_segvg_factor_scales_dice_and_box_losses_by_hand():
     giou = (giou_loss(cxcywh_to_xyxy(out["boxes"]), cxcywh_to_xyxy(batch["boxes"])).double() * f).sum() / b
     torch.testing.assert_close(terms["giou"].double(), giou, rtol=1e-5, atol=1e-6)
     assert {"mask_dice_0", "mask_focal_0", "l1_0", "giou_0"} <= set(terms)
-    assert crit.weight_dict(1)["mask_dice_0"] == cfg["loss"]["aux"] * cfg["loss"]["mask"]["dice"]
+    assert crit.weight_dict["mask_dice_0"] == cfg["loss"]["aux"] * cfg["loss"]["mask"]["dice"]
 
 
 def test_switches_off_are_todays_model():

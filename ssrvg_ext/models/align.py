@@ -106,11 +106,11 @@ class TripleAlignment(nn.Module):
 
 class StageAlignment(nn.Module):
     """The alignment modules after the backbone stages at ``strides`` of channels ``channels`` (the
-    four stages at strides 4, 8, 16, 32). ``start(words, word_pad)`` opens a forward pass;
-    ``stage(i, x)`` is called by the backbone with stage i's output x (B, C, H, W) and returns what
-    the next stage reads and the feature the model reads (triple alignment first, then CAM);
-    ``finish()`` returns the words (updated by triple alignment) and the aligned queries (None
-    without triple alignment)."""
+    four stages at strides 4, 8, 16, 32). One forward pass: ``state = begin(words, word_pad)``
+    (the words and queries the stages update); ``stage(state, i, x)`` for stage i's output x
+    (B, C, H, W) returns what the next stage reads and the feature the model reads (triple
+    alignment first, then CAM); ``end(state)`` returns the words (updated by triple alignment) and
+    the aligned queries (None without triple alignment)."""
 
     STRIDES = (4, 8, 16, 32)
 
@@ -129,16 +129,28 @@ class StageAlignment(nn.Module):
             self.query_embed = nn.Embedding(num_queries, d)
             self.query_pos = nn.Embedding(num_queries, d)
             self.query_proj = nn.Linear(d, d)
-        self._state = None
 
-    def start(self, words: torch.Tensor, word_pad: torch.Tensor) -> None:
+    @classmethod
+    def from_config(cls, cfg: dict, ctx) -> "StageAlignment | None":
+        """model.align (None when it puts nothing in the backbone); the stages' channels and the number
+        of queries come from the backbone and the decoder built before it."""
+        m = cfg["model"]
+        a = m["align"]
+        if not (a["triple"] or a["cam"]):
+            return None
+        if cfg["data"]["exprs_per_image"] != 1:
+            raise ValueError("model.align puts language inside the backbone, which then runs once per expression: "
+                             f"set data.exprs_per_image=1 (it is {cfg['data']['exprs_per_image']})")
+        return cls(m["d_model"], ctx.parts["backbone"].stage_channels, m["fusion"]["heads"], a["triple"], a["cam"],
+                   a["cam_pools"], ctx.parts["decoder"].num_queries)
+
+    def begin(self, words: torch.Tensor, word_pad: torch.Tensor) -> dict:
+        """The state of one forward pass: the words, their padding and the queries (triple alignment)."""
         q = self.query_embed.weight[None].expand(words.shape[0], -1, -1) if self.triple else None
-        self._state = {"words": words, "pad": word_pad, "queries": q}
+        return {"words": words, "pad": word_pad, "queries": q}
 
-    def stage(self, i: int, x: torch.Tensor):
-        s, st = str(self.STRIDES[i]), self._state
-        if st is None:
-            raise RuntimeError("StageAlignment.stage called outside start() / finish()")
+    def stage(self, st: dict, i: int, x: torch.Tensor):
+        s = str(self.STRIDES[i])
         if s in self.triple:
             b, c, h, w = x.shape
             pos = sine_position(h, w, st["words"].shape[-1], x.device, x.dtype)
@@ -149,7 +161,6 @@ class StageAlignment(nn.Module):
             return self.cam[s](x, st["words"], st["pad"])
         return x, x
 
-    def finish(self):
-        st, self._state = self._state, None
+    def end(self, st: dict):
         q = self.query_proj(st["queries"]) if self.triple else None
         return st["words"], q

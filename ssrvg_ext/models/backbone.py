@@ -7,10 +7,10 @@ Pretrained weights come only from a local timm checkpoint file (``checkpoint``: 
 ``pretrained=True`` without such a file is an error, so a preset that expects pretrained weights
 cannot start from random ones by accident; ``pretrained=False`` trains from scratch.
 
-With ``stage_hooks``, forward hooks on the four stages let a :class:`~.align.StageAlignment` rewrite
-each stage's output (what the next stage reads) and replace the feature the model reads: language
-enters the backbone without knowing its internals (any ``features_only`` model whose stages are
-modules).
+With ``stage_hooks``, forward hooks on the four stages hand each stage's output to the ``rewrite``
+function given to :meth:`Backbone.forward`, which returns what the next stage reads and the feature
+the model reads (:class:`~.align.StageAlignment` puts language there): language enters the backbone
+without knowing its internals (any ``features_only`` model whose stages are modules).
 """
 
 from __future__ import annotations
@@ -72,16 +72,26 @@ class Backbone(nn.Module):
                 self.stage_names.append(found[0])
                 modules[found[0]].register_forward_hook(_stage_hook)
 
-    def forward(self, images: torch.Tensor, align=None, raw: bool = False):
+    @classmethod
+    def from_config(cls, cfg: dict, ctx=None) -> "Backbone":
+        """model.backbone; the stride-4 projection is left out for SgMg's head (model.segment_optimizer),
+        and the stage hooks are installed when model.align puts language inside the backbone."""
+        m = cfg["model"]
+        b, a = m["backbone"], m["align"]
+        return cls(b["name"], m["d_model"], None if m["segment_optimizer"] else m["mask_dim"], pretrained=b["pretrained"],
+                   checkpoint=b["checkpoint"], timm_kwargs=b["kwargs"], stage_hooks=bool(a["triple"] or a["cam"]))
+
+    def forward(self, images: torch.Tensor, rewrite=None, raw: bool = False):
         """-> the stride-4 map (mask_dim channels; None without), the levels at strides 8..64 (d_model), and the
-        unprojected stage features at strides 4 and 8 when ``raw`` (else None). align: a started
-        StageAlignment that rewrites every stage's output (needs stage_hooks)."""
-        if align is not None and not self.stage_names:
-            raise RuntimeError("a Backbone built without stage_hooks cannot take an alignment")
+        unprojected stage features at strides 4 and 8 when ``raw`` (else None). ``rewrite(i, x) -> (next, feature)``:
+        called with stage i's output x (B, C, H, W); the next stage reads ``next``, the model ``feature``
+        (needs stage_hooks)."""
+        if rewrite is not None and not self.stage_names:
+            raise RuntimeError("a Backbone built without stage_hooks cannot rewrite its stages")
         features = {}
-        stages = [self.body.get_submodule(n) for n in self.stage_names] if align is not None else []
+        stages = [self.body.get_submodule(n) for n in self.stage_names] if rewrite is not None else []
         for i, m in enumerate(stages):  # what the hook needs, on the module (a deep copy keeps it right)
-            m._stage_context = (i, align, self.nhwc, features)
+            m._stage_context = (i, rewrite, self.nhwc, features)
         try:
             feats = list(self.body(images))
         finally:
@@ -97,11 +107,11 @@ class Backbone(nn.Module):
 
 
 def _stage_hook(module, args, out):
-    """Forward hook on a backbone stage: hands the output to the alignment during an aligned
-    forward; the aligned output replaces it (the next stage reads it)."""
+    """Forward hook on a backbone stage: hands the output to ``rewrite`` during a forward that has
+    one; what it returns for the next stage replaces the output."""
     ctx = module.__dict__.get("_stage_context")
     if ctx is None:
         return None
-    i, align, nhwc, features = ctx
-    x, features[i] = align.stage(i, out.permute(0, 3, 1, 2) if nhwc else out)
+    i, rewrite, nhwc, features = ctx
+    x, features[i] = rewrite(i, out.permute(0, 3, 1, 2) if nhwc else out)
     return x.permute(0, 2, 3, 1) if nhwc else x

@@ -1,74 +1,101 @@
-"""build_model(cfg) and build_criterion(cfg) from a config dict (see configs/).
+"""build_model(cfg) and build_criterion(cfg): every part and every loss registered in one place.
 
-Every default lives in ``configs/base.yaml``: each builder hands a config section to its module as
-keyword arguments, and the modules built here have no defaults of their own. What comes from the
-data rather than from a config (the vocabulary size, the object-label classes) is an argument,
-stored in the checkpoint by the trainer.
+Every default lives in ``configs/base.yaml``; each part builds itself from its config section
+(``from_config(cfg, ctx)``, returning None when the config switches it off) and has no defaults of
+its own. What comes from the data rather than from a config (the vocabulary size, the object-label
+classes, the mask token) is in the :class:`~.registry.BuildContext`, stored in the checkpoint by
+the trainer.
+
+Adding a method (docs/design.md, "Adding a method"): its module with a ``from_config`` and the
+hooks it joins the forward through, its keys in ``configs/base.yaml``, one line in
+:data:`PARTS` (and one in :data:`LOSS_SPECS` when it has a loss).
 """
 
 from __future__ import annotations
 
 from .align import StageAlignment
+from .alignment_loss import AlignmentOutputs, alignment_loss
 from .backbone import Backbone
 from .cmpc import ProgressiveComprehension
-from .criterion import Criterion
+from .criterion import (Criterion, LossSpec, loss_attr, loss_boxes, loss_coarse_masks, loss_masks, loss_proposals,
+                        weights_boxes)
 from .decoder import QueryDecoder
 from .fusion import FusionEncoder
-from .grounding import MaskGrounding
-from .heads import MaskHead, PixelDecoder
-from .multigranularity import MultiGranularityHead
+from .grounding import MaskGrounding, mask_grounding_loss
+from .heads import PixelDecoder
+from .multigranularity import mask_head_from_config
 from .proposal import TokenProposals
-from .ssrvg import SSRVG
+from .registry import COMPONENTS, LOSSES, BuildContext
+from .ssrvg import SSRVG, attr_classes, attr_head_from_config, level_embed_from_config
 from .temporal import QueryLink, TemporalEncoder
 from .text import TextEncoder
+
+# The model's parts, built in this order: the order their parameters are initialised in (appending
+# keeps every existing model's initial weights) and in which a builder may read the parts before it.
+PARTS = [
+    ("backbone", Backbone.from_config),
+    ("text", TextEncoder.from_config),
+    ("fusion", FusionEncoder.from_config),
+    ("decoder", QueryDecoder.from_config),
+    ("align", StageAlignment.from_config),              # SegVG's triple alignment, MagNet's CAM
+    ("grounding", MaskGrounding.from_config),           # MagNet's mask grounding
+    ("pixel_decoder", PixelDecoder.from_config),
+    ("mask_head", mask_head_from_config),               # or SgMg's segment-and-optimise head
+    ("cmpc", ProgressiveComprehension.from_config),     # CMPC
+    ("temporal", TemporalEncoder.from_config),          # clips
+    ("proposals", TokenProposals.from_config),
+    ("query_link", QueryLink.from_config),              # clips
+    ("level_embed", level_embed_from_config),
+    ("attr_head", attr_head_from_config),
+    ("cal_text", AlignmentOutputs.from_config),         # MagNet's alignment loss
+]
+
+
+def on(*path):
+    """enabled(cfg) of a loss switched on by the config value at ``path`` (truthy)."""
+    def enabled(cfg):
+        node = cfg
+        for p in path:
+            node = node[p]
+        return bool(node)
+    return enabled
+
+
+# The losses, in the order their terms are summed into ``total``.
+LOSS_SPECS = [
+    ("boxes", LossSpec(loss_boxes, lambda cfg: True, weights_boxes)),
+    ("proposals", LossSpec(loss_proposals, lambda cfg: bool(cfg["model"]["proposals"] and cfg["loss"]["proposal"]),
+                           lambda cfg: {"prop_score": cfg["loss"]["proposal"],
+                                        "prop_l1": cfg["loss"]["proposal"] * cfg["loss"]["l1"],
+                                        "prop_giou": cfg["loss"]["proposal"] * cfg["loss"]["giou"]})),
+    ("attr", LossSpec(loss_attr, on("loss", "attr"), lambda cfg: {"attr": cfg["loss"]["attr"]})),
+    ("mask_grounding", LossSpec(mask_grounding_loss, on("model", "mask_grounding", "enabled"),
+                                lambda cfg: {"mg": cfg["loss"]["mask_grounding"]})),
+    ("alignment", LossSpec(alignment_loss, lambda cfg: bool(cfg["loss"]["align"]["p2p"] or cfg["loss"]["align"]["p2t"]),
+                           lambda cfg: {"cal_p2t": cfg["loss"]["align"]["p2t"], "cal_p2p": cfg["loss"]["align"]["p2p"]})),
+    ("masks", LossSpec(loss_masks, on("loss", "mask"),
+                       lambda cfg: {f"mask_{k}": w for k, w in cfg["loss"]["mask"].items()})),
+    ("coarse_masks", LossSpec(loss_coarse_masks, lambda cfg: bool(cfg["model"]["segment_optimizer"] and cfg["loss"]["mask"]),
+                              lambda cfg: {f"mask_{k}_coarse": w for k, w in cfg["loss"]["mask"].items()})),
+]
+
+for _name, _builder in PARTS:
+    COMPONENTS.register(_name, _builder)
+for _name, _spec in LOSS_SPECS:
+    LOSSES.register(_name, _spec)
 
 
 def build_model(cfg: dict, vocab_size: int, aux_classes: dict | None = None,
                 mask_token_id: int | None = None) -> SSRVG:
     """``vocab_size``: the tokenizer's; ``aux_classes``: {label: [values]} of the dense object-label
     loss (the trainer reads them from the data; a checkpoint keeps them); ``mask_token_id``: the
-    tokenizer's mask token (needed by mask grounding)."""
-    m = cfg["model"]
-    d, levels = m["d_model"], m["levels"]
-    b, a = m["backbone"], m["align"]
-    in_backbone = bool(a["triple"] or a["cam"])
-    if in_backbone and cfg["data"]["exprs_per_image"] != 1:
-        raise ValueError("model.align puts language inside the backbone, which then runs once per expression: "
-                         f"set data.exprs_per_image=1 (it is {cfg['data']['exprs_per_image']})")
-    backbone = Backbone(b["name"], d, None if m["segment_optimizer"] else m["mask_dim"], pretrained=b["pretrained"], checkpoint=b["checkpoint"],
-                        timm_kwargs=b["kwargs"], stage_hooks=in_backbone)
-    text = TextEncoder(d, vocab_size=vocab_size, max_len=cfg["data"]["max_len"], **m["text"])
-    fusion = FusionEncoder(d, levels=levels, **m["fusion"])
-    q = dict(m["decoder"])
-    mask_every_layer = q.pop("mask_every_layer")
-    decoder = QueryDecoder(d, levels=levels, proposals=m["proposals"], **q)
-    heads = m["fusion"]["heads"]
-    align = StageAlignment(d, backbone.stage_channels, heads, a["triple"], a["cam"], a["cam_pools"],
-                           decoder.num_queries) if in_backbone else None
-    g = m["mask_grounding"]
-    if g["enabled"] and mask_token_id is None:
-        raise ValueError("model.mask_grounding needs the tokenizer's mask token: build_model(..., mask_token_id=tok.mask_id)")
-    grounding = MaskGrounding(d, heads, vocab_size, mask_token_id, g["ratio"], g["replace"]) if g["enabled"] else None
-    cal = {k: bool(cfg["loss"]["align"][k]) for k in ("p2p", "p2t")}
-    if m["segment_optimizer"]:  # SgMg: kernels on the fusion memory, refined with the raw backbone maps
-        pixel_decoder, mask_head = None, MultiGranularityHead(d, backbone.stage_channels[1], backbone.stage_channels[0])
-    else:
-        pixel_decoder, mask_head = PixelDecoder(d, m["mask_dim"], levels), MaskHead(d, m["mask_dim"])
-    c = m["cmpc"]
-    cmpc = ProgressiveComprehension(d, **c) if c["perception"] or c["exchange_rounds"] else None
-    tm = m["temporal"]  # clips only (docs/video.md)
-    temporal = TemporalEncoder(d, tm["layers"], tm["heads"], tm["ffn"]) if tm["layers"] else None
-    return SSRVG(backbone, text, fusion, decoder, pixel_decoder, mask_head, d,
-                 levels, TokenProposals(d) if m["proposals"] else None, attr_classes(cfg, aux_classes), mask_every_layer,
-                 align, grounding, cal, cmpc, temporal, QueryLink(d, tm["heads"]) if tm["link_queries"] else None)
-
-
-def attr_classes(cfg: dict, aux_classes: dict | None) -> list[int] | None:
-    """Classes (background + values) per auxiliary label, or None when there is no such loss."""
-    if not aux_classes or not cfg["loss"]["attr"]:
-        return None  # no head without a loss to train it (DDP refuses parameters without gradients)
-    return [len(v) + 1 for v in aux_classes.values()]
+    tokenizer's mask token (needed by mask grounding). Every registered part is built in order and
+    handed to :class:`SSRVG` by name."""
+    ctx = BuildContext(vocab_size, aux_classes, mask_token_id)
+    for name, builder in COMPONENTS.items():
+        ctx.parts[name] = builder(cfg, ctx)
+    return SSRVG(**ctx.parts, mask_every_layer=cfg["model"]["decoder"]["mask_every_layer"])
 
 
 def build_criterion(cfg: dict, aux_classes: dict | None = None) -> Criterion:
-    return Criterion(**cfg["loss"], attr_classes=attr_classes(cfg, aux_classes))
+    return Criterion.from_config(cfg, attr_classes(cfg, aux_classes))

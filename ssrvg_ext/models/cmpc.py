@@ -141,6 +141,16 @@ class ProgressiveComprehension(nn.Module):
         self.exchange = FeatureExchange(d, self.LEVELS, exchange_rounds) if exchange_rounds else None
         self.merge = nn.ModuleList(nn.Conv2d(d, d, 1) for _ in range(self.LEVELS))
 
+    @classmethod
+    def from_config(cls, cfg: dict, ctx=None) -> "ProgressiveComprehension | None":
+        """model.cmpc; None when neither perception nor exchange is on."""
+        c = cfg["model"]["cmpc"]
+        return cls(cfg["model"]["d_model"], **c) if c["perception"] or c["exchange_rounds"] else None
+
+    def refine_levels(self, fused: list[torch.Tensor], st) -> list[torch.Tensor]:
+        """Hook (before the mask branch): the fused levels refined with the fused words."""
+        return self(fused, st.words, st.word_pad)
+
     def forward(self, fused: list[torch.Tensor], words: torch.Tensor, word_pad: torch.Tensor) -> list[torch.Tensor]:
         p, q_ea, s = self.words(words, word_pad)
         feats = []

@@ -1,20 +1,31 @@
-"""All training losses in one place: L1 + GIoU on the box of every decoder layer, the token
-proposals' focal + box losses, the fused upsampled mask losses on the mask (and on SgMg's coarse
-mask), each normalised by the number of expressions over all ranks; and, when the data has object labels, cross-entropy on every
-visual token's labels (the object under the token's centre, background elsewhere). MagNet's terms
-when the model gives their inputs: the masked-token cross-entropy (``mg``) and the cross-modal
-alignment loss (``cal_p2p``, ``cal_p2t``)."""
+"""The criterion: the losses a config switches on, chosen when it is built (Deformable DETR's
+``SetCriterion``: a list of loss names, a ``get_loss`` map, a ``weight_dict``; ReferFormer's habit of
+returning every term unweighted and logging it).
+
+Each loss is a :class:`LossSpec` registered in :data:`~.registry.LOSSES` (the registrations are in
+:mod:`.build`): ``compute(crit, out, batch, ctx) -> {term: tensor}``, ``enabled(cfg)`` and
+``weights(cfg) -> {term: weight}``. The core losses are here: L1 + GIoU on the box of every decoder
+layer (and the mask of every layer with SegVG's multi-layer supervision), the fused upsampled mask
+losses on the mask and on SgMg's coarse mask, the token proposals' focal + box losses, the dense
+object-label cross-entropy; each normalised by the number of expressions over all ranks. A
+method's loss lives with its module (MagNet's ``mg`` in :mod:`.grounding`, ``cal_*`` in
+:mod:`.alignment_loss`)."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from dataclasses import dataclass, field
+from typing import Callable
+
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from ..ops import upsampled_mask_loss_terms, upsampled_mask_sums
 from ..ops.mask_loss import losses_from_sums
+from ..structures import Batch, ModelOutputs
+from .registry import LOSSES
 
 
 def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
@@ -52,35 +63,76 @@ def box_to_mask(boxes_cxcywh: torch.Tensor, size: int) -> torch.Tensor:
     return (inside_y[:, :, None] & inside_x[:, None, :]).to(torch.uint8)
 
 
+@dataclass
+class LossSpec:
+    """A loss the criterion can compute: ``compute(crit, out, batch, ctx) -> {term: tensor}``
+    (unweighted), ``enabled(cfg)`` whether a config switches it on, ``weights(cfg)`` the weight of
+    each of its terms in ``total`` (a term without a weight, or of weight 0, is logged only)."""
+    compute: Callable
+    enabled: Callable[[dict], bool]
+    weights: Callable[[dict], dict]
+
+
+@dataclass
+class LossContext:
+    """What the losses of one step share: the normaliser (expressions over all ranks), each
+    sample's box weight (None: all 1; video frames without the object: 0), the mask targets and
+    the padding (when a loss needs them) and the final mask's terms, computed once."""
+    norm: float
+    box_weight: torch.Tensor | None
+    targets: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    cache: dict = field(default_factory=dict)
+
+
 class Criterion(nn.Module):
-    """Returns every loss term unweighted (the last decoder layer's ``l1`` / ``giou``, each earlier
-    layer's ``l1_<i>`` / ``giou_<i>``, the proposals' ``prop_*``, ``attr``, ``mask_<name>``) and
-    ``total`` = the sum of each term times its entry in :attr:`weight_dict`; every term is logged."""
+    """``losses``: the names of the :data:`~.registry.LOSSES` to compute, in order; ``weight_dict``:
+    term -> weight in ``total`` (summed in this dict's order); ``loss_cfg``: the config's ``loss``
+    section; ``attr_classes``: the object-label head's classes per label. Returns every term
+    unweighted (the last decoder layer's ``l1`` / ``giou``, each earlier layer's ``l1_<i>`` /
+    ``giou_<i>``, the proposals' ``prop_*``, ``attr``, ``mask_<name>``, the methods' terms) and
+    ``total``; every term is logged."""
 
-    def __init__(self, l1: float, giou: float, aux: float, mask: dict, box_to_mask: bool, focal_alpha: float,
-                 focal_gamma: float, proposal: float, attr: float, attr_classes: list[int] | None,
-                 segvg_factor: bool, mask_grounding: float, align: dict):
+    def __init__(self, *, losses: list[str], weight_dict: dict[str, float], loss_cfg: dict,
+                 attr_classes: list[int] | None = None):
         super().__init__()
-        self.mask_grounding, self.align = mask_grounding, dict(align)
-        self.proposal, self.attr, self.attr_classes = proposal, attr, attr_classes
-        self.l1, self.giou, self.aux = l1, giou, aux
-        self.mask = dict(mask)
-        self.box_to_mask, self.alpha, self.gamma = box_to_mask, focal_alpha, focal_gamma
-        self.segvg_factor = segvg_factor
+        self.losses, self.weight_dict = list(losses), dict(weight_dict)
+        self.loss_cfg, self.attr_classes = loss_cfg, attr_classes
+        self.mask = dict(loss_cfg["mask"])
+        self.alpha, self.gamma = loss_cfg["focal_alpha"], loss_cfg["focal_gamma"]
+        self.segvg_factor = loss_cfg["segvg_factor"]
 
-    def weight_dict(self, aux_layers: int) -> dict[str, float]:
-        """Term name -> weight in ``total`` (a term absent here is logged only)."""
-        w = {"l1": self.l1, "giou": self.giou}
-        for i in range(aux_layers):
-            w.update({f"l1_{i}": self.aux * self.l1, f"giou_{i}": self.aux * self.giou})
-            w.update({f"mask_{name}_{i}": self.aux * weight for name, weight in self.mask.items()})
-        w.update({"prop_score": self.proposal, "prop_l1": self.proposal * self.l1, "prop_giou": self.proposal * self.giou,
-                  "attr": self.attr, "mg": self.mask_grounding, "cal_p2p": self.align["p2p"],
-                  "cal_p2t": self.align["p2t"]})
-        w.update({f"mask_{name}": weight for name, weight in self.mask.items()})
-        w.update({f"mask_{name}_coarse": weight for name, weight in self.mask.items()})  # SgMg's coarse mask
-        return w
+    @classmethod
+    def from_config(cls, cfg: dict, attr_classes: list[int] | None = None) -> "Criterion":
+        """The losses the config switches on (each spec's ``enabled``) and their weights."""
+        names = [n for n, spec in LOSSES.items() if spec.enabled(cfg)]
+        if "attr" in names and not attr_classes:
+            names.remove("attr")  # no object-label head: the data has no labels
+        weights: dict[str, float] = {}
+        for n in names:
+            weights.update(LOSSES.get(n).weights(cfg))
+        return cls(losses=names, weight_dict=weights, loss_cfg=cfg["loss"], attr_classes=attr_classes)
 
+    def get_loss(self, name: str, out: ModelOutputs, batch: Batch, ctx: LossContext) -> dict:
+        return LOSSES.get(name).compute(self, out, batch, ctx)
+
+    def forward(self, out: ModelOutputs, batch: Batch) -> dict:
+        """``batch["box_valid"]`` (B,) bool, when present (video frames): the box terms of a sample
+        without the object are left out (its mask terms ask for an empty mask)."""
+        tgt = batch["boxes"]
+        ctx = LossContext(global_count(tgt.shape[0], tgt.device),
+                          batch["box_valid"].to(out["boxes"].dtype) if "box_valid" in batch else None)
+        if self.mask or "alignment" in self.losses:  # the mask targets (and the padding) of both
+            size = batch["images"].shape[-1]
+            ctx.targets = box_to_mask(batch["boxes"], size) if self.loss_cfg["box_to_mask"] else batch["masks"]
+            ctx.valid = padding_valid(batch["meta"], size, ctx.targets.device)
+        terms = {}
+        for name in self.losses:
+            terms.update(self.get_loss(name, out, batch, ctx))
+        terms["total"] = sum(w * terms[k] for k, w in self.weight_dict.items() if w and k in terms)
+        return terms
+
+    # -- helpers of the core losses -------------------------------------------------------------
     def box_losses(self, pred: torch.Tensor, tgt: torch.Tensor, norm: float, factor: torch.Tensor | None = None) -> dict:
         """L1 and GIoU summed over the batch / norm; each sample's scaled by ``factor`` (B,) when given."""
         if factor is None:
@@ -104,127 +156,99 @@ class Criterion(nn.Module):
         factor = 1 + (1 - sums[:, 0] / sums[:, 2].clamp_min(1)) ** 2
         return {k: ((v * factor) if k == "dice" else v).sum() / norm for k, v in per.items()}, factor
 
-    def proposal_losses(self, out: dict, tgt: torch.Tensor, norm: float, weight: torch.Tensor | None = None) -> dict:
-        """Tokens whose anchor centre lies in the ground-truth box (and always the nearest one) are
-        positives: focal loss on every token's score, L1 + GIoU on the positives' boxes. ``weight``
-        (B,): each sample's share (0: a video frame without the object counts only as negatives)."""
-        anchors, scores, boxes = out["anchors"], out["proposal_scores"], out["proposal_boxes"]
-        gt = cxcywh_to_xyxy(tgt)  # (B, 4)
-        cx, cy = anchors[None, :, 0], anchors[None, :, 1]
-        pos = (cx >= gt[:, 0:1]) & (cx <= gt[:, 2:3]) & (cy >= gt[:, 1:2]) & (cy <= gt[:, 3:4])
-        nearest = ((anchors[None, :, :2] - tgt[:, None, :2]) ** 2).sum(-1).argmin(1)
-        pos.scatter_(1, nearest[:, None], True)  # (indexing with a Python True would copy it to the GPU: a sync)
-        w = pos.float() if weight is None else pos.float() * weight[:, None]
-        score = sigmoid_focal_loss(scores, w, alpha=0.25, gamma=2.0, reduction="sum") / norm
-        npos = pos.float().sum(1).clamp_min(1)  # each expression weighs the same, whatever its number of positives
-        per_tok = (boxes - tgt[:, None, :]).abs().sum(-1)
-        l1 = ((per_tok * w).sum(1) / npos).sum() / norm
-        giou_tok = giou_loss(cxcywh_to_xyxy(boxes), gt[:, None, :])
-        giou = ((giou_tok * w).sum(1) / npos).sum() / norm
-        return {"prop_score": score, "prop_l1": l1, "prop_giou": giou}
+    def final_mask(self, out: ModelOutputs, ctx: LossContext):
+        """The final mask's terms and SegVG factor, computed once per step (the box loss reads the factor)."""
+        if "final_mask" not in ctx.cache:
+            ctx.cache["final_mask"] = self.mask_losses(out["mask_logits"], ctx.targets, ctx.valid, ctx.norm)
+        return ctx.cache["final_mask"]
 
-    def attr_loss(self, out: dict, batch: dict) -> torch.Tensor:
-        """Token-wise cross-entropy on each label (read at the token centres), averaged over the labels;
-        object tokens and background tokens weigh half each, however few the objects cover."""
-        inst, table = batch["instances"], batch["inst_labels"]  # (B, S, S) object index; (B, n + 1, K)
-        size = inst.shape[-1]
-        px = (out["attr_points"] * size).long().clamp_(0, size - 1)  # (N, 2) x, y
-        obj = inst[:, px[:, 1], px[:, 0]].long()  # (B, N)
-        labels = torch.gather(table, 1, obj[..., None].expand(-1, -1, table.shape[-1]))  # (B, N, K)
-        logits = out["attr_logits"].split(self.attr_classes, -1)
-        fg = (obj > 0).flatten()
-        total = 0.0
-        for k, lg in enumerate(logits):
-            lab = labels[..., k].flatten()
-            ce = F.cross_entropy(lg.flatten(0, 1), lab, ignore_index=-100, reduction="none")
-            known = lab != -100
-            for part in (fg & known, ~fg & known):
-                total = total + 0.5 * (ce * part).sum() / part.sum().clamp_min(1)
-        return total / len(logits)
-
-    def mask_grounding_loss(self, out: dict) -> torch.Tensor:
-        """Cross-entropy of the masked tokens, averaged over them (0 when none was chosen)."""
-        logits, targets = out["mg_logits"], out["mg_targets"]
-        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-        return ce / (targets != -100).sum().clamp_min(1)
-
-    def alignment_losses(self, out: dict, masks: torch.Tensor, valid: torch.Tensor, norm: float) -> dict:
-        """MagNet's cross-modal alignment loss on the L2-normalised mask features e (B, C, h, w); the
-        mask and the padding are read at that resolution (a pixel is inside when over half of it is).
-        Each sample draws up to ``points`` pixels inside the mask (P) and outside it (N, padding
-        excluded). Pixel-to-text: for p in P, -log(exp(e_p.t / T) / (exp(e_p.t / T) + sum_N exp(e_n.t / T)))
-        with t the projected sentence; pixel-to-pixel: for anchors a != p in P, the same with
-        e_a.e_p against e_a.e_n. Averaged over each sample's terms, summed over samples / norm."""
-        e = F.normalize(out["cal_pixels"].flatten(2).transpose(1, 2), dim=-1)  # (B, hw, C)
-        hw = out["cal_pixels"].shape[-2:]
-        inside = F.adaptive_avg_pool2d(masks[:, None].float(), hw).flatten(1) > 0.5
-        ok = F.adaptive_avg_pool2d(valid[:, None].float(), hw).flatten(1) > 0.5
-        k, tau = min(int(self.align["points"]), e.shape[1]), self.align["temperature"]
-        r = torch.rand(inside.shape, device=e.device)
-
-        def draw(sel):  # up to k pixels of ``sel`` per sample: their embeddings and which are real
-            idx = (r + 2 * sel).topk(k, 1).indices
-            return torch.gather(e, 1, idx[..., None].expand(-1, -1, e.shape[-1])), torch.gather(sel, 1, idx)
-        ep, p_ok = draw(inside & ok)
-        en, n_ok = draw(~inside & ok)
-        terms = {}
-        if self.align["p2t"]:
-            t = F.normalize(out["cal_text"], dim=-1)[:, :, None]  # (B, C, 1)
-            terms["cal_p2t"] = info_nce((ep @ t)[..., 0] / tau, (en @ t)[..., 0] / tau, p_ok, n_ok, norm)
-        if self.align["p2p"]:
-            pairs = p_ok[:, :, None] & p_ok[:, None, :] & ~torch.eye(k, dtype=torch.bool, device=e.device)
-            terms["cal_p2p"] = info_nce(ep @ ep.transpose(1, 2) / tau, ep @ en.transpose(1, 2) / tau, pairs,
-                                        n_ok[:, None, :].expand(-1, k, -1), norm)
-        return terms
-
-    def forward(self, out: dict, batch: dict) -> dict:
-        """``batch["box_valid"]`` (B,) bool, when present (video frames): the box terms of a sample
-        without the object are left out (its mask terms ask for an empty mask)."""
-        tgt = batch["boxes"].to(out["boxes"].dtype)
-        norm = global_count(tgt.shape[0], tgt.device)
-        box_w = batch["box_valid"].to(tgt.dtype) if "box_valid" in batch else None
-        mask_terms, factors, aux_masks = {}, {}, {}
-        if self.mask or "cal_pixels" in out:  # the mask targets (and the padding) of both
-            size = batch["images"].shape[-1]
-            targets = box_to_mask(batch["boxes"], size) if self.box_to_mask else batch["masks"]
-            valid = padding_valid(batch["meta"], size, targets.device)
-        if self.mask:
-            mask_terms, factors["last"] = self.mask_losses(out["mask_logits"], targets, valid, norm)
-            for i, logits in enumerate(out.get("aux_mask_logits", [])):  # SegVG: a mask at every layer
-                aux_masks[i], factors[i] = self.mask_losses(logits, targets, valid, norm)
-            if "coarse_mask_logits" in out:  # SgMg: the coarse mask is supervised too
-                coarse, _ = self.mask_losses(out["coarse_mask_logits"], targets, valid, norm)
-                mask_terms.update({f"{k}_coarse": v for k, v in coarse.items()})
-        if box_w is not None:
-            factors = {k: box_w if factors.get(k) is None else factors[k] * box_w for k in ["last", *aux_masks]}
-            factors.update({i: box_w for i in range(len(out["aux_boxes"])) if i not in factors})
-        terms = self.box_losses(out["boxes"], tgt, norm, factors.get("last"))
-        for i, aux in enumerate(out["aux_boxes"]):
-            terms.update({f"{k}_{i}": v for k, v in self.box_losses(aux, tgt, norm, factors.get(i)).items()})
-            terms.update({f"mask_{k}_{i}": v for k, v in aux_masks.get(i, {}).items()})
-        if self.proposal and "proposal_scores" in out:
-            terms.update(self.proposal_losses(out, tgt, norm, box_w))
-        if self.attr and self.attr_classes and "attr_logits" in out and "instances" in batch:
-            terms["attr"] = self.attr_loss(out, batch)
-        if "mg_logits" in out:
-            terms["mg"] = self.mask_grounding_loss(out)
-        if "cal_pixels" in out:
-            terms.update(self.alignment_losses(out, targets, valid, norm))
-        terms.update({f"mask_{k}": v for k, v in mask_terms.items()})
-        weights = self.weight_dict(len(out["aux_boxes"]))
-        terms["total"] = sum(weights[k] * v for k, v in terms.items() if weights.get(k))
-        return terms
+    def layer_factor(self, mask_factor: torch.Tensor | None, ctx: LossContext) -> torch.Tensor | None:
+        """A layer's per-sample box-loss scale: its SegVG factor times the sample's box weight."""
+        if ctx.box_weight is None:
+            return mask_factor
+        return ctx.box_weight if mask_factor is None else mask_factor * ctx.box_weight
 
 
-def info_nce(pos: torch.Tensor, neg: torch.Tensor, pos_ok: torch.Tensor, neg_ok: torch.Tensor, norm: float):
-    """Sum over samples / norm of each sample's mean of -log(exp(pos) / (exp(pos) + sum exp(neg)))
-    over its real positives; pos (B, ..., P) logits, neg (B, ..., K) the negatives of each row,
-    pos_ok / neg_ok which are real. A finite "minus infinity" masks the missing negatives (finite
-    gradients when a sample has none; such a sample adds nothing)."""
-    lse = torch.logsumexp(neg.masked_fill(~neg_ok, -1e4), -1, keepdim=True)
-    w = (pos_ok & neg_ok.any(-1, keepdim=True)).to(pos.dtype)
-    per = ((torch.logaddexp(pos, lse) - pos) * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1)
-    return per.sum() / norm
+# -- the core losses (registered in .build) ------------------------------------------------------
+def loss_boxes(crit: Criterion, out: ModelOutputs, batch: Batch, ctx: LossContext) -> dict:
+    """``l1`` / ``giou`` of the last layer's box, ``l1_<i>`` / ``giou_<i>`` of each earlier layer's and,
+    with model.decoder.mask_every_layer, ``mask_<name>_<i>`` of each earlier layer's mask (SegVG)."""
+    tgt = batch["boxes"].to(out["boxes"].dtype)
+    last = crit.final_mask(out, ctx)[1] if crit.mask and crit.segvg_factor else None
+    terms = crit.box_losses(out["boxes"], tgt, ctx.norm, crit.layer_factor(last, ctx))
+    aux_masks = out.get("aux_mask_logits") if crit.mask else None
+    for i, aux in enumerate(out["aux_boxes"]):
+        masks, factor = crit.mask_losses(aux_masks[i], ctx.targets, ctx.valid, ctx.norm) if aux_masks is not None \
+            else ({}, None)
+        terms.update({f"{k}_{i}": v for k, v in crit.box_losses(aux, tgt, ctx.norm, crit.layer_factor(factor, ctx)).items()})
+        terms.update({f"mask_{k}_{i}": v for k, v in masks.items()})
+    return terms
+
+
+def weights_boxes(cfg: dict) -> dict:
+    loss, layers = cfg["loss"], cfg["model"]["decoder"]["layers"]
+    w = {"l1": loss["l1"], "giou": loss["giou"]}
+    for i in range(layers - 1):
+        w.update({f"l1_{i}": loss["aux"] * loss["l1"], f"giou_{i}": loss["aux"] * loss["giou"]})
+        if cfg["model"]["decoder"]["mask_every_layer"]:
+            w.update({f"mask_{name}_{i}": loss["aux"] * weight for name, weight in loss["mask"].items()})
+    return w
+
+
+def loss_masks(crit: Criterion, out: ModelOutputs, batch: Batch, ctx: LossContext) -> dict:
+    """``mask_<name>`` of the final mask, for every loss.mask entry."""
+    return {f"mask_{k}": v for k, v in crit.final_mask(out, ctx)[0].items()}
+
+
+def loss_coarse_masks(crit: Criterion, out: ModelOutputs, batch: Batch, ctx: LossContext) -> dict:
+    """``mask_<name>_coarse``: SgMg's coarse mask, supervised like the final one."""
+    terms, _ = crit.mask_losses(out["coarse_mask_logits"], ctx.targets, ctx.valid, ctx.norm)
+    return {f"mask_{k}_coarse": v for k, v in terms.items()}
+
+
+def loss_proposals(crit: Criterion, out: ModelOutputs, batch: Batch, ctx: LossContext) -> dict:
+    """Tokens whose anchor centre lies in the ground-truth box (and always the nearest one) are
+    positives: focal loss on every token's score, L1 + GIoU on the positives' boxes. A sample's
+    box weight is its share (0: a video frame without the object counts only as negatives)."""
+    tgt, norm, weight = batch["boxes"].to(out["boxes"].dtype), ctx.norm, ctx.box_weight
+    anchors, scores, boxes = out["anchors"], out["proposal_scores"], out["proposal_boxes"]
+    gt = cxcywh_to_xyxy(tgt)  # (B, 4)
+    cx, cy = anchors[None, :, 0], anchors[None, :, 1]
+    pos = (cx >= gt[:, 0:1]) & (cx <= gt[:, 2:3]) & (cy >= gt[:, 1:2]) & (cy <= gt[:, 3:4])
+    nearest = ((anchors[None, :, :2] - tgt[:, None, :2]) ** 2).sum(-1).argmin(1)
+    pos.scatter_(1, nearest[:, None], True)  # (indexing with a Python True would copy it to the GPU: a sync)
+    w = pos.float() if weight is None else pos.float() * weight[:, None]
+    score = sigmoid_focal_loss(scores, w, alpha=0.25, gamma=2.0, reduction="sum") / norm
+    npos = pos.float().sum(1).clamp_min(1)  # each expression weighs the same, whatever its number of positives
+    per_tok = (boxes - tgt[:, None, :]).abs().sum(-1)
+    l1 = ((per_tok * w).sum(1) / npos).sum() / norm
+    giou_tok = giou_loss(cxcywh_to_xyxy(boxes), gt[:, None, :])
+    giou = ((giou_tok * w).sum(1) / npos).sum() / norm
+    return {"prop_score": score, "prop_l1": l1, "prop_giou": giou}
+
+
+def loss_attr(crit: Criterion, out: ModelOutputs, batch: Batch, ctx: LossContext) -> dict:
+    """``attr``: token-wise cross-entropy on each object label (read at the token centres),
+    averaged over the labels; object tokens and background tokens weigh half each, however few the
+    objects cover."""
+    if "instances" not in batch:
+        raise ValueError("the object-label loss (data.aux_labels, loss.attr) needs the batch's 'instances' and "
+                         "'inst_labels' (the loaders add them when data.aux_labels is set)")
+    inst, table = batch["instances"], batch["inst_labels"]  # (B, S, S) object index; (B, n + 1, K)
+    size = inst.shape[-1]
+    px = (out["attr_points"] * size).long().clamp_(0, size - 1)  # (N, 2) x, y
+    obj = inst[:, px[:, 1], px[:, 0]].long()  # (B, N)
+    labels = torch.gather(table, 1, obj[..., None].expand(-1, -1, table.shape[-1]))  # (B, N, K)
+    logits = out["attr_logits"].split(crit.attr_classes, -1)
+    fg = (obj > 0).flatten()
+    total = 0.0
+    for k, lg in enumerate(logits):
+        lab = labels[..., k].flatten()
+        ce = F.cross_entropy(lg.flatten(0, 1), lab, ignore_index=-100, reduction="none")
+        known = lab != -100
+        for part in (fg & known, ~fg & known):
+            total = total + 0.5 * (ce * part).sum() / part.sum().clamp_min(1)
+    return {"attr": total / len(logits)}
 
 
 def padding_valid(metas: list[dict], size: int, device) -> torch.Tensor:

@@ -49,6 +49,13 @@ class QueryDecoder(nn.Module):
             nn.init.zeros_(h[-1].weight)
             nn.init.zeros_(h[-1].bias)
 
+    @classmethod
+    def from_config(cls, cfg: dict, ctx=None) -> "QueryDecoder":
+        """model.decoder (its mask_every_layer switch is the model's: :class:`~.ssrvg.SSRVG`)."""
+        m = cfg["model"]
+        q = {k: v for k, v in m["decoder"].items() if k != "mask_every_layer"}
+        return cls(m["d_model"], levels=m["levels"], proposals=m["proposals"], **q)
+
     def forward(self, sentence, words, word_pad, memory, shapes, starts, init_box=None, init_feature=None,
                 init_queries=None):
         """init_box / init_feature (B, 4) / (B, d): the selected proposal that starts every query;

@@ -98,6 +98,12 @@ class FusionEncoder(nn.Module):
         self.layers = nn.ModuleList(FusionLayer(d, heads, levels, points, ffn, global_attn) for _ in range(layers))
         self.spectrum = SpectrumFusion(d, heads, levels, spectrum_sigma) if spectrum else None
 
+    @classmethod
+    def from_config(cls, cfg: dict, ctx=None) -> "FusionEncoder":
+        """model.fusion (SgMg's spectrum fusion: its ``spectrum`` switch)."""
+        m = cfg["model"]
+        return cls(m["d_model"], levels=m["levels"], **m["fusion"])
+
     def forward(self, maps: list[torch.Tensor], pos: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor):
         """maps: per level (B, C, H, W); pos: (S, C) positions + level embeddings; word_pad True = padding.
         Returns the fused flattened pixels (B, S, C), the updated words, shapes and starts."""

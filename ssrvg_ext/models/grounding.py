@@ -39,8 +39,30 @@ class MaskGrounding(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(3))
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, vocab_size))
 
+    @classmethod
+    def from_config(cls, cfg: dict, ctx) -> "MaskGrounding | None":
+        """model.mask_grounding (None unless enabled); the vocabulary and its mask token are the tokenizer's."""
+        g = cfg["model"]["mask_grounding"]
+        if not g["enabled"]:
+            return None
+        if ctx.mask_token_id is None:
+            raise ValueError("model.mask_grounding needs the tokenizer's mask token: build_model(..., mask_token_id=tok.mask_id)")
+        return cls(cfg["model"]["d_model"], cfg["model"]["fusion"]["heads"], ctx.vocab_size, ctx.mask_token_id,
+                   g["ratio"], g["replace"])
+
     def corrupt(self, ids: torch.Tensor, text_mask: torch.Tensor):
         return mask_tokens(ids, text_mask, self.mask_id, self.ratio, self.replace)
+
+    def training_outputs(self, st) -> dict:
+        """Hook (training): the corrupted expression encoded again, its tokens predicted from the
+        visual tokens of the finest level and the ground-truth mask (``mg_logits``, ``mg_targets``);
+        nothing when the forward was not given the masks."""
+        if st.gt_masks is None:
+            return {}
+        ids, targets = self.corrupt(st.text_ids, st.text_mask)
+        masked_words, _ = st.encode_text(ids, st.text_mask)
+        n0 = st.maps[0].shape[-2] * st.maps[0].shape[-1]
+        return {"mg_logits": self(masked_words, st.word_pad, st.maps[0], st.pos[:n0], st.gt_masks), "mg_targets": targets}
 
     def forward(self, words: torch.Tensor, word_pad: torch.Tensor, visual: torch.Tensor, pos: torch.Tensor,
                 gt_masks: torch.Tensor) -> torch.Tensor:
@@ -52,3 +74,10 @@ class MaskGrounding(nn.Module):
         x = n1(words + self.cross(words, v + pos, v))
         x = n2(x + self.self_attn(x, x, x, key_padding_mask=word_pad))
         return self.head(n3(x + self.ffn(x)))
+
+
+def mask_grounding_loss(crit, out: dict, batch: dict, ctx) -> dict:
+    """``mg``: cross-entropy of the masked tokens, averaged over them (0 when none was chosen)."""
+    logits, targets = out["mg_logits"], out["mg_targets"]
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    return {"mg": ce / (targets != -100).sum().clamp_min(1)}

@@ -20,6 +20,12 @@ class PixelDecoder(nn.Module):
         self.out = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU(),
                                  nn.Conv2d(mask_dim, mask_dim, 1))
 
+    @classmethod
+    def from_config(cls, cfg: dict, ctx=None) -> "PixelDecoder | None":
+        """None with SgMg's head (model.segment_optimizer), which reads the memory directly."""
+        m = cfg["model"]
+        return None if m["segment_optimizer"] else cls(m["d_model"], m["mask_dim"], m["levels"])
+
     def forward(self, fused: list[torch.Tensor], f4: torch.Tensor) -> torch.Tensor:
         x = self.lateral[-1](fused[-1])
         for lat, f in zip(list(self.lateral)[-2::-1], fused[-2::-1]):

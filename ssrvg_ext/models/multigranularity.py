@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MLP
-from .heads import box_coords, kernel_input
+from .heads import MaskHead, box_coords, kernel_input
 
 
 def residual_block(k: int, c: int) -> nn.Sequential:
@@ -56,3 +56,13 @@ class MultiGranularityHead(nn.Module):
         x = F.interpolate(x, size=raw4.shape[-2:], mode="bilinear", align_corners=False)
         x = x + self.block4(torch.cat([x, raw4.to(x.dtype)], 1))
         return F.pixel_shuffle(x, 4)[:, 0], coarse[:, 0], x
+
+
+def mask_head_from_config(cfg: dict, ctx) -> MaskHead | MultiGranularityHead:
+    """The model's mask head: :class:`~.heads.MaskHead` on the pixel decoder's map, or SgMg's
+    segment-and-optimise head with model.segment_optimizer (its raw maps' channels from the backbone)."""
+    m = cfg["model"]
+    if m["segment_optimizer"]:
+        channels = ctx.parts["backbone"].stage_channels
+        return MultiGranularityHead(m["d_model"], channels[1], channels[0])
+    return MaskHead(m["d_model"], m["mask_dim"])

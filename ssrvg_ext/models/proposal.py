@@ -33,6 +33,11 @@ class TokenProposals(nn.Module):
         self.box = MLP(d, d, 4, 3)
         self.norm = nn.LayerNorm(d)
 
+    @classmethod
+    def from_config(cls, cfg: dict, ctx=None) -> "TokenProposals | None":
+        """model.proposals: on, or None (the decoder then starts from the sentence)."""
+        return cls(cfg["model"]["d_model"]) if cfg["model"]["proposals"] else None
+
     def forward(self, memory: torch.Tensor, sentence: torch.Tensor, shapes: torch.Tensor) -> dict:
         mem = self.norm(memory)
         scores = torch.einsum("bsc,bc->bs", self.key(mem), self.query(sentence)) / mem.shape[-1] ** 0.5

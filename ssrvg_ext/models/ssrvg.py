@@ -7,15 +7,16 @@
     sentence + words + fused ──QueryDecoder──> queries, a box per layer
     queries + fused + stride-4 ──PixelDecoder / MaskHead──> low-res mask logits
     (training aid) stride-8/16 levels ──attr_head──> every token's object labels (category, colour, ...;
-                   for clips read from the memory after the temporal layers, the motion too)
+                   for clips read from the memory after the refine_memory hooks, the motion too)
 
-Optional method components (docs/methods.md): ``align`` puts language inside the backbone (SegVG's
-triple alignment, which also starts the queries; MagNet's CAM); ``grounding`` is MagNet's mask
-grounding and ``cal_text`` the sentence side of its alignment loss (training outputs only); ``cmpc``
-refines the fused levels (CMPC); a MultiGranularityHead as ``mask_head`` is SgMg's
-segment-and-optimise head (then there is no pixel decoder); SgMg's spectrum fusion is inside
-``fusion``. For clips (referring video segmentation, docs/video.md), ``temporal`` mixes the fused
-memory across the frames of each clip and ``query_link`` the final queries.
+The model's fixed slots are keyword arguments; everything else is a registered part that joins the
+forward through a hook (:data:`~.registry.HOOKS`): ``refine_memory`` after the fusion encoder
+(the temporal layers of clips), ``refine_levels`` before the mask branch (CMPC),
+``refine_queries`` before the mask head (the query link of clips), ``training_outputs`` for a
+loss's inputs (MagNet's mask grounding and alignment loss). ``align`` puts language inside the
+backbone (SegVG's triple alignment, which also starts the queries; MagNet's CAM); a
+MultiGranularityHead as ``mask_head`` is SgMg's segment-and-optimise head (then there is no pixel
+decoder); SgMg's spectrum fusion is inside ``fusion``. docs/methods.md says which paper each follows.
 """
 
 from __future__ import annotations
@@ -23,62 +24,74 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import mask_postprocess
-from .backbone import Backbone
+from ..ops.mask_postprocess import mask_postprocess
+from ..structures import Batch, ModelOutputs
 from .align import StageAlignment
-from .cmpc import ProgressiveComprehension
+from .backbone import Backbone
 from .decoder import QueryDecoder
 from .fusion import FusionEncoder
-from .grounding import MaskGrounding
 from .heads import MaskHead, PixelDecoder
 from .multigranularity import MultiGranularityHead
 from .position import sine_position, token_centres
 from .proposal import TokenProposals
-from .temporal import QueryLink, TemporalEncoder
+from .registry import HOOKS, ForwardState
 from .text import TextEncoder
 
 
 class SSRVG(nn.Module):
-    def __init__(self, backbone: Backbone, text: TextEncoder, fusion: FusionEncoder, decoder: QueryDecoder,
-                 pixel_decoder: PixelDecoder | None, mask_head: MaskHead | MultiGranularityHead, d_model: int,
-                 levels: int = 4,
-                 proposals: TokenProposals | None = None, attr_classes: list[int] | None = None,
-                 mask_every_layer: bool = False, align: StageAlignment | None = None,
-                 grounding: MaskGrounding | None = None, cal: dict | None = None,
-                 cmpc: ProgressiveComprehension | None = None, temporal: TemporalEncoder | None = None,
-                 query_link: QueryLink | None = None):
-        """attr_classes: the number of classes (background included) of each label that the dense
-        auxiliary head predicts for the tokens of the two finest levels; None: no such head.
-        cal: the alignment loss's terms ({"p2p": bool, "p2t": bool}; None: no such loss)."""
+    def __init__(self, *, backbone: Backbone, text: TextEncoder, fusion: FusionEncoder, decoder: QueryDecoder,
+                 mask_head: MaskHead | MultiGranularityHead, level_embed: nn.Parameter,
+                 pixel_decoder: PixelDecoder | None = None, proposals: TokenProposals | None = None,
+                 attr_head: nn.Module | None = None, align: StageAlignment | None = None, mask_every_layer: bool = False,
+                 **parts: nn.Module | None):
+        """The fixed slots by name (None: switched off); ``level_embed`` (levels, d); ``attr_head``:
+        the dense object-label head on the tokens of the two finest levels; ``mask_every_layer``:
+        every decoder layer also predicts the mask in training (SegVG). ``parts``: the other
+        registered parts (None: off), each joining the forward through the hooks it defines."""
         super().__init__()
+        self.level_embed = level_embed
         self.backbone, self.text, self.fusion, self.decoder = backbone, text, fusion, decoder
         self.proposals = proposals
         self.pixel_decoder, self.mask_head = pixel_decoder, mask_head
-        self.level_embed = nn.Parameter(torch.randn(levels, d_model) * 0.02)
-        self.attr_head = nn.Conv2d(d_model, sum(attr_classes), 1) if attr_classes else None
+        self.attr_head = attr_head
         self.mask_every_layer = mask_every_layer
-        self.align, self.grounding, self.cmpc = align, grounding, cmpc
-        self.cal = bool(cal and (cal["p2p"] or cal["p2t"]))
-        feature_dim = pixel_decoder.mask_dim if pixel_decoder is not None else mask_head.k
-        self.cal_text = nn.Linear(d_model, feature_dim) if cal and cal["p2t"] else None
+        self.align = align
+        self.hook_parts: dict[str, list[str]] = {h: [] for h in HOOKS}  # hook -> names of the parts defining it
+        for name, part in parts.items():
+            setattr(self, name, part)
+            if part is None:
+                continue
+            hooks = [h for h in HOOKS if callable(getattr(part, h, None))]
+            if not hooks:
+                raise TypeError(f"model part {name!r} ({type(part).__name__}) defines none of the hooks {HOOKS}: "
+                                "nothing would call it")
+            for h in hooks:
+                self.hook_parts[h].append(name)
         self.multigranularity = isinstance(mask_head, MultiGranularityHead)
-        self.temporal, self.query_link = temporal, query_link
+
+    def hooks(self, name: str) -> list:
+        """The bound ``name`` hooks of the parts that define it, in registration order."""
+        return [getattr(getattr(self, p), name) for p in self.hook_parts[name]]
 
     def encode(self, images, text_ids, text_mask, image_index=None):
         """Backbone and text encoder: the stride-4 map, the levels, the words, the sentence, the
         aligned queries (None without triple alignment), the object-label logits (training) and the
         raw backbone features at strides 4 and 8 (SgMg's optimiser; else None)."""
         words = sentence = queries = None
+        rewrite = None
         if self.align is not None:  # language enters the backbone: the text goes first
             if image_index is not None:
                 raise ValueError("alignment inside the backbone needs one image per expression (data.exprs_per_image=1)")
             words, sentence = self.text(text_ids, text_mask)
-            self.align.start(words, ~text_mask)
-        f4, maps, raw = self.backbone(images, self.align, raw=self.multigranularity)
+            state = self.align.begin(words, ~text_mask)  # the words and queries the stages update
+
+            def rewrite(i, x):  # called by the backbone with stage i's output
+                return self.align.stage(state, i, x)
+        f4, maps, raw = self.backbone(images, rewrite, raw=self.multigranularity)
         if self.align is not None:
-            words, queries = self.align.finish()
+            words, queries = self.align.end(state)
         attr_logits = None
-        if self.attr_head is not None and self.training and self.temporal is None:  # the object under each token
+        if self.attr_head is not None and self.training and not self.hook_parts["refine_memory"]:
             attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in maps[:2]], 2).transpose(1, 2)
         if image_index is not None:
             f4, maps = (f4[image_index] if f4 is not None else None), [m[image_index] for m in maps]
@@ -103,37 +116,39 @@ class SSRVG(nn.Module):
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 image_index: torch.Tensor | None = None, masks: torch.Tensor | None = None,
-                clip_len: int | None = None) -> dict:
+                clip_len: int | None = None) -> ModelOutputs:
         """images (B_img, 3, S, S); text_ids / text_mask (B, T), one row per expression. image_index
         (B,) int64: the row of ``images`` each expression refers to, when several share an image
         (the backbone then runs once per image); None: expression i is about image i. masks
-        (B, S, S): the ground truth, an input of mask grounding (training only). The outputs have a
-        row per expression, except ``attr_logits`` (one per image). clip_len T: the rows are clips of
-        T consecutive frames (clip-major, each frame with its clip's expression), which the temporal
-        modules connect; None: independent images."""
+        (B, S, S): the ground truth, an input of mask grounding (training only). clip_len T: the
+        rows are clips of T consecutive frames (clip-major, each frame with its clip's expression),
+        which the temporal parts connect; None: independent images. Returns
+        :class:`~ssrvg_ext.structures.ModelOutputs` (which keys, their shapes, when present)."""
+        st = ForwardState(text_ids, text_mask, ~text_mask, clip_len, masks if self.training else None, self.text)
         f4, maps, words, sentence, aligned, attr_logits, raw = self.encode(images, text_ids, text_mask, image_index)
-        word_pad = ~text_mask
         d = maps[0].shape[1]
         pos = torch.cat([sine_position(*m.shape[-2:], d, m.device, m.dtype) + self.level_embed[i]
                          for i, m in enumerate(maps)])
-        memory, words, shapes, starts = self.fusion(maps, pos, words, word_pad)
+        memory, words, shapes, starts = self.fusion(maps, pos, words, st.word_pad)
         sizes = [tuple(m.shape[-2:]) for m in maps]
-        if self.temporal is not None and clip_len:
-            memory = self.temporal(memory, sizes, words, word_pad, clip_len)
+        st.maps, st.pos, st.sizes, st.words, st.sentence = maps, pos, sizes, words, sentence
+        for hook in self.hooks("refine_memory"):
+            memory = hook(memory, st)
         prop = self.proposals(memory, sentence, shapes) if self.proposals is not None else None
-        queries, boxes = self.decoder(sentence, words, word_pad, memory, shapes, starts,
+        queries, boxes = self.decoder(sentence, words, st.word_pad, memory, shapes, starts,
                                       prop["best_box"] if prop else None, prop["best_feature"] if prop else None, aligned)
         fused = [lvl.transpose(1, 2).reshape(m.shape) for lvl, m in zip(memory.split([h * w for h, w in sizes], 1), maps)]
-        if self.temporal is not None and clip_len and self.attr_head is not None and self.training:
+        if clip_len and self.hook_parts["refine_memory"] and self.attr_head is not None and self.training:
             # clips: the labels (a motion among them) are read from the memory after the temporal layers
             attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in fused[:2]], 2).transpose(1, 2)
-        if self.cmpc is not None:  # CMPC: word types, entity perception, relation graph, feature exchange
-            fused = self.cmpc(fused, words, word_pad)
+        for hook in self.hooks("refine_levels"):
+            fused = hook(fused, st)
         features = self.mask_features(fused, f4, raw)
-        if self.query_link is not None and clip_len:
-            queries = [*queries[:-1], self.query_link(queries[-1], clip_len)]
-        mask_logits, coarse, pixels = self.masks(queries[-1], boxes[-1], features)
-        out = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
+        final = queries[-1]
+        for hook in self.hooks("refine_queries"):
+            final = hook(final, st)
+        mask_logits, coarse, st.pixels = self.masks(final, boxes[-1], features)
+        out: ModelOutputs = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
         if coarse is not None and self.training:
             out["coarse_mask_logits"] = coarse
         if self.mask_every_layer and self.training:  # SegVG: every decoder layer also predicts the mask
@@ -143,23 +158,37 @@ class SSRVG(nn.Module):
             out["attr_points"] = torch.cat([token_centres(*m.shape[-2:], m.device) for m in maps[:2]])
         if prop is not None:
             out.update(proposal_scores=prop["scores"], proposal_boxes=prop["boxes"], anchors=prop["anchors"])
-        if self.training and self.cal:  # MagNet's alignment loss: the mask features (and the sentence)
-            out["cal_pixels"] = pixels
-            if self.cal_text is not None:
-                out["cal_text"] = self.cal_text(sentence)
-        if self.training and self.grounding is not None and masks is not None:
-            ids, targets = self.grounding.corrupt(text_ids, text_mask)
-            masked_words, _ = self.text(ids, text_mask)
-            n0 = maps[0].shape[-2] * maps[0].shape[-1]
-            out.update(mg_logits=self.grounding(masked_words, word_pad, maps[0], pos[:n0], masks), mg_targets=targets)
+        if self.training:
+            for hook in self.hooks("training_outputs"):
+                out.update(hook(st))
         return out
 
     @torch.no_grad()
-    def predict(self, batch: dict, threshold: float = 0.0) -> list[dict]:
+    def predict(self, batch: Batch, threshold: float = 0.0) -> list[dict]:
         """Original-resolution box (xyxy pixels) and uint8 mask per sample, using the transform's meta."""
         out = self(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"),
                    clip_len=batch.get("clip_len"))
         return postprocess(out, batch["meta"], threshold)
+
+
+def level_embed_from_config(cfg: dict, ctx=None) -> nn.Parameter:
+    """One learned embedding per level (model.levels, model.d_model), added to the positions."""
+    m = cfg["model"]
+    return nn.Parameter(torch.randn(m["levels"], m["d_model"]) * 0.02)
+
+
+def attr_classes(cfg: dict, aux_classes: dict | None) -> list[int] | None:
+    """Classes (background + values) per auxiliary label, or None when there is no such loss."""
+    if not aux_classes or not cfg["loss"]["attr"]:
+        return None  # no head without a loss to train it (DDP refuses parameters without gradients)
+    return [len(v) + 1 for v in aux_classes.values()]
+
+
+def attr_head_from_config(cfg: dict, ctx) -> nn.Conv2d | None:
+    """The dense object-label head: one 1x1 conv giving every label's classes; None without labels
+    in the data (``ctx.aux_classes``) or without their loss (loss.attr = 0)."""
+    classes = attr_classes(cfg, ctx.aux_classes)
+    return nn.Conv2d(cfg["model"]["d_model"], sum(classes), 1) if classes else None
 
 
 def postprocess(out: dict, metas: list[dict], threshold: float = 0.0) -> list[dict]:

@@ -72,6 +72,16 @@ class TemporalEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(TemporalLayer(d, heads, ffn) for _ in range(layers))
 
+    @classmethod
+    def from_config(cls, cfg: dict, ctx=None) -> "TemporalEncoder | None":
+        """model.temporal.layers (0: None, the per-frame model)."""
+        tm = cfg["model"]["temporal"]
+        return cls(cfg["model"]["d_model"], tm["layers"], tm["heads"], tm["ffn"]) if tm["layers"] else None
+
+    def refine_memory(self, memory, st):
+        """Hook (after the fusion encoder): the memory mixed across the frames of each clip (clips only)."""
+        return self(memory, st.sizes, st.words, st.word_pad, st.clip_len) if st.clip_len else memory
+
     def forward(self, memory, shapes: list[tuple[int, int]], words, word_pad, t: int):
         """shapes: the levels' (h, w) as Python ints (no device round trip per layer)."""
         if memory.shape[0] % t:
@@ -87,6 +97,16 @@ class QueryLink(nn.Module):
     def __init__(self, d: int, heads: int):
         super().__init__()
         self.attn, self.norm = Attention(d, heads), nn.LayerNorm(d)
+
+    @classmethod
+    def from_config(cls, cfg: dict, ctx=None) -> "QueryLink | None":
+        """model.temporal.link_queries."""
+        tm = cfg["model"]["temporal"]
+        return cls(cfg["model"]["d_model"], tm["heads"]) if tm["link_queries"] else None
+
+    def refine_queries(self, q: torch.Tensor, st) -> torch.Tensor:
+        """Hook (before the mask head): the final queries linked across each clip (clips only)."""
+        return self(q, st.clip_len) if st.clip_len else q
 
     def forward(self, q: torch.Tensor, t: int) -> torch.Tensor:  # (B*T, Q, C)
         return self.norm(q + across_time(self.attn, q, t))

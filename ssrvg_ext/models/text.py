@@ -51,6 +51,11 @@ class TextEncoder(nn.Module):
         major = int(transformers.__version__.split(".")[0])
         self.mask_4d = major >= 5 and getattr(self.bert.config, "_attn_implementation", None) == "sdpa"
 
+    @classmethod
+    def from_config(cls, cfg: dict, ctx) -> "TextEncoder":
+        """model.text; the vocabulary size is the tokenizer's (``ctx.vocab_size``)."""
+        return cls(cfg["model"]["d_model"], vocab_size=ctx.vocab_size, max_len=cfg["data"]["max_len"], **cfg["model"]["text"])
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids, mask (B, T) (mask True = token) -> words (B, T, d_model), sentence (B, d_model)."""
         att = mask[:, None, None, :].expand(-1, 1, mask.shape[1], -1) if self.mask_4d else mask.long()
