@@ -13,7 +13,7 @@ of --steps steps each, alternating the variants, and the peak memory allocated d
 Evaluation: per batch, the model's prediction (boxes, masks resized to 480x640) and the mask
 statistics the evaluator keeps (intersection and union with the ground truth). Metric path
 "ours": ssrvg RLE encode of the CUDA masks (kept as predictions) + intersection / union against the
-ground-truth RLEs decoded on the GPU (evaluation.mask_stats_batch; what engine.evaluate runs);
+ground-truth RLEs decoded on the GPU (evaluation.mask_stats_batch; what GroundingEvaluator runs);
 "pycocotools": masks copied to the host, pycocotools encode + merge + area. Reported: expressions/s
 of the metric path alone and of prediction + metric path.
 """
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import device_name  # noqa: E402
 from ssrvg_ext import extension  # noqa: E402
 from ssrvg_ext.config import load_config
-from ssrvg_ext.data.random_batch import random_batch  # noqa: E402
+from ssrvg_ext.testing import random_batch  # noqa: E402
 from ssrvg_ext.engine.loops import TrainState, train_step  # noqa: E402
 from ssrvg_ext.engine.optim import param_groups  # noqa: E402
 from ssrvg_ext.evaluation import mask_stats_batch  # noqa: E402
@@ -114,7 +114,7 @@ def bench_eval(cfg, batch, args):
         return torch.stack([p["mask"] for p in preds])  # (B, 480, 640) uint8 on the GPU
 
     def metric_ours(masks):
-        rle.encode(masks)  # the predictions kept as RLEs, as engine.evaluate keeps them
+        rle.encode(masks)  # the predictions kept as RLEs, as GroundingEvaluator keeps them
         return mask_stats_batch(list(masks), gts)
 
     def metric_coco(masks):

@@ -14,7 +14,7 @@ import yaml
 from pycocotools import mask as cocomask
 
 from ssrvg_ext.config import load_config
-from ssrvg_ext.data.synthetic import generate
+from ssrvg_ext.data.synthetic.images import generate
 from ssrvg_ext.engine import checkpoint
 from ssrvg_ext.evaluation import grounding_metrics, mask_stats, mask_stats_batch
 
@@ -117,19 +117,21 @@ def test_box_only_split_file_mixed_into_training(data, tmp_path):
     assert "mIoU" in metrics  # validation on the mask-annotated set
     box_cfg = load_config("configs/tiny_synthetic.yaml", overrides(data) + [
         "data.format=splitfile", f"data.ann_dir={tmp_path / 'splits'}", "data.aux_labels=[]", "data.crop=true"])
-    from ssrvg_ext.engine.data import make_dataset, make_loader
+    from ssrvg_ext.engine.data import make_dataset, make_loader, task_of
+    from ssrvg_ext.engine.evaluation import inference_on_dataset
     from ssrvg_ext.engine.inference import load_for_inference
-    from ssrvg_ext.engine.loops import evaluate
 
     loaded = load_for_inference(str(tmp_path / "run" / "last.pth"))
     ds = make_dataset(box_cfg, load_records(box_cfg, "val"), train=False)
-    m, preds = evaluate(loaded.model, make_loader(box_cfg, ds, loaded.tokenizer, train=False)[0], torch.device("cpu"))
+    m, preds = inference_on_dataset(loaded.model, make_loader(box_cfg, ds, loaded.tokenizer, train=False)[0],
+                                    task_of(box_cfg).evaluator(ds), torch.device("cpu"))
     assert m["n"] == 12 and "Acc@0.5" in m and "mIoU" not in m and len(preds) == 12
 
 
 def test_train_eval_demo_end_to_end(data, tmp_path):
     out = str(tmp_path / "run")
-    r = run_tool(["-m", "ssrvg_ext.cli.train", "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data),
+    # tools/train.py, tools/eval.py and tools/demo.py: the documented way from a clone (= the console scripts)
+    r = run_tool(["tools/train.py", "--config", "configs/tiny_synthetic.yaml", "--out", out, *overrides(data),
                   "train.epochs=1"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.path.isfile(os.path.join(out, "last.pth")) and os.path.isfile(os.path.join(out, "config.yaml"))
@@ -142,7 +144,7 @@ def test_train_eval_demo_end_to_end(data, tmp_path):
     ckpt = checkpoint.load(os.path.join(out, "last.pth"))
     assert ckpt["aux_classes"]["category"] == ["circle", "diamond", "square", "star", "triangle"]
     # an explicit --config has no label classes: eval keeps the checkpoint's, so the weights load
-    r = run_tool(["-m", "ssrvg_ext.cli.eval", "--checkpoint", os.path.join(out, "last.pth"), "--split", "testB",
+    r = run_tool(["tools/eval.py", "--checkpoint", os.path.join(out, "last.pth"), "--split", "testB",
                   "--config", "configs/tiny_synthetic.yaml", "--out", str(tmp_path / "ev.json"), *overrides(data)],
                  timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -165,7 +167,7 @@ def test_train_eval_demo_end_to_end(data, tmp_path):
                   "--out", str(tmp_path / "one.json")], timeout=300)
     assert r.returncode != 0 and "--out-dir" in r.stderr
     img = os.path.join(data, "images", "synth_000001.jpg")
-    r = run_tool(["-m", "ssrvg_ext.cli.demo", "--checkpoint", os.path.join(out, "last.pth"), "--image", img,
+    r = run_tool(["tools/demo.py", "--checkpoint", os.path.join(out, "last.pth"), "--image", img,
                   "--text", "the big red circle", "--out", str(tmp_path / "demo.png")], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "box (x0, y0, x1, y1)" in r.stdout and os.path.getsize(tmp_path / "demo.png") > 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssrvg_ext.evaluation.video import (boundary_f, jf_object, jf_summary, mask_ap, region_j, seg2bmap,
+from ssrvg_ext.evaluation.video_metrics import (boundary_f, jf_object, jf_summary, mask_ap, region_j, seg2bmap,
                                         segmentation_summary)
 from ssrvg_ext.ops import rle
 
@@ -197,3 +197,44 @@ def test_segmentation_summary_by_hand():
     assert s["Prec@0.9"] == 2 / 4  # 0.9000000099 > 0.9 and the empty frame
     with pytest.raises(ValueError):
         segmentation_summary([])
+
+
+def test_annotated_frame_evaluator_a2d_protocol():
+    """The A2D / JHMDB evaluator: only frames with an annotation count; oIoU, mIoU and Prec@K from
+    exact intersections and unions, mAP from the scores (COCO's rules, mask_ap); a frame without a
+    prediction is an error."""
+    from types import SimpleNamespace
+
+    from ssrvg_ext.engine.evaluation import AnnotatedFrameEvaluator
+    from ssrvg_ext.evaluation.video_metrics import mask_ap
+
+    g = np.random.default_rng(0)
+    recs = [SimpleNamespace(video=f"v{i}", exp_id="0", text="x", frames=[f"{t:05d}" for t in range(3)], obj_id=1)
+            for i in range(2)]
+    gts = {(i, f): g.random((6, 8)) < 0.4 for i in range(2) for f in range(3)}
+    annotated = {(0, 1), (1, 0), (1, 2)}
+    ev = AnnotatedFrameEvaluator(SimpleNamespace(records=recs),
+                                 annotation=lambda rec, f: gts[(recs.index(rec), f)] if (recs.index(rec), f) in annotated
+                                 else None)
+    ev.reset()
+    preds = {k: (g.random((6, 8)) < 0.5, float(g.random())) for k in gts}
+    for i in range(2):  # one clip of 3 frames per batch, as ClipCollate makes them
+        batch = {"clip_len": 3, "clips": [{"index": i, "frames": [0, 1, 2], "own": [True] * 3}]}
+        ev.process(batch, [{"mask": torch.from_numpy(preds[(i, f)][0].astype(np.uint8)), "score": preds[(i, f)][1]}
+                           for f in range(3)])
+    metrics, results = ev.evaluate()
+    inter = [int((preds[k][0] & gts[k]).sum()) for k in sorted(annotated)]
+    union = [int((preds[k][0] | gts[k]).sum()) for k in sorted(annotated)]
+    ious = [(a + 1e-6) / (b + 1e-6) for a, b in zip(inter, union)]
+    assert metrics["n"] == 3 == len(results)
+    assert abs(metrics["oIoU"] - sum(inter) / sum(union)) < 1e-12 and abs(metrics["mIoU"] - np.mean(ious)) < 1e-12
+    assert metrics["Prec@0.5"] == np.mean([v > 0.5 for v in ious])
+    want = mask_ap([{"gt": rle.encode(torch.from_numpy(gts[k].astype(np.uint8))),
+                     "preds": [rle.encode(torch.from_numpy(preds[k][0].astype(np.uint8)))], "scores": [preds[k][1]]}
+                    for k in sorted(annotated)])
+    assert metrics["mAP"] == want["mAP"] and metrics["AP@0.5"] == want["AP@0.5"]
+    ev.reset()
+    ev.process({"clip_len": 3, "clips": [{"index": 0, "frames": [0, 1, 2], "own": [True] * 3}]},
+               [{"mask": torch.zeros(6, 8, dtype=torch.uint8), "score": 0.5}] * 3)
+    with pytest.raises(RuntimeError, match="missed frame 00000 of video v1"):
+        ev.evaluate()

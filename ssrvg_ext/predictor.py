@@ -16,7 +16,7 @@ from PIL import Image
 
 from .data import Collate
 from .data.dataset import read_image
-from .engine.data import is_video, make_transform, to_device
+from .engine.data import make_transform, task_of, to_device
 from .engine.inference import load_for_inference
 from .engine.optim import amp_setup
 from .models import postprocess
@@ -95,16 +95,9 @@ class Predictor:
             batch = to_device(self.collate(samples), self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 out = self.model(batch["images"], batch["text_ids"], batch["text_mask"])
-            preds = postprocess(out, batch["meta"], threshold)
-            if "proposal_scores" in out:
-                scores = torch.sigmoid(out["proposal_scores"].float().max(1).values)
-            else:
-                prob = torch.sigmoid(out["mask_logits"].float())
-                inside = prob > 0.5
-                scores = (prob * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1)
-            for p, s, meta in zip(preds, scores.tolist(), batch["meta"]):
+            for p, meta in zip(postprocess(out, batch["meta"], threshold), batch["meta"]):
                 mask = p["mask"].cpu()
-                results.append({"box": [round(float(v), 2) for v in p["box"]], "score": float(s), "text": meta["text"],
+                results.append({"box": [round(float(v), 2) for v in p["box"]], "score": p["score"], "text": meta["text"],
                                 "mask": rle.encode(mask) if as_rle else mask})
         return results
 
@@ -121,7 +114,7 @@ class VideoPredictor:
 
     def __init__(self, checkpoint: str, device: torch.device | str | None = None, amp: str = "auto", ema: bool = False):
         self.image = Predictor(checkpoint, device, amp, ema)
-        if not is_video(self.image.cfg):
+        if not task_of(self.image.cfg).video:
             raise ValueError(f"{checkpoint} was not trained on videos (data.format={self.image.cfg['data']['format']}); "
                              "use Predictor")
         self.clip_len = int(self.image.cfg["data"]["clip_len"])

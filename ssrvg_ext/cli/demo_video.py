@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ssrvg_ext.data.dataset import read_image
-from ssrvg_ext.data.rvos import load_ytvos, read_palette_mask
-from ssrvg_ext.evaluation.video import seg2bmap
+from ssrvg_ext.data.readers.rvos import load_ytvos, read_palette_mask
+from ssrvg_ext.evaluation.video_metrics import seg2bmap
 from ssrvg_ext.predictor import VideoPredictor
 
 

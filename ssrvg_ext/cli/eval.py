@@ -24,10 +24,10 @@ import torch
 
 from ssrvg_ext.engine import checkpoint, dist
 from ssrvg_ext.engine.inference import load_for_inference
-from ssrvg_ext.engine.data import is_video, load_records, make_dataset, make_loader
-from ssrvg_ext.engine.loops import evaluate
+from ssrvg_ext.engine.data import load_records, make_dataset, make_loader, task_of
+from ssrvg_ext.engine.evaluation import inference_on_dataset
 from ssrvg_ext.engine.optim import amp_setup
-from ssrvg_ext.engine.video import write_davis_results, write_ytvos_submission
+from ssrvg_ext.evaluation.video_writers import write_davis_results, write_ytvos_submission
 from ssrvg_ext.cli.report import table
 
 
@@ -43,14 +43,15 @@ def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False, submi
     default = cfg["data"].get("eval_splits", ["val"])  # configs of earlier checkpoints have none
     jobs = [((s, sh), o(s, sh) if callable(o) else o)
             for (split, sh), o in zip(evals, outs or [None] * len(evals)) for s in ([split] if split else default)]
-    if (submission or davis) and not is_video(cfg):
+    task = task_of(cfg)
+    if (submission or davis) and not task.video:
         raise ValueError("--submission and --davis write video results; this checkpoint's config is not a video one")
     amp_dtype, results, rows = amp_setup(cfg, device)[0], [], []
     for (split, shuffle_text), out in jobs:
         ds = make_dataset(cfg, load_records(cfg, split, shuffle_text), train=False)
         loader, _ = make_loader(cfg, ds, tok, train=False)
         desc = f"eval {split}" + (" (shuffled text)" if shuffle_text else "")
-        metrics, preds = evaluate(model, loader, device, amp_dtype, desc=desc)
+        metrics, preds = inference_on_dataset(model, loader, task.evaluator(ds), device, amp_dtype, desc=desc)
         if dist.is_main():
             print(json.dumps({"split": split, "shuffle_text": shuffle_text, **metrics}, indent=1), flush=True)
             if out:

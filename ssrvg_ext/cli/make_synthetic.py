@@ -13,7 +13,7 @@ import time
 
 from tqdm import tqdm
 
-from ssrvg_ext.data.synthetic import generate
+from ssrvg_ext.data.synthetic.images import generate
 
 
 def main():

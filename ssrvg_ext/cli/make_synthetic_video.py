@@ -10,7 +10,7 @@ import time
 
 from tqdm import tqdm
 
-from ssrvg_ext.data.synthetic_video import generate
+from ssrvg_ext.data.synthetic.videos import generate
 
 
 def main():

@@ -1,19 +1,18 @@
-"""Checkpoints: written atomically (temp file + rename), read with ``weights_only=True`` and clear errors.
-
-Everything a checkpoint holds is tensors and plain containers / scalars (RNG states included), so
-loading never unpickles arbitrary objects: a checkpoint that asks for any other class or function
-(which is how a malicious ``.pth`` runs code) is refused before anything runs.
+"""Checkpoints: written atomically (temp file + rename), read through the library's one guarded
+loader (:mod:`ssrvg_ext.safe_load`): everything a checkpoint holds is tensors and plain containers /
+scalars (RNG states included), so loading never unpickles arbitrary objects.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import tempfile
 
 import numpy as np
 import torch
+
+from ..safe_load import load_plain
 
 
 def rng_state() -> dict:
@@ -65,22 +64,8 @@ def save_atomic(obj, path: str, dump=torch.save) -> None:
 
 
 def load(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "unsupported global" in msg.lower() or "can still be loaded" in msg:  # asks for a class / function
-            what = next((ln.strip() for ln in msg.splitlines() if "global" in ln.lower()), "a disallowed object")
-            raise RuntimeError(f"checkpoint {path} was refused: it holds objects that loading would have to construct "
-                               f"by running code, which ssrvg_ext never does ({what}). Only load checkpoints written "
-                               "by ssrvg_ext.") from None
-        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt (not a torch checkpoint); "
-                           "resume from another checkpoint (e.g. best.pth) or start again") from None
-    except Exception as e:  # truncated, overwritten, not a torch file, ...
-        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {e}); "
-                           "resume from another checkpoint (e.g. best.pth) or start again") from None
+    """A checkpoint written by ssrvg_ext (weights only: :func:`ssrvg_ext.safe_load.load_plain`)."""
+    ckpt = load_plain(path, "checkpoint", "; resume from another checkpoint (e.g. best.pth) or start again")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise RuntimeError(f"checkpoint {path} is not an ssrvg_ext checkpoint (no 'model' entry)")
     return ckpt

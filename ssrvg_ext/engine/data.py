@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import Collate, HFTokenizer, ImageGroupBatchSampler, RefDataset, WordTokenizer, build_transforms, load_refer
 from ..data.clips import ClipCollate, ClipDataset, load_video_labels
-from ..data.refer import load_instance_labels
-from ..data.rvos import load_ytvos
-from ..data.splitfile import load_split_file
+from ..data.readers.refer import load_instance_labels
+from ..data.readers.rvos import load_ytvos
+from ..data.readers.splitfile import load_split_file
 from . import dist
 
 
@@ -27,20 +27,94 @@ def read_source(fmt: str, ann_dir: str, image_dir: str, name: str, split: str):
     raise ValueError(f"data.format must be refer, splitfile or ytvos; got {fmt!r}")
 
 
-def is_video(cfg: dict) -> bool:
-    return cfg["data"]["format"] == "ytvos"
+class ImageTask:
+    """Referring expressions on images (data.format refer or splitfile): what differs between images
+    and videos in loading, batching, augmenting and evaluating, decided once by :func:`task_of`."""
+    video = False
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+
+    def records(self, split: str):
+        d = self.cfg["data"]
+        return read_source(d["format"], d["ann_dir"], d["image_dir"], d["split_by"], split)
+
+    def instances(self, records):
+        d = self.cfg["data"]
+        if d["format"] != "refer" or d["extra_train"]:
+            raise ValueError("data.aux_labels and data.crop=objects read every object from instances.json: they need "
+                             "data.format=refer and no data.extra_train")
+        return load_instance_labels(d["ann_dir"], d["aux_labels"] or [], {r.image_id for r in records})
+
+    def dataset(self, records, train: bool, instances=None):
+        return RefDataset(records, make_transform(self.cfg, train), cache_images=self.cfg["data"]["cache_images"],
+                          instances=instances)
+
+    def collate(self, tokenizer):
+        return Collate(tokenizer)
+
+    def start_epoch(self, dataset, epoch: int) -> None:
+        """Progressive resizing: the epoch's training input size."""
+        dataset.transform = make_transform(self.cfg, True, train_input_size(self.cfg, epoch))
+
+    def eval_batch_size(self, dataset) -> int:
+        return self.cfg["train"]["batch_size"]
+
+    def evaluator(self, dataset):
+        from .evaluation import GroundingEvaluator
+
+        return GroundingEvaluator(dataset)
+
+
+class VideoTask(ImageTask):
+    """Referring video segmentation (data.format ytvos): one record per expression of a video,
+    batches of clips, J&F evaluation over whole videos (docs/video.md)."""
+    video = True
+
+    def records(self, split: str):
+        d = self.cfg["data"]
+        if d["extra_train"]:
+            raise ValueError("data.extra_train is not supported with data.format=ytvos")
+        return load_ytvos(d["ann_dir"], split, annotated=split in d["annotated_splits"])
+
+    def instances(self, records):  # labels of the objects in <ann_dir>/<train split>/meta.json; every frame's id map
+        d = self.cfg["data"]
+        if d["crop"] == "objects":
+            raise ValueError("data.crop=objects is image-only: set data.crop=false for videos")
+        return load_video_labels(d["ann_dir"], d["train_split"], d["aux_labels"], {r.video for r in records})
+
+    def dataset(self, records, train: bool, instances=None):
+        d = self.cfg["data"]
+        return ClipDataset(records, d["clip_len"], d["input_size"], train, d["flip"], d["jitter"], d["cache_images"],
+                           labels=instances)
+
+    def collate(self, tokenizer):
+        return ClipCollate(tokenizer)
+
+    def start_epoch(self, dataset, epoch: int) -> None:
+        pass  # clips keep their size
+
+    def eval_batch_size(self, dataset) -> int:
+        if any(len(w) != dataset.clip_len for _, w, _ in dataset.items):
+            return 1  # windows of videos shorter than a clip: one window a batch
+        return self.cfg["train"]["batch_size"]
+
+    def evaluator(self, dataset):
+        from .evaluation import VideoEvaluator
+
+        return VideoEvaluator(dataset)
+
+
+def task_of(cfg: dict) -> ImageTask:
+    """The one place that tells images from videos: :class:`VideoTask` for data.format=ytvos."""
+    return VideoTask(cfg) if cfg["data"]["format"] == "ytvos" else ImageTask(cfg)
 
 
 def load_records(cfg: dict, split: str, shuffle_text: bool = False):
     """The records of ``split`` of the config's dataset; for the training split, plus those of every
     ``data.extra_train`` source (e.g. a box-only set beside a mask-annotated one)."""
     d = cfg["data"]
-    if is_video(cfg):  # one record per expression of a video (data.rvos.VideoRecord)
-        if d["extra_train"]:
-            raise ValueError("data.extra_train is not supported with data.format=ytvos")
-        recs = load_ytvos(d["ann_dir"], split, annotated=split in d["annotated_splits"])
-    else:
-        recs = read_source(d["format"], d["ann_dir"], d["image_dir"], d["split_by"], split)
+    recs = task_of(cfg).records(split)
     if split == d["train_split"]:
         for i, s in enumerate(d["extra_train"]):
             missing = {"format", "ann_dir", "image_dir", "name", "split"} - set(s)
@@ -61,14 +135,7 @@ def load_train_instances(cfg: dict, records):
     d = cfg["data"]
     if not (d["aux_labels"] or d["crop"] == "objects"):
         return None
-    if is_video(cfg):  # labels of the objects in <ann_dir>/<train split>/meta.json; every frame's id map
-        if d["crop"] == "objects":
-            raise ValueError("data.crop=objects is image-only: set data.crop=false for videos")
-        return load_video_labels(d["ann_dir"], d["train_split"], d["aux_labels"], {r.video for r in records})
-    if d["format"] != "refer" or d["extra_train"]:
-        raise ValueError("data.aux_labels and data.crop=objects read every object from instances.json: they need "
-                         "data.format=refer and no data.extra_train")
-    return load_instance_labels(d["ann_dir"], d["aux_labels"] or [], {r.image_id for r in records})
+    return task_of(cfg).instances(records)
 
 
 def label_classes(instances) -> dict | None:
@@ -118,11 +185,7 @@ def train_input_size(cfg: dict, epoch: int) -> int:
 
 
 def make_dataset(cfg: dict, records, train: bool, instances=None) -> RefDataset | ClipDataset:
-    d = cfg["data"]
-    if is_video(cfg):
-        return ClipDataset(records, d["clip_len"], d["input_size"], train, d["flip"], d["jitter"], d["cache_images"],
-                           labels=instances)
-    return RefDataset(records, make_transform(cfg, train), cache_images=d["cache_images"], instances=instances)
+    return task_of(cfg).dataset(records, train, instances)
 
 
 def loader_seed(seed: int, epoch: int, rank: int) -> int:
@@ -130,26 +193,25 @@ def loader_seed(seed: int, epoch: int, rank: int) -> int:
     return seed * 1000 + epoch + rank * 1_000_003
 
 
-def make_loader(cfg: dict, ds: RefDataset, tokenizer, train: bool, epoch_seed: int = 0):
+def make_loader(cfg: dict, ds: RefDataset | ClipDataset, tokenizer, train: bool, epoch_seed: int = 0):
     """A loader over ``ds`` (made once, so its image cache lives across epochs) and its sampler (call
     ``set_epoch`` on it when not None). The shuffling is seeded by the epoch so that a resumed run
-    sees the same order. Training with ``data.exprs_per_image`` k > 1 batches groups of k
-    expressions of one image (:class:`~ssrvg_ext.data.ImageGroupBatchSampler`)."""
+    sees the same order. Training images with ``data.exprs_per_image`` k > 1 batch groups of k
+    expressions of one image (:class:`~ssrvg_ext.data.ImageGroupBatchSampler`); clips come
+    ``train.batch_size`` clips of ``data.clip_len`` frames a batch."""
     t = cfg["train"]
+    task = task_of(cfg)
     k = int(cfg["data"]["exprs_per_image"])
-    clips = isinstance(ds, ClipDataset)  # batch_size clips of data.clip_len frames
-    common = dict(num_workers=t["workers"], collate_fn=ClipCollate(tokenizer) if clips else Collate(tokenizer),
-                  worker_init_fn=_seed_worker, persistent_workers=False)
-    if train and k > 1 and not clips:
+    common = dict(num_workers=t["workers"], collate_fn=task.collate(tokenizer), worker_init_fn=_seed_worker,
+                  persistent_workers=False)
+    if train and k > 1 and not task.video:
         sampler = ImageGroupBatchSampler(ds.records, k, t["batch_size"], t["seed"], dist.rank(), dist.world_size())
         return DataLoader(ds, batch_sampler=sampler, **common), sampler
     sampler = DistributedSampler(ds, shuffle=train, seed=t["seed"]) if dist.world_size() > 1 else None
     # Seeds the shuffle (one process) and the workers' base seed; the rank term gives every rank its
     # own augmentation stream in its workers (0 on a single process: unchanged there).
     g = torch.Generator().manual_seed(loader_seed(t["seed"], epoch_seed, dist.rank()))
-    batch = t["batch_size"]
-    if clips and not train and any(len(w) != ds.clip_len for _, w, _ in ds.items):
-        batch = 1  # windows of videos shorter than a clip: one window a batch
+    batch = t["batch_size"] if train else task.eval_batch_size(ds)
     loader = DataLoader(ds, batch_size=batch, shuffle=train and sampler is None, sampler=sampler,
                         drop_last=train, generator=g, **common)
     return loader, sampler
@@ -157,6 +219,3 @@ def make_loader(cfg: dict, ds: RefDataset, tokenizer, train: bool, epoch_seed: i
 
 def to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
-#

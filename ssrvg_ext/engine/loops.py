@@ -1,4 +1,4 @@
-"""The training step and epoch, and distributed evaluation."""
+"""The training step and epoch (evaluation: :mod:`.evaluation`)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,9 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ..data.clips import ClipDataset
-from ..evaluation import box_iou, grounding_metrics, mask_stats_batch
-from ..ops import rle
 from . import dist
 from .data import to_device
 from .optim import EMA
-from .video import evaluate_video
 
 
 @dataclass
@@ -86,44 +82,6 @@ def train_one_epoch(state: TrainState, loader, device: torch.device, epoch: int,
         if max_steps is not None and state.step >= max_steps:
             break
     return {k: v / max(count, 1) for k, v in sums.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model, loader, device, amp_dtype=None, desc="eval") -> tuple[dict, list[dict]]:
-    """Metrics over the loader's dataset, every sample counted once whatever the number of ranks;
-    and the per-expression predictions (rank 0 gets them all). Clips: :func:`.video.evaluate_video`."""
-    if isinstance(loader.dataset, ClipDataset):
-        return evaluate_video(model, loader, device, amp_dtype, desc)
-    core = model.module if hasattr(model, "module") else model
-    core.eval()
-    ds = loader.dataset
-    mine = {}
-    for batch in tqdm(loader, desc=desc, disable=not dist.is_main() or None, dynamic_ncols=True):
-        batch = to_device(batch, device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            preds = core.predict(batch)
-        masks = torch.stack([p["mask"] for p in preds]) if len({tuple(p["mask"].shape) for p in preds}) == 1 else None
-        rles = rle.encode(masks) if masks is not None else [rle.encode(p["mask"]) for p in preds]
-        recs = [ds.records[meta["index"]] for meta in batch["meta"]]
-        with_mask = [i for i, rec in enumerate(recs) if not rec.box_only]  # a box-only record's mask is its box
-        stats = mask_stats_batch([preds[i]["mask"] for i in with_mask], [recs[i].rle for i in with_mask])
-        stats = dict(zip(with_mask, stats))
-        for i, (p, r, meta, rec) in enumerate(zip(preds, rles, batch["meta"], recs)):
-            inter, union = stats.get(i, (None, None))
-            mine[meta["index"]] = {"sent_id": rec.sent_id, "text": meta["text"], "box": [round(float(v), 2) for v in p["box"]],
-                                   "mask": {"size": r["size"], "counts": r["counts"].decode("ascii")},
-                                   "box_iou": box_iou(p["box"], rec.box_xyxy), "inter": inter, "union": union}
-    merged = {}
-    for part in dist.gather_objects(mine):
-        merged.update(part)  # DistributedSampler pads with repeats: keyed by index, each counts once
-    results = [merged[i] for i in sorted(merged)]
-    if len(results) != len(ds):
-        raise RuntimeError(f"evaluation covered {len(results)} of {len(ds)} samples")
-    for r in results:
-        if r["inter"] is not None:
-            r["mask_iou"] = r["inter"] / r["union"] if r["union"] else 1.0
-    return grounding_metrics(results), results
 
 
 def write_jsonl(path: str):

@@ -1,4 +1,4 @@
-"""The training run behind tools/train.py: build, (resume), train, evaluate, checkpoint."""
+"""The training run behind ``tools/train.py`` / ``ssrvg-train``: build, (resume), train, evaluate, checkpoint."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import yaml
 from ..models import build_criterion, build_model
 from . import checkpoint, dist
 from .inference import without_pretrained
-from .data import (is_video, label_classes, load_records, load_train_instances, make_dataset, make_loader, make_tokenizer,
-                   make_transform, tokenizer_state, train_input_size)
-from .loops import TrainState, evaluate, train_one_epoch, write_jsonl
+from .data import (label_classes, load_records, load_train_instances, make_dataset, make_loader, make_tokenizer,
+                   task_of, tokenizer_state)
+from .evaluation import inference_on_dataset
+from .loops import TrainState, train_one_epoch, write_jsonl
 from .optim import EMA, amp_setup, fused_if_supported, lr_factor, param_groups
 
 
@@ -43,93 +44,113 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     if resume == "auto":
         resume = os.path.join(out_dir, "last.pth") if os.path.isfile(os.path.join(out_dir, "last.pth")) else None
     ckpt = checkpoint.load(resume) if resume else None
-
+    task = task_of(cfg)
     train_recs = load_records(cfg, cfg["data"]["train_split"])
     val_recs = load_records(cfg, cfg["data"]["val_split"])
     instances = load_train_instances(cfg, train_recs)
     aux_classes = label_classes(instances)
-    if dist.is_main():
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
-    log = write_jsonl(os.path.join(out_dir, "log.jsonl")) if dist.is_main() else None
-    tb = _tensorboard(out_dir) if dist.is_main() else None
+    log, tb = _outputs(cfg, out_dir)
     tok = make_tokenizer(cfg, [r.text for r in train_recs], ckpt["tokenizer"] if ckpt else None)
     # a resumed run takes its weights from the checkpoint: the pretrained files need not be read again
     model = build_model(without_pretrained(cfg) if ckpt else cfg, vocab_size=tok.vocab_size,
                         aux_classes=aux_classes, mask_token_id=tok.mask_id).to(device)
-    crit = build_criterion(cfg, aux_classes)
-    opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t["weight_decay"], **fused_if_supported())
     train_ds = make_dataset(cfg, train_recs, train=True, instances=instances)
-    steps_per_epoch = len(make_loader(cfg, train_ds, tok, train=True)[0])
-    total = max(1, steps_per_epoch * t["epochs"])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, t["warmup_steps"], t["schedule"], t["step_at"]))
-    amp_dtype, scaler = amp_setup(cfg, device)
-    ema = EMA(model, t["ema"]) if t["ema"] else None
-    start_epoch, step, best = 0, 0, -math.inf
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema"):
-            ema.load_state_dict(ckpt["ema"])
-        start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("best", -math.inf)
-        own = checkpoint.rank_rng_state(ckpt, rank, world)
-        if own is not None:
-            checkpoint.set_rng_state(own)  # this rank's own stream, not rank 0's
-        else:
-            seed_all(t["seed"] + rank + 1_000_003 * start_epoch)
-            print(f"rank {rank}: the checkpoint was written by a run of another world size; RNG reseeded")
-        if dist.is_main():
-            print(f"resumed from {resume}: epoch {start_epoch}, step {step}")
+    state = _train_state(cfg, model, build_criterion(cfg, aux_classes), len(make_loader(cfg, train_ds, tok, train=True)[0]),
+                         device)
+    start_epoch, best = (_restore(state, ckpt, t, rank, world) if ckpt else (0, -math.inf))
+    if ckpt and dist.is_main():
+        print(f"resumed from {resume}: epoch {start_epoch}, step {state.step}")
     core = model
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    state = TrainState(model, crit, opt, sched, amp_dtype, scaler, t["clip"], ema, step)
-    val_loader, _ = make_loader(cfg, make_dataset(cfg, val_recs, train=False), tok, train=False)
-    metrics = {}
-    t_start = time.time()
+        state.model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    val_ds = make_dataset(cfg, val_recs, train=False)
+    val_loader, _ = make_loader(cfg, val_ds, tok, train=False)
+    evaluator = task.evaluator(val_ds)
+    metrics, t_start = {}, time.time()
     for epoch in range(start_epoch, t["epochs"]):
-        if not is_video(cfg):
-            train_ds.transform = make_transform(cfg, True, train_input_size(cfg, epoch))
+        task.start_epoch(train_ds, epoch)
         loader, sampler = make_loader(cfg, train_ds, tok, train=True, epoch_seed=epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
         train_stats = train_one_epoch(state, loader, device, epoch, t["epochs"], log, max_steps)
-        step = state.step
         evaluated = {}
         if (epoch + 1) % t["eval_every"] == 0 or epoch + 1 == t["epochs"]:
-            evaluated, _ = evaluate(model, val_loader, device, amp_dtype, desc=f"val {epoch + 1}")
+            evaluated, _ = inference_on_dataset(state.model, val_loader, evaluator, device, state.amp_dtype,
+                                                desc=f"val {epoch + 1}")
             metrics = evaluated
         rngs = dist.gather_objects(checkpoint.rng_state())  # collective: every rank takes part
         if dist.is_main():
-            rec = {"epoch": epoch, "step": step, "time_s": round(time.time() - t_start, 1),
+            rec = {"epoch": epoch, "step": state.step, "time_s": round(time.time() - t_start, 1),
                    **{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": v for k, v in evaluated.items()}}
-            log(rec)
-            if tb is not None:
-                for k, v in rec.items():
-                    if isinstance(v, (int, float)):
-                        tb.add_scalar(k, v, step)
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()), flush=True)
-            saved = {"model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "scaler": scaler.state_dict() if scaler is not None else None,
-                     "ema": ema.state_dict() if ema is not None else None, "epoch": epoch, "step": step,
+            _report(rec, log, tb)
+            saved = {"model": core.state_dict(), "optimizer": state.opt.state_dict(), "scheduler": state.sched.state_dict(),
+                     "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+                     "ema": state.ema.state_dict() if state.ema is not None else None, "epoch": epoch, "step": state.step,
                      "rng": rngs[0], "rng_per_rank": rngs, "config": cfg, "tokenizer": tokenizer_state(tok),
-                     "aux_classes": aux_classes,
-                     "best": best, "metrics": evaluated}
+                     "aux_classes": aux_classes, "best": best, "metrics": evaluated}
             if evaluated and score(evaluated) > best:
                 best = saved["best"] = score(evaluated)
                 checkpoint.save_atomic(saved, os.path.join(out_dir, "best.pth"))
             checkpoint.save_atomic(saved, os.path.join(out_dir, "last.pth"))
         dist.barrier()
-        if max_steps is not None and step >= max_steps:
+        if max_steps is not None and state.step >= max_steps:
             break
     dist.cleanup()
     return metrics
+
+
+def _outputs(cfg: dict, out_dir: str):
+    """On the main process: out_dir/config.yaml written, the log.jsonl writer and TensorBoard (when
+    installed); (None, None) elsewhere."""
+    if not dist.is_main():
+        return None, None
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    return write_jsonl(os.path.join(out_dir, "log.jsonl")), _tensorboard(out_dir)
+
+
+def _train_state(cfg: dict, model, crit, steps_per_epoch: int, device) -> TrainState:
+    """The optimizer (AdamW, per-group learning rates), warmup + schedule, AMP and EMA of a run."""
+    t = cfg["train"]
+    opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t["weight_decay"], **fused_if_supported())
+    total = max(1, steps_per_epoch * t["epochs"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, t["warmup_steps"], t["schedule"], t["step_at"]))
+    amp_dtype, scaler = amp_setup(cfg, device)
+    ema = EMA(model, t["ema"]) if t["ema"] else None
+    return TrainState(model, crit, opt, sched, amp_dtype, scaler, t["clip"], ema, 0)
+
+
+def _restore(state: TrainState, ckpt: dict, t: dict, rank: int, world: int) -> tuple[int, float]:
+    """Weights, optimizer, schedule, scaler, EMA, step and this rank's RNG from a checkpoint; returns
+    (the epoch to start at, the best score so far)."""
+    state.model.load_state_dict(ckpt["model"])
+    state.opt.load_state_dict(ckpt["optimizer"])
+    state.sched.load_state_dict(ckpt["scheduler"])
+    if state.scaler is not None and ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    if state.ema is not None and ckpt.get("ema"):
+        state.ema.load_state_dict(ckpt["ema"])
+    start_epoch, state.step = ckpt["epoch"] + 1, ckpt["step"]
+    own = checkpoint.rank_rng_state(ckpt, rank, world)
+    if own is not None:
+        checkpoint.set_rng_state(own)  # this rank's own stream, not rank 0's
+    else:
+        seed_all(t["seed"] + rank + 1_000_003 * start_epoch)
+        print(f"rank {rank}: the checkpoint was written by a run of another world size; RNG reseeded")
+    return start_epoch, ckpt.get("best", -math.inf)
+
+
+def _report(rec: dict, log, tb) -> None:
+    """An epoch's record to log.jsonl, TensorBoard and the console."""
+    log(rec)
+    if tb is not None:
+        for k, v in rec.items():
+            if isinstance(v, (int, float)):
+                tb.add_scalar(k, v, rec["step"])
+    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()), flush=True)
 
 
 def _tensorboard(out_dir):

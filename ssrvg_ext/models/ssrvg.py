@@ -21,6 +21,8 @@ decoder); SgMg's spectrum fusion is inside ``fusion``. docs/methods.md says whic
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -77,16 +79,13 @@ class SSRVG(nn.Module):
         """Backbone and text encoder: the stride-4 map, the levels, the words, the sentence, the
         aligned queries (None without triple alignment), the object-label logits (training) and the
         raw backbone features at strides 4 and 8 (SgMg's optimiser; else None)."""
-        words = sentence = queries = None
-        rewrite = None
+        words = sentence = queries = rewrite = None
         if self.align is not None:  # language enters the backbone: the text goes first
             if image_index is not None:
                 raise ValueError("alignment inside the backbone needs one image per expression (data.exprs_per_image=1)")
             words, sentence = self.text(text_ids, text_mask)
             state = self.align.begin(words, ~text_mask)  # the words and queries the stages update
-
-            def rewrite(i, x):  # called by the backbone with stage i's output
-                return self.align.stage(state, i, x)
+            rewrite = partial(self.align.stage, state)  # the backbone calls rewrite(i, stage i's output)
         f4, maps, raw = self.backbone(images, rewrite, raw=self.multigranularity)
         if self.align is not None:
             words, queries = self.align.end(state)
@@ -192,16 +191,25 @@ def attr_head_from_config(cfg: dict, ctx) -> nn.Conv2d | None:
 
 
 def postprocess(out: dict, metas: list[dict], threshold: float = 0.0) -> list[dict]:
+    """Per row: ``box`` xyxy in the original image's pixels, ``mask`` (H, W) uint8 at its size, and
+    ``score`` in (0, 1), the model's confidence: the sigmoid of the best token proposal's score, or
+    without proposals the mean mask probability over the pixels it calls the object."""
     size = metas[0]["input_size"]
     boxes = out["boxes"].float() * size
     xyxy = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], -1)
     masks = mask_postprocess(out["mask_logits"].float(), (size, size), [m["valid"] for m in metas],
                              [m["orig_size"] for m in metas], threshold)
+    if "proposal_scores" in out:
+        scores = torch.sigmoid(out["proposal_scores"].float().max(1).values)
+    else:
+        prob = torch.sigmoid(out["mask_logits"].float())
+        inside = prob > 0.5
+        scores = (prob * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1)
     res = []
-    for b, m, meta in zip(xyxy.cpu(), masks, metas):
+    for b, m, s, meta in zip(xyxy.cpu(), masks, scores.tolist(), metas):
         sy, sx = meta["scale"]
         h, w = meta["orig_size"]
         box = (b / torch.tensor([sx, sy, sx, sy])).clamp_min(0)
         box = torch.minimum(box, torch.tensor([w, h, w, h], dtype=box.dtype))
-        res.append({"box": box, "mask": m})
+        res.append({"box": box, "mask": m, "score": s})
     return res
