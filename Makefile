@@ -68,7 +68,7 @@ fuzz:
 data: $(DATA)/instances.json
 
 # Remade when the generator changes (the files are derived from its code).
-$(DATA)/instances.json: ssrvg_ext/data/synthetic.py ssrvg_ext/cli/make_synthetic.py | setup
+$(DATA)/instances.json: ssrvg_ext/data/synthetic/images.py ssrvg_ext/cli/make_synthetic.py | setup
 	$(PYTHON) -m ssrvg_ext.cli.make_synthetic --out $(DATA)
 
 # Training needs CUDA kernels only where there is a GPU: without one, make train builds the CPU
@@ -90,7 +90,7 @@ train: train-build data
 
 video-data: $(VDATA)/meta_expressions/train/meta_expressions.json
 
-$(VDATA)/meta_expressions/train/meta_expressions.json: ssrvg_ext/data/synthetic_video.py ssrvg_ext/cli/make_synthetic_video.py | setup
+$(VDATA)/meta_expressions/train/meta_expressions.json: ssrvg_ext/data/synthetic/videos.py ssrvg_ext/cli/make_synthetic_video.py | setup
 	$(PYTHON) -m ssrvg_ext.cli.make_synthetic_video --out $(VDATA)
 
 # Trains on clips, evaluates J&F on valid and testB (and valid with shuffled expressions), draws one clip.

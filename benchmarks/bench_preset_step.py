@@ -25,7 +25,7 @@ import torch
 
 def child(preset: str, batch: int, steps: int) -> dict:
     from ssrvg_ext.config import load_config
-    from ssrvg_ext.data.random_batch import random_batch
+    from ssrvg_ext.testing import random_batch
     from ssrvg_ext.engine.loops import TrainState, train_step
     from ssrvg_ext.engine.optim import param_groups
     from ssrvg_ext.models import build_criterion, build_model

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ssrvg_ext.config import load_config  # noqa: E402
-from ssrvg_ext.data.random_batch import random_batch  # noqa: E402
+from ssrvg_ext.testing import random_batch  # noqa: E402
 from ssrvg_ext.engine.loops import TrainState, train_step  # noqa: E402
 from ssrvg_ext.engine.optim import param_groups  # noqa: E402
 from ssrvg_ext.models import build_criterion, build_model  # noqa: E402

@@ -18,8 +18,8 @@ import random
 
 
 from ssrvg_ext.data import RefDataset, load_refer
-from ssrvg_ext.data.refer import load_instance_labels
-from ssrvg_ext.data.synthetic import COLORS, SHAPES, SIZES, Obj, resolve
+from ssrvg_ext.data.readers.refer import load_instance_labels
+from ssrvg_ext.data.synthetic.images import COLORS, SHAPES, SIZES, Obj, resolve
 from ssrvg_ext.data.transforms import RandomCropKeepBox
 
 _SUP = {"leftmost": "left", "rightmost": "right", "topmost": "top", "bottommost": "bottom"}

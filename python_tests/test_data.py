@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ssrvg_ext.data import (Collate, ImageGroupBatchSampler, RefDataset, WordTokenizer, build_transforms, load_refer,
                             load_refs_pickle, swap_left_right)
-from ssrvg_ext.data.refer import UnsafePickleError, load_instance_labels
+from ssrvg_ext.data.readers.refer import UnsafePickleError, load_instance_labels
 from conftest import test_seed
-from ssrvg_ext.data.synthetic import COLORS, SHAPES, generate
+from ssrvg_ext.data.synthetic.images import COLORS, SHAPES, generate
 from ssrvg_ext.data.transforms import RandomCropKeepBox, RandomHorizontalFlip, ResizePad
 from ssrvg_ext.ops import rle
 
@@ -47,7 +47,7 @@ def test_round_trip_boxes_and_masks(synth):
         assert m.sum() == anns[r.ann_id]["area"]
     # the painted pixels under each mask are, of the palette, closest to the annotated colour
     from PIL import Image
-    from ssrvg_ext.data.synthetic import COLORS
+    from ssrvg_ext.data.synthetic.images import COLORS
     for r in recs[:40]:
         img = np.asarray(Image.open(r.image_path).convert("RGB")).astype(float)
         m = cocomask.decode(r.rle).astype(bool)
@@ -128,7 +128,7 @@ def test_generation_is_deterministic_for_any_number_of_processes(tmp_path):
 
 
 def test_split_sizes():
-    from ssrvg_ext.data.synthetic import split_sizes
+    from ssrvg_ext.data.synthetic.images import split_sizes
 
     assert split_sizes(6000) == {"train": 5700, "val": 100, "testA": 100, "testB": 100}
     assert split_sizes(1500) == {"train": 1200, "val": 100, "testA": 100, "testB": 100}

@@ -86,7 +86,7 @@ def test_override_typo_is_an_error_with_a_suggestion():
 
 
 def test_file_typo_is_an_error_naming_the_file(tmp_path):
-    (tmp_path / "base.yaml").write_text(open(os.path.join(ROOT, "configs", "base.yaml")).read())
+    (tmp_path / "base.yaml").write_text(open(os.path.join(ROOT, "ssrvg_ext", "defaults.yaml")).read())
     bad = tmp_path / "bad.yaml"
     bad.write_text("_base_: base.yaml\nmodel:\n  fusion: {pionts: 2}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml.*'model.fusion.pionts'.*'model.fusion.points'"):

@@ -276,7 +276,7 @@ def test_word_tokenizer_mask_id_is_unk():
                          ids=lambda p: os.path.basename(p))
 def test_method_preset_trains_and_evaluates_through_the_tools(preset, tmp_path):
     """ssrvg-train then ssrvg-eval with each method preset (shrunk) on a freshly generated dataset."""
-    from ssrvg_ext.data.synthetic import generate
+    from ssrvg_ext.data.synthetic.images import generate
 
     data = str(tmp_path / "data")
     generate(data, num_images=16, seed=11)
@@ -301,24 +301,27 @@ def test_method_preset_trains_and_evaluates_through_the_tools(preset, tmp_path):
 
 def test_saved_configs_without_the_new_keys_are_filled_with_off_values():
     """A checkpoint saved before these keys existed loads as the model it was: with_added_keys fills
-    exactly base.yaml's (off) values."""
-    from ssrvg_ext.config import ADDED_KEYS, with_added_keys
+    the defaults (every method switch off), and leaves the open sections as saved."""
+    from ssrvg_ext.config import defaults, with_added_keys
 
+    added = ["model.fusion.spectrum_sigma", "model.segment_optimizer", "model.cmpc", "model.decoder.mask_every_layer",
+             "model.align", "model.mask_grounding", "model.temporal", "data.clip_len", "data.annotated_splits",
+             "loss.segvg_factor", "loss.mask_grounding", "loss.align"]
     cfg = load_config(TINY)
     old = copy.deepcopy(cfg)
-    for key in ADDED_KEYS:
+    for key in added:
         *path, last = key.split(".")
         node = old
         for p in path:
             node = node[p]
         del node[last]
     assert with_added_keys(old) == cfg
-    base = load_config("configs/base.yaml")
-    for key, value in ADDED_KEYS.items():
-        node = base
-        for p in key.split("."):
-            node = node[p]
-        assert node == value, key
+    assert with_added_keys(cfg) == cfg
+    segvg = load_config("configs/methods/segvg.yaml")
+    assert with_added_keys(segvg)["loss"]["mask"] == {"dice": 1.0, "bce": 0.0, "focal": 1.0} == segvg["loss"]["mask"]
+    base = defaults()
+    assert not base["model"]["segment_optimizer"] and not base["model"]["mask_grounding"]["enabled"]
+    assert not (base["model"]["align"]["triple"] or base["model"]["align"]["cam"] or base["model"]["temporal"]["layers"])
 
 
 # ---- SgMg ----

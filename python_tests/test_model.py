@@ -7,7 +7,7 @@ import torch
 
 from ssrvg_ext import extension
 from ssrvg_ext.config import load_config, merge
-from ssrvg_ext.data.random_batch import random_batch
+from ssrvg_ext.testing import random_batch
 from ssrvg_ext.models import build_criterion, build_model
 
 TINY = "configs/tiny_synthetic.yaml"

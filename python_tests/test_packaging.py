@@ -77,3 +77,15 @@ def test_every_subpackage_imports():
         if info.name.endswith("__main__"):
             continue
         importlib.import_module(info.name)
+
+
+@pytest.mark.parametrize("tool", ["train", "eval", "demo"])
+def test_tools_scripts_are_the_console_tools(tool):
+    """python tools/<tool>.py (the design's and detectron2's way) is ssrvg-<tool>: the same options."""
+    import subprocess
+
+    def helptext(args):
+        r = subprocess.run([sys.executable, *args, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout.split("\n", 1)[1]  # past the usage line's program name
+    assert helptext([f"tools/{tool}.py"]) == helptext(["-m", f"ssrvg_ext.cli.{tool}"])

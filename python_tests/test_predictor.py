@@ -13,7 +13,7 @@ from PIL import Image
 import ssrvg_ext
 from ssrvg_ext.config import load_config
 from ssrvg_ext.data import WordTokenizer
-from ssrvg_ext.data.random_batch import random_batch
+from ssrvg_ext.testing import random_batch
 from ssrvg_ext.engine import checkpoint
 from ssrvg_ext.engine.data import tokenizer_state
 from ssrvg_ext.models import build_model

@@ -11,7 +11,7 @@ import torch
 import timm
 
 from ssrvg_ext.config import load_config
-from ssrvg_ext.data.random_batch import random_batch
+from ssrvg_ext.testing import random_batch
 from ssrvg_ext.models import build_criterion, build_model
 from ssrvg_ext.models.backbone import Backbone
 from ssrvg_ext.models.text import TextEncoder

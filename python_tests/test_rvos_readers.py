@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssrvg_ext.data.rvos import (load_a2d, load_jhmdb, load_ytvos, read_a2d_frame, read_jhmdb_masks,
+from ssrvg_ext.data.readers.rvos import (load_a2d, load_jhmdb, load_ytvos, read_a2d_frame, read_jhmdb_masks,
                                  read_palette_mask)
 
 

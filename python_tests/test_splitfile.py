@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssrvg_ext.data.splitfile import load_split_file
+from ssrvg_ext.data.readers.splitfile import load_split_file
 from ssrvg_ext.evaluation import grounding_metrics
 from ssrvg_ext.ops import rle
 

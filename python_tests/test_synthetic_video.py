@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssrvg_ext.data.rvos import load_ytvos, read_palette_mask
-from ssrvg_ext.data.synthetic import COLORS, SHAPES, SIZES
-from ssrvg_ext.data.synthetic_video import PHRASES, generate, holds
+from ssrvg_ext.data.readers.rvos import load_ytvos, read_palette_mask
+from ssrvg_ext.data.synthetic.images import COLORS, SHAPES, SIZES
+from ssrvg_ext.data.synthetic.videos import PHRASES, generate, holds
 
 
 @pytest.fixture(scope="module")

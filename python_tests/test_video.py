@@ -15,10 +15,10 @@ from PIL import Image
 
 from ssrvg_ext.config import load_config
 from ssrvg_ext.data.clips import ClipCollate, ClipDataset, box_of, windows
-from ssrvg_ext.data.rvos import load_ytvos, read_palette_mask
-from ssrvg_ext.data.synthetic_video import generate
+from ssrvg_ext.data.readers.rvos import load_ytvos, read_palette_mask
+from ssrvg_ext.data.synthetic.videos import generate
 from ssrvg_ext.data.tokenizer import WordTokenizer
-from ssrvg_ext.evaluation.video import jf_object
+from ssrvg_ext.evaluation.video_metrics import jf_object
 from ssrvg_ext.models import build_criterion, build_model
 from ssrvg_ext.models.temporal import QueryLink, TemporalEncoder
 

@@ -23,33 +23,28 @@ REQUIRED = ("model.d_model", "model.mask_dim", "model.backbone.name", "model.tex
             "train.epochs", "train.batch_size", "train.lr", "train.lr_backbone", "train.lr_text", "train.weight_decay")
 
 
-# Keys added after checkpoints had been saved without them, with the values that keep such a model
-# as it was (everything they switch is off): :func:`with_added_keys` fills them in a saved config.
-ADDED_KEYS = {
-    "model.fusion.spectrum_sigma": 0.15,
-    "model.segment_optimizer": False,
-    "model.cmpc": {"perception": False, "heads": 5, "graph_steps": 0, "exchange_rounds": 0},
-    "model.decoder.mask_every_layer": False,
-    "model.align": {"triple": [], "cam": [], "cam_pools": [1, 2, 3, 6]},
-    "model.mask_grounding": {"enabled": False, "ratio": 0.15, "replace": 0.9},
-    "model.temporal": {"layers": 0, "heads": 4, "ffn": 256, "link_queries": False},
-    "data.clip_len": 8,
-    "data.annotated_splits": ["train"],
-    "loss.segvg_factor": False,
-    "loss.mask_grounding": 1.0,
-    "loss.align": {"p2p": 0.0, "p2t": 0.0, "temperature": 0.1, "points": 256},
-}
+DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "defaults.yaml")
+
+
+def defaults() -> dict:
+    """Every key with its default: ``ssrvg_ext/defaults.yaml`` (the root of ``configs/base.yaml``)."""
+    with open(DEFAULTS) as f:
+        return yaml.safe_load(f)
 
 
 def with_added_keys(cfg: dict) -> dict:
-    """A copy of a saved config with the keys of :data:`ADDED_KEYS` it lacks set to their values."""
+    """A copy of a saved config with every key it lacks set to its default: keys added after the
+    checkpoint was saved (their defaults keep such a model as it was: every switch they add is off).
+    The open sections (:data:`OPEN_SECTIONS`) are taken as saved."""
+    def fill(node: dict, base: dict, prefix: str) -> None:
+        for k, v in base.items():
+            key = prefix + str(k)
+            if k not in node:
+                node[k] = copy.deepcopy(v)
+            elif isinstance(v, dict) and isinstance(node[k], dict) and not _open(key):
+                fill(node[k], v, key + ".")
     cfg = copy.deepcopy(cfg)
-    for key, value in ADDED_KEYS.items():
-        *path, last = key.split(".")
-        node = cfg
-        for p in path:
-            node = node.setdefault(p, {})
-        node.setdefault(last, copy.deepcopy(value))
+    fill(cfg, defaults(), "")
     return cfg
 
 

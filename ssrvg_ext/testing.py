@@ -1,4 +1,4 @@
-"""A model-ready batch made of random numbers, for smoke tests, benchmarks and profiling."""
+"""Helpers for tests, benchmarks and profiling: a model-ready batch made of random numbers."""
 
 from __future__ import annotations
 

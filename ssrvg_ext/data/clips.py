@@ -1,4 +1,4 @@
-"""Clips of a video for one expression (:class:`~ssrvg_ext.data.rvos.VideoRecord`): the dataset and
+"""Clips of a video for one expression (:class:`~ssrvg_ext.data.readers.rvos.VideoRecord`): the dataset and
 its collate function.
 
 A clip sample holds ``clip_len`` frames of one video, resized and padded like the images
@@ -22,14 +22,14 @@ import torch
 from torch.utils.data import Dataset
 
 from .dataset import Collate, read_image
-from .rvos import VideoRecord, read_ids
+from .readers.rvos import VideoRecord, read_ids
 from .transforms import ResizePad, swap_left_right
 
 
 @dataclass
 class VideoLabels:
     """Labels of every object of the training videos for the dense auxiliary loss (as
-    :class:`~ssrvg_ext.data.refer.InstanceLabels` for images): ``classes[name]`` the values of label
+    :class:`~ssrvg_ext.data.readers.refer.InstanceLabels` for images): ``classes[name]`` the values of label
     ``name`` (index i + 1 in the maps; 0 is background); ``tables[video]`` an (max id + 1, K) int64
     table, row = the object's value in the annotation PNGs, -100 where a label is unknown;
     ``flip[name]`` the index map a horizontal flip applies (a value naming "left" becomes the one

@@ -1,4 +1,4 @@
-"""Dataset over :class:`~ssrvg_ext.data.refer.Record` and the batch collate function."""
+"""Dataset over :class:`~ssrvg_ext.data.readers.refer.Record` and the batch collate function."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 from pycocotools import mask as cocomask
 from torch.utils.data import Dataset
 
-from .refer import InstanceLabels, Record
+from .readers.refer import InstanceLabels, Record
 
 
 def read_image(path: str) -> torch.Tensor:
@@ -40,7 +40,7 @@ class RefDataset(Dataset):
 
     ``cache_images``: keep decoded images in memory (several expressions share an image, and small
     datasets fit easily); each DataLoader worker keeps its own cache.
-    ``instances``: every object's labels (:func:`~ssrvg_ext.data.refer.load_instance_labels`); each
+    ``instances``: every object's labels (:func:`~ssrvg_ext.data.readers.refer.load_instance_labels`); each
     sample then also carries ``instances``, an (H, W) uint8 map of object indices (0: none), and
     ``inst_labels``, the (n + 1, K) labels of those objects (row 0: background), for the auxiliary loss.
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from pycocotools import mask as cocomask
 
-from ..ops import rle as rle_ops
+from ...ops import rle as rle_ops
 
 SPLIT_BY = {"refcoco": ("unc",), "refcoco+": ("unc",), "refcocog": ("umd", "google"), "synthetic": ("unc",)}
 
@@ -121,7 +121,9 @@ def load_refer(ann_dir: str, image_dir: str, split_by: str = "unc", splits: list
     inst_path = os.path.join(ann_dir, "instances.json")
     for p in (refs_path, inst_path):
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"missing {p} (expected the RefCOCO release layout: refs(<split_by>).p and instances.json)")
+            raise FileNotFoundError(f"missing {p} (expected the RefCOCO release layout: refs(<split_by>).p and "
+                                    f"instances.json; the embedded synthetic dataset: ssrvg-make-synthetic --out {ann_dir}, "
+                                    "docs/data.md)")
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"image folder {image_dir} does not exist")
     refs = load_refs_pickle(refs_path)

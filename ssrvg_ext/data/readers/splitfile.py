@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 
 import torch
 from PIL import Image
 
-from ..ops import rle as rle_ops
+from ...ops import rle as rle_ops
+from ...safe_load import load_plain
 from .refer import Record, image_path
 
 COCO_BASED = ("unc", "unc+", "gref", "gref_umd")
@@ -59,13 +59,7 @@ def box_rle(box_xyxy, h: int, w: int) -> dict:
 def _records_of(path: str) -> list:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"split file {path} not found (expected <root>/<ds>/<ds>_<split>.pth)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: not a plain list of records (it asks to build objects, which is refused: "
-                         f"{str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    data = load_plain(path, "split file")
     if not isinstance(data, (list, tuple)):
         raise ValueError(f"{path}: expected a list of records; got {type(data).__name__}")
     return list(data)

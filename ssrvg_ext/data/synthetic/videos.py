@@ -28,7 +28,7 @@ import random
 import numpy as np
 from PIL import Image
 
-from .synthetic import COLORS, SHAPES, SIZES, _background, _polygon, _raster
+from .images import COLORS, SHAPES, SIZES, _background, _polygon, _raster
 
 MOTIONS = ("left", "right", "up", "down", "static", "stops", "enters_top", "enters_left", "enters_right",
            "enters_bottom")
