@@ -3,8 +3,11 @@ together, the video model), a fixed seed gives the same parameters, the same tra
 loss terms, the same gradients and the same evaluation outputs as when the values in
 ``data/preset_behaviour.json`` were recorded.
 
-The file was written by the code before the model was rebuilt from registered components (commit
-c7fb2b4); a change that means to change behaviour rewrites it on purpose:
+The file was first written by the code before the model was rebuilt from registered components
+(commit c7fb2b4); the SegVG, MagNet and all-on presets were recorded again when their methods were
+made faithful (the CAM gate closed at the start, mask grounding without the masked words in its
+visual input, no box input to the mask branch under box-to-mask supervision), the other presets
+unchanged. A change that means to change behaviour rewrites it on purpose:
 
     python python_tests/test_behaviour_pinned.py --write     # record the current code's values
     python python_tests/test_behaviour_pinned.py --exact     # compare bit for bit (same machine)

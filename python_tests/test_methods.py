@@ -324,6 +324,90 @@ def test_saved_configs_without_the_new_keys_are_filled_with_off_values():
     assert not (base["model"]["align"]["triple"] or base["model"]["align"]["cam"] or base["model"]["temporal"]["layers"])
 
 
+# ---- what defines each method (read against the official code; docs/methods.md) ----
+def test_cam_gate_starts_closed_and_opens():
+    """MagNet's CAM: at initialisation every stage reads the plain backbone's trunk (the gate's output
+    projection is zero), while the features the model reads carry language from the start; one
+    backward pass reaches the gate (zeroing both projections, as MagNet's constructor writes it
+    before its init_weights overwrites them, would leave both gradients zero and the gate shut)."""
+    from ssrvg_ext.models.align import StageAlignment
+    from ssrvg_ext.models.backbone import Backbone
+
+    torch.manual_seed(0)
+    bb = Backbone("lcnet_050", 16, 16, pretrained=False, checkpoint=None, timm_kwargs={}, stage_hooks=True).eval()
+    align = StageAlignment(16, bb.stage_channels, 2, triple=[], cam=[4, 8, 16, 32], cam_pools=[1, 2, 3, 6],
+                           num_queries=3)
+    images, words = torch.randn(2, 3, 64, 64), torch.randn(2, 5, 16)
+    pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    plain, seen = {}, {}
+
+    def record(store, rewrite):
+        def hook(i, x):
+            store[i] = x
+            return rewrite(i, x)
+        return hook
+    with torch.no_grad():
+        _, plain_levels, _ = bb(images, record(plain, lambda i, x: (x, x)))
+    state = align.begin(words, pad)
+    _, levels, _ = bb(images, record(seen, lambda i, x: align.stage(state, i, x)))
+    for i in range(4):
+        torch.testing.assert_close(seen[i], plain[i], rtol=0, atol=0)
+    assert not torch.allclose(levels[0], plain_levels[0])
+    sum(lvl.pow(2).mean() for lvl in levels).backward()
+    for s in ("4", "8", "16"):
+        assert align.cam[s].gate[2].weight.grad.abs().sum() > 0
+    assert align.cam["32"].gate is None  # the last stage has no next stage
+
+
+def test_mask_grounding_cannot_read_the_masked_words():
+    """MagNet preset (CAM fuses the expression into the backbone): changing the words that mask
+    grounding masks out leaves its visual input unchanged (they cannot be read back from it), while
+    its targets change."""
+    cfg = merge(load_config("configs/methods/magnet.yaml", ["data.input_size=64"]),
+                {"model": {"mask_grounding": {"ratio": 1.0, "replace": 1.0}}})  # every inner token masked
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=40, mask_token_id=1).train()
+    seen = []
+    model.grounding.register_forward_pre_hook(lambda m, args: seen.append(args[2].detach().clone()))
+    batch = batch_for(cfg)
+    other = batch["text_ids"].clone()
+    inner = batch["text_mask"].clone()
+    inner[:, 0] = False
+    inner[torch.arange(len(inner)), batch["text_mask"].sum(1) - 1] = False
+    other[inner] = (other[inner] - 4 + 7) % 36 + 4  # every maskable token replaced by another word
+    outs = []
+    for ids in (batch["text_ids"], other):
+        torch.manual_seed(1)
+        outs.append(model(batch["images"], ids, batch["text_mask"], None, batch["masks"]))
+    torch.testing.assert_close(seen[0], seen[1], rtol=0, atol=0)
+    assert not torch.equal(outs[0]["mg_targets"], outs[1]["mg_targets"])
+    assert not torch.allclose(outs[0]["boxes"], outs[1]["boxes"])  # the main pass does read the expression
+
+
+@pytest.mark.parametrize("segment_optimizer", [False, True])
+def test_box_to_mask_supervision_gives_the_mask_no_box_input(segment_optimizer):
+    """SegVG: under box-to-mask supervision the mask branch reads the queries and the pixels only
+    (the box-relative coordinates would make a rectangle target a function of the predicted box);
+    without it the CondInst coordinates stay."""
+    for box_to_mask in (True, False):
+        cfg = merge(load_config("configs/methods/segvg.yaml", ["data.input_size=64"]),
+                    {"model": {"segment_optimizer": segment_optimizer}, "loss": {"box_to_mask": box_to_mask}})
+        torch.manual_seed(0)
+        model = build_model(cfg, vocab_size=40)
+        head, d = model.mask_head, cfg["model"]["d_model"]
+        assert head.box_coords == (not box_to_mask)
+        q = torch.randn(2, 3, d)
+        if segment_optimizer:
+            c = model.backbone.stage_channels
+            feats = (torch.randn(2, d, 8, 8), torch.randn(2, c[1], 8, 8), torch.randn(2, c[0], 16, 16))
+        else:
+            feats = torch.randn(2, cfg["model"]["mask_dim"], 16, 16)
+        a = head(q, feats, torch.tensor([[0.3, 0.3, 0.2, 0.2]] * 2))
+        b = head(q, feats, torch.tensor([[0.7, 0.6, 0.4, 0.3]] * 2))
+        a, b = (a[0], b[0]) if segment_optimizer else (a, b)
+        assert torch.equal(a, b) == box_to_mask
+
+
 # ---- SgMg ----
 def test_spectral_unit_by_hand():
     """The spectral unit against a NumPy version of its formula (float64): full FFT, the Gaussian

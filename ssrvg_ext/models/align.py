@@ -44,8 +44,9 @@ class PixelWordAttention(nn.Module):
 
 class CrossModalAlignment(nn.Module):
     """MagNet's CAM on one stage of C channels. Returns (trunk, feature): the next stage reads
-    x + gate * PWAM(x); the model reads the mixer over [pooled branches, PWAM(x)]. The last stage
-    (``gate=False``) has no next stage: its trunk is x and it has no gate."""
+    x + gate * PWAM(x), the gate tanh(W2 GELU(W1 .)) closed at the start (W2 = 0); the model reads
+    the mixer over [pooled branches, PWAM(x)]. The last stage (``gate=False``) has no next stage:
+    its trunk is x and it has no gate."""
 
     def __init__(self, c: int, d_lang: int, pools: list[int], gate: bool):
         super().__init__()
@@ -54,6 +55,8 @@ class CrossModalAlignment(nn.Module):
         self.full = PixelWordAttention(c, d_lang)
         self.gate = nn.Sequential(nn.Linear(c, c, bias=False), nn.GELU(), nn.Linear(c, c, bias=False), nn.Tanh()) \
             if gate else None
+        if gate:  # closed at the start: the trunk is the plain backbone's (the first projection stays random, else
+            nn.init.zeros_(self.gate[2].weight)  # both get zero gradients and the gate never opens; docs/methods.md)
         self.reduce = nn.ModuleList(nn.Sequential(
             nn.Conv2d(c, 4 * c, 1, bias=False), LayerNorm2d(4 * c), nn.Conv2d(4 * c, c, 1, bias=False), nn.GELU(),
             nn.Conv2d(c, r, 1, bias=False)) for _ in self.pools)

@@ -56,13 +56,16 @@ class MaskGrounding(nn.Module):
     def training_outputs(self, st) -> dict:
         """Hook (training): the corrupted expression encoded again, its tokens predicted from the
         visual tokens of the finest level and the ground-truth mask (``mg_logits``, ``mg_targets``);
-        nothing when the forward was not given the masks."""
+        nothing when the forward was not given the masks. The visual tokens are those of the images
+        read with the corrupted expression (``st.reencode``): with language inside the backbone, the
+        levels of the main pass were fused with the words that are masked here and would give them
+        away."""
         if st.gt_masks is None:
             return {}
         ids, targets = self.corrupt(st.text_ids, st.text_mask)
-        masked_words, _ = st.encode_text(ids, st.text_mask)
-        n0 = st.maps[0].shape[-2] * st.maps[0].shape[-1]
-        return {"mg_logits": self(masked_words, st.word_pad, st.maps[0], st.pos[:n0], st.gt_masks), "mg_targets": targets}
+        levels, masked_words = st.reencode(ids)
+        n0 = levels[0].shape[-2] * levels[0].shape[-1]
+        return {"mg_logits": self(masked_words, st.word_pad, levels[0], st.pos[:n0], st.gt_masks), "mg_targets": targets}
 
     def forward(self, words: torch.Tensor, word_pad: torch.Tensor, visual: torch.Tensor, pos: torch.Tensor,
                 gt_masks: torch.Tensor) -> torch.Tensor:

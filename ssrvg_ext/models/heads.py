@@ -57,13 +57,20 @@ def kernel_input(queries: torch.Tensor) -> torch.Tensor:
 class MaskHead(nn.Module):
     """Mask logits = <kernel(queries), [pixel features, coordinates relative to the predicted box]>:
     the box query and the pooled mask queries produce one dynamic 1x1 kernel per expression; the
-    relative coordinates (as in CondInst) tell it which instance the kernel is about."""
+    relative coordinates (as in CondInst) tell it which instance the kernel is about. Without
+    ``box_coords`` the mask is read from the pixel features alone (the box is not an input: under
+    box-to-mask supervision a box input would make the target a function of it, SegVG)."""
 
-    def __init__(self, d: int, mask_dim: int):
+    def __init__(self, d: int, mask_dim: int, box_coords: bool = True):
         super().__init__()
-        self.kernel = MLP(2 * d, d, mask_dim + 3, 3)
+        self.box_coords = box_coords
+        self.kernel = MLP(2 * d, d, mask_dim + (3 if box_coords else 0), 3)
 
     def forward(self, queries: torch.Tensor, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         k = self.kernel(kernel_input(queries))
-        feats = torch.cat([pixels, box_coords(boxes.detach().to(pixels.dtype), *pixels.shape[-2:])], 1)
-        return torch.einsum("bc,bchw->bhw", k, feats)
+        return torch.einsum("bc,bchw->bhw", k, with_box_coords(pixels, boxes) if self.box_coords else pixels)
+
+
+def with_box_coords(feats: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """feats (B, C, h, w) with the 3 box-relative coordinate channels appended (the box detached)."""
+    return torch.cat([feats, box_coords(boxes.detach().to(feats.dtype), *feats.shape[-2:])], 1)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MLP
-from .heads import MaskHead, box_coords, kernel_input
+from .heads import MaskHead, kernel_input, with_box_coords
 
 
 def residual_block(k: int, c: int) -> nn.Sequential:
@@ -25,12 +25,13 @@ class MultiGranularityHead(nn.Module):
     x += block([x, raw stride-8]); x = upsample x2; x += block([x, raw stride-4]): K channels at
     stride 4, the refined mask at stride 1."""
 
-    def __init__(self, d: int, c8: int, c4: int, channels: int = 16):
+    def __init__(self, d: int, c8: int, c4: int, channels: int = 16, box_coords: bool = True):
         super().__init__()
         if channels != 16:
             raise ValueError("the 4 x 4 sub-pixel layout needs 16 channels")
-        self.k = channels
-        self.sizes = [(d + 3) * channels, channels, channels * channels, channels]  # w1, b1, w2, b2
+        self.k, self.box_coords = channels, box_coords
+        extra = 3 if box_coords else 0  # without: the box is no input (box-to-mask supervision)
+        self.sizes = [(d + extra) * channels, channels, channels * channels, channels]  # w1, b1, w2, b2
         self.kernel = MLP(2 * d, d, sum(self.sizes), 3)
         self.block8, self.block4 = residual_block(channels, c8), residual_block(channels, c4)
 
@@ -46,7 +47,7 @@ class MultiGranularityHead(nn.Module):
         """features: :meth:`features`. Returns the refined mask logits (B, 4 h4, 4 w4), the coarse
         ones (B, 4 h8, 4 w8) and the K-channel stride-4 features."""
         mem, raw8, raw4 = features
-        feats = torch.cat([mem, box_coords(boxes.detach().to(mem.dtype), *mem.shape[-2:])], 1)
+        feats = with_box_coords(mem, boxes) if self.box_coords else mem
         w1, b1, w2, b2 = self.kernel(kernel_input(queries)).split(self.sizes, -1)
         b, k = queries.shape[0], self.k
         x = F.relu(torch.einsum("bkc,bchw->bkhw", w1.view(b, k, -1), feats) + b1[:, :, None, None])
@@ -60,9 +61,11 @@ class MultiGranularityHead(nn.Module):
 
 def mask_head_from_config(cfg: dict, ctx) -> MaskHead | MultiGranularityHead:
     """The model's mask head: :class:`~.heads.MaskHead` on the pixel decoder's map, or SgMg's
-    segment-and-optimise head with model.segment_optimizer (its raw maps' channels from the backbone)."""
+    segment-and-optimise head with model.segment_optimizer (its raw maps' channels from the backbone);
+    either without the box-relative coordinates under loss.box_to_mask."""
     m = cfg["model"]
+    coords = not cfg["loss"]["box_to_mask"]  # box-to-mask supervision: the mask must not see the box (SegVG)
     if m["segment_optimizer"]:
         channels = ctx.parts["backbone"].stage_channels
-        return MultiGranularityHead(m["d_model"], channels[1], channels[0])
-    return MaskHead(m["d_model"], m["mask_dim"])
+        return MultiGranularityHead(m["d_model"], channels[1], channels[0], box_coords=coords)
+    return MaskHead(m["d_model"], m["mask_dim"], box_coords=coords)

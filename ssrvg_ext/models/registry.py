@@ -85,7 +85,8 @@ class ForwardState:
     word_pad: Any                   # (B, T) bool, True = padding
     clip_len: int | None            # frames per clip; None: independent images
     gt_masks: Any = None            # (B, S, S) uint8 ground truth (training, when given)
-    encode_text: Callable | None = None  # the model's text encoder: (ids, mask) -> words, sentence
+    reencode: Callable | None = None  # (other ids (B, T)) -> (levels, words) of the same images read with another
+    #                                   expression of the same length: the levels never saw the first one's words
     maps: list | None = None        # the levels (B, d, h, w) at strides 8..64, before fusion
     pos: Any = None                 # (S_total, d) positions + level embeddings of the flattened levels
     sizes: list | None = None       # the levels' (h, w)

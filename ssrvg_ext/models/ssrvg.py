@@ -99,6 +99,15 @@ class SSRVG(nn.Module):
             words, sentence = self.text(text_ids, text_mask)
         return f4, maps, words, sentence, queries, attr_logits, raw
 
+    def reencode(self, images, text_mask, image_index, maps, ids):
+        """The levels and words of the images read with the expression ``ids`` instead: without language
+        in the backbone its levels ``maps`` are language-free and reused; with it (``align``) the
+        backbone runs again, so that no word of the first expression reaches the levels."""
+        if self.align is None:
+            return maps, self.text(ids, text_mask)[0]
+        _, levels, words, *_ = self.encode(images, ids, text_mask, image_index)
+        return levels, words
+
     def mask_features(self, fused, f4, raw):
         """What every decoder layer's mask is read from, computed once per forward: the pixel
         decoder's map, or SgMg's memory sum and raw backbone maps."""
@@ -123,8 +132,9 @@ class SSRVG(nn.Module):
         rows are clips of T consecutive frames (clip-major, each frame with its clip's expression),
         which the temporal parts connect; None: independent images. Returns
         :class:`~ssrvg_ext.structures.ModelOutputs` (which keys, their shapes, when present)."""
-        st = ForwardState(text_ids, text_mask, ~text_mask, clip_len, masks if self.training else None, self.text)
+        st = ForwardState(text_ids, text_mask, ~text_mask, clip_len, masks if self.training else None)
         f4, maps, words, sentence, aligned, attr_logits, raw = self.encode(images, text_ids, text_mask, image_index)
+        st.reencode = partial(self.reencode, images, text_mask, image_index, maps)
         d = maps[0].shape[1]
         pos = torch.cat([sine_position(*m.shape[-2:], d, m.device, m.dtype) + self.level_embed[i]
                          for i, m in enumerate(maps)])
