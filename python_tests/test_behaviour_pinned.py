@@ -4,10 +4,11 @@ loss terms, the same gradients and the same evaluation outputs as when the value
 ``data/preset_behaviour.json`` were recorded.
 
 The file was first written by the code before the model was rebuilt from registered components
-(commit c7fb2b4); the SegVG, MagNet and all-on presets were recorded again when their methods were
-made faithful (the CAM gate closed at the start, mask grounding without the masked words in its
-visual input, no box input to the mask branch under box-to-mask supervision), the other presets
-unchanged. A change that means to change behaviour rewrites it on purpose:
+(commit c7fb2b4); the four method presets and the all-on preset were recorded again when their
+methods were made faithful (MagNet's CAM gate closed at the start and mask grounding without the
+masked words in its visual input; SegVG's mask branch without box input under box-to-mask
+supervision and its alignment's positions before the projections; SgMg's coarse and refined masks
+at every layer; CMPC on the memory with its level masks); the default and video presets unchanged. A change that means to change behaviour rewrites it on purpose:
 
     python python_tests/test_behaviour_pinned.py --write     # record the current code's values
     python python_tests/test_behaviour_pinned.py --exact     # compare bit for bit (same machine)
@@ -114,8 +115,9 @@ def test_preset_behaviour_unchanged(preset):
 
 if __name__ == "__main__":
     if "--write" in sys.argv:
+        values = {p: record(p) for p in PRESETS}  # all computed before the file is opened
         with open(FILE, "w") as f:
-            json.dump({p: record(p) for p in PRESETS}, f, indent=0, sort_keys=True)
+            json.dump(values, f, indent=0, sort_keys=True)
         print(f"wrote {FILE}")
     elif "--exact" in sys.argv:
         with open(FILE) as f:

@@ -116,21 +116,20 @@ def test_triple_alignment_moves_queries_words_and_pixels():
 
 def test_triple_alignment_is_one_joint_softmax():
     """TripleAlignment equals a hand-written single attention over the concatenated tokens, text
-    padding excluded from the keys."""
+    padding excluded from the keys, the positions added before the Q / K projections (SegVG)."""
     from ssrvg_ext.models.align import TripleAlignment
 
     torch.manual_seed(0)
     d, c, h = 8, 6, 2
     m = TripleAlignment(d, c, h).double()
     q, w, p = torch.randn(2, 3, d).double(), torch.randn(2, 4, d).double(), torch.randn(2, 5, c).double()
-    qpos, ppos = torch.randn(3, d).double(), torch.randn(5, d).double()
+    qpos, ppos = torch.randn(3, d).double(), torch.randn(5, c).double()
     pad = torch.tensor([[False] * 4, [False, False, True, True]])
     got = m(q, qpos, w, pad, p, ppos)
     proj = []
     for x, norm, qkv, pos in zip((q, w, p), m.norms, m.qkv, (qpos, None, ppos)):
-        a, k, v = qkv(norm(x)).chunk(3, -1)
-        if pos is not None:
-            a, k = a + pos, k + pos
+        a, k, _ = qkv(norm(x) + (0 if pos is None else pos)).chunk(3, -1)
+        v = qkv(norm(x)).chunk(3, -1)[2]
         proj.append((a, k, v))
     Q, K, V = (torch.cat([t[i] for t in proj], 1) for i in range(3))
     keep = torch.cat([torch.ones(2, 3, dtype=torch.bool), ~pad, torch.ones(2, 5, dtype=torch.bool)], 1)
@@ -301,8 +300,9 @@ def test_method_preset_trains_and_evaluates_through_the_tools(preset, tmp_path):
 
 def test_saved_configs_without_the_new_keys_are_filled_with_off_values():
     """A checkpoint saved before these keys existed loads as the model it was: with_added_keys fills
-    the defaults (every method switch off), and leaves the open sections as saved."""
-    from ssrvg_ext.config import defaults, with_added_keys
+    the defaults (every method switch off) or, where the default is not what such a model did, the
+    legacy value; it leaves the open sections as saved."""
+    from ssrvg_ext.config import LEGACY, defaults, with_added_keys
 
     added = ["model.fusion.spectrum_sigma", "model.segment_optimizer", "model.cmpc", "model.decoder.mask_every_layer",
              "model.align", "model.mask_grounding", "model.temporal", "data.clip_len", "data.annotated_splits",
@@ -315,7 +315,16 @@ def test_saved_configs_without_the_new_keys_are_filled_with_off_values():
         for p in path:
             node = node[p]
         del node[last]
-    assert with_added_keys(old) == cfg
+    expected = copy.deepcopy(cfg)
+    for key, value in LEGACY.items():  # e.g. triple alignment's positions after the projections
+        *path, last = key.split(".")
+        node = expected
+        for p in path:
+            node = node[p]
+        assert node[last] != value
+        node[last] = value
+    old["model"].pop("mask_box_coords")
+    assert with_added_keys(old) == expected
     assert with_added_keys(cfg) == cfg
     segvg = load_config("configs/methods/segvg.yaml")
     assert with_added_keys(segvg)["loss"]["mask"] == {"dice": 1.0, "bce": 0.0, "focal": 1.0} == segvg["loss"]["mask"]
@@ -406,6 +415,55 @@ def test_box_to_mask_supervision_gives_the_mask_no_box_input(segment_optimizer):
         b = head(q, feats, torch.tensor([[0.7, 0.6, 0.4, 0.3]] * 2))
         a, b = (a[0], b[0]) if segment_optimizer else (a, b)
         assert torch.equal(a, b) == box_to_mask
+
+
+def test_sgmg_supervises_coarse_and_refined_masks_at_every_layer():
+    """SgMg preset: every decoder layer's refined and coarse masks are supervised with SgMg's focal 2 +
+    Dice 5, all layers alike, and each term reaches its own layer's prediction."""
+    cfg = load_config("configs/methods/sgmg.yaml", ["data.input_size=64"])
+    torch.manual_seed(0)
+    model, crit = build_model(cfg, vocab_size=40).train(), build_criterion(cfg)
+    batch = batch_for(cfg)
+    out = model(batch["images"], batch["text_ids"], batch["text_mask"], None, batch["masks"])
+    terms = crit(out, batch)
+    layers = cfg["model"]["decoder"]["layers"] - 1
+    for i in range(layers):
+        for k, w in (("dice", 5.0), ("focal", 2.0)):
+            for name in (f"mask_{k}_{i}", f"mask_{k}_coarse_{i}"):
+                assert name in terms and crit.weight_dict[name] == w
+    assert crit.weight_dict["mask_dice_coarse"] == 5.0 and crit.weight_dict["mask_focal"] == 2.0
+    for i in range(layers):
+        g = torch.autograd.grad(terms[f"mask_dice_coarse_{i}"], out["aux_coarse_mask_logits"], retain_graph=True)[0]
+        assert g[i].abs().sum() > 0 and all(g[j].abs().sum() == 0 for j in range(layers) if j != i)
+
+
+@pytest.mark.parametrize("placement", ["memory", "mask"])
+def test_cmpc_placement_and_level_masks(placement):
+    """CMPC on the memory changes the boxes (the proposals and the decoder read it); on the mask
+    branch it cannot. Its per-level auxiliary masks are supervised (BCE) and train its heads."""
+    cfg = merge(load_config("configs/methods/cmpc.yaml", ["data.input_size=64"]),
+                {"model": {"cmpc": {"placement": placement}}})
+    torch.manual_seed(0)
+    model, crit = build_model(cfg, vocab_size=40), build_criterion(cfg)
+    batch = batch_for(cfg)
+    args = (batch["images"], batch["text_ids"], batch["text_mask"])
+    with torch.no_grad():
+        model.eval()
+        for head in model.decoder.box_heads:  # zero at the start: the box would be the chosen proposal's
+            head[-1].weight.normal_(0, 0.1)
+        base = model(*args)
+        for conv in model.cmpc.merge:
+            conv.weight.mul_(5.0)
+        moved = model(*args)
+    for key in ("boxes", "proposal_scores"):
+        assert torch.equal(moved[key], base[key]) == (placement == "mask"), key
+    assert not torch.equal(moved["mask_logits"], base["mask_logits"])
+    out = model.train()(*args, None, batch["masks"])
+    assert out["cmpc_level_logits"].shape == (3, 4, 8, 8)
+    terms = crit(out, batch)
+    assert {"cmpc_bce_8", "cmpc_bce_16", "cmpc_bce_32"} <= set(terms) and crit.weight_dict["cmpc_bce_16"] == 0.286
+    terms["total"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cmpc.aux.parameters())
 
 
 # ---- SgMg ----

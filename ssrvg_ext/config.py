@@ -32,15 +32,26 @@ def defaults() -> dict:
         return yaml.safe_load(f)
 
 
+# The few keys whose default is not what a model saved before the key existed did: such a config
+# gets this value instead (not a second set of defaults: only where the two differ).
+LEGACY = {
+    "model.align.triple_pos": "projected",   # triple alignment added the positions after the projections
+    "model.mask_box_coords": True,           # the mask heads always read the box-relative coordinates
+}
+
+
 def with_added_keys(cfg: dict) -> dict:
-    """A copy of a saved config with every key it lacks set to its default: keys added after the
-    checkpoint was saved (their defaults keep such a model as it was: every switch they add is off).
+    """A copy of a saved config with every key it lacks set to its default (or its :data:`LEGACY`
+    value): keys added after the checkpoint was saved, whose values keep such a model as it was.
     The open sections (:data:`OPEN_SECTIONS`) are taken as saved."""
     def fill(node: dict, base: dict, prefix: str) -> None:
         for k, v in base.items():
             key = prefix + str(k)
-            if k not in node:
-                node[k] = copy.deepcopy(v)
+            if k not in node and isinstance(v, dict) and not _open(key):
+                node[k] = {}
+                fill(node[k], v, key + ".")
+            elif k not in node:
+                node[k] = copy.deepcopy(LEGACY.get(key, v))
             elif isinstance(v, dict) and isinstance(node[k], dict) and not _open(key):
                 fill(node[k], v, key + ".")
     cfg = copy.deepcopy(cfg)

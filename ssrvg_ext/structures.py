@@ -40,12 +40,15 @@ class ModelOutputs(TypedDict, total=False):
     anchors: torch.Tensor             # (S_total, 4) the tokens' anchors; model.proposals
     aux_mask_logits: torch.Tensor     # (L - 1, B, h, w) the earlier layers' masks; training, mask_every_layer (SegVG)
     coarse_mask_logits: torch.Tensor  # (B, S/2, S/2) SgMg's coarse mask; training, model.segment_optimizer
+    aux_coarse_mask_logits: torch.Tensor  # (L - 1, B, S/2, S/2) the earlier layers' coarse masks; training,
+    #                                       model.segment_optimizer and mask_every_layer (SgMg)
     attr_logits: torch.Tensor         # (B_img, N, sum of classes) object-label logits; training, data.aux_labels
     attr_points: torch.Tensor         # (N, 2) the tokens' centres (x, y in [0, 1]); with attr_logits
     mg_logits: torch.Tensor           # (B, T, vocabulary) mask grounding's predictions; training, MagNet
     mg_targets: torch.Tensor          # (B, T) int64 the masked tokens (-100 elsewhere); with mg_logits
     cal_pixels: torch.Tensor          # (B, C, h, w) the final mask's features; training, loss.align (MagNet)
     cal_text: torch.Tensor            # (B, C) the projected sentence; training, loss.align.p2t
+    cmpc_level_logits: torch.Tensor   # (3, B, S/8, S/8) CMPC's per-level auxiliary masks; training, model.cmpc.aux_masks
 
 
 __all__ = ["Batch", "ModelOutputs"]

@@ -77,25 +77,34 @@ class CrossModalAlignment(nn.Module):
 class TripleAlignment(nn.Module):
     """SegVG's triple alignment on one stage: [queries; words; pixels] -> one multi-head attention
     where every token attends to every token (text padding masked), per-modality pre-norms,
-    Q/K/V and output projections, a residual, no FFN. Query positions are added to the queries'
-    Q and K, the pixels' sine positions to theirs; values carry no position."""
+    Q/K/V and output projections, a residual, no FFN. As in SegVG (DETR's habit), the positions are
+    added to the normalised tokens before the Q and K projections (the queries' learned positions,
+    the pixels' C-wide sine positions); the values carry no position."""
 
-    def __init__(self, d: int, c: int, heads: int):
+    def __init__(self, d: int, c: int, heads: int, pos_before_proj: bool = True):
         super().__init__()
-        self.heads = heads
+        self.heads, self.pos_before_proj = heads, pos_before_proj
         self.norms = nn.ModuleList([nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(c)])
         self.qkv = nn.ModuleList([nn.Linear(d, 3 * d), nn.Linear(d, 3 * d), nn.Linear(c, 3 * d)])
         self.out = nn.ModuleList([nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, c)])
 
     def forward(self, queries, query_pos, words, word_pad, pixels, pixel_pos):
-        """queries (B, Q, d), query_pos (Q, d), words (B, T, d), pixels (B, N, C), pixel_pos (N, d)."""
+        """queries (B, Q, d), query_pos (Q, d), words (B, T, d), pixels (B, N, C), pixel_pos (N, C)
+        (``pos_before_proj=False``, the layout of checkpoints saved before it: (N, d), added after the
+        projections)."""
         streams = (queries, words, pixels)
         qs, ks, vs = [], [], []
         for x, norm, qkv, pos in zip(streams, self.norms, self.qkv, (query_pos, None, pixel_pos)):
-            q, k, v = qkv(norm(x)).chunk(3, -1)
-            if pos is not None:
-                q, k = q + pos, k + pos
-            qs.append(q), ks.append(k), vs.append(v)
+            h = norm(x)
+            if not self.pos_before_proj:
+                q, k, v = qkv(h).chunk(3, -1)
+                q, k = (q, k) if pos is None else (q + pos, k + pos)
+                qs.append(q), ks.append(k), vs.append(v)
+                continue
+            wq, wk, wv = qkv.weight.chunk(3, 0)
+            bq, bk, bv = qkv.bias.chunk(3)
+            at = h if pos is None else h + pos  # what Q and K read
+            qs.append(F.linear(at, wq, bq)), ks.append(F.linear(at, wk, bk)), vs.append(F.linear(h, wv, bv))
         b, d = queries.shape[0], qs[0].shape[-1]
 
         def heads(parts):  # (B, L, d) pieces -> (B, heads, L, d / heads)
@@ -118,7 +127,7 @@ class StageAlignment(nn.Module):
     STRIDES = (4, 8, 16, 32)
 
     def __init__(self, d: int, channels: list[int], heads: int, triple: list[int], cam: list[int],
-                 cam_pools: list[int], num_queries: int):
+                 cam_pools: list[int], num_queries: int, triple_pos: str = "input"):
         super().__init__()
         for key, strides in (("triple", triple), ("cam", cam)):
             bad = [s for s in strides if s not in self.STRIDES]
@@ -126,7 +135,9 @@ class StageAlignment(nn.Module):
                 raise ValueError(f"model.align.{key}: strides {bad} are not backbone stages (choose from {self.STRIDES})")
         self.cam = nn.ModuleDict({str(s): CrossModalAlignment(c, d, cam_pools, gate=s != self.STRIDES[-1])
                                   for s, c in zip(self.STRIDES, channels) if s in cam})
-        self.triple = nn.ModuleDict({str(s): TripleAlignment(d, c, heads)
+        if triple_pos not in ("input", "projected"):
+            raise ValueError(f"model.align.triple_pos must be input or projected; got {triple_pos!r}")
+        self.triple = nn.ModuleDict({str(s): TripleAlignment(d, c, heads, triple_pos == "input")
                                      for s, c in zip(self.STRIDES, channels) if s in triple})
         if self.triple:
             self.query_embed = nn.Embedding(num_queries, d)
@@ -145,7 +156,7 @@ class StageAlignment(nn.Module):
             raise ValueError("model.align puts language inside the backbone, which then runs once per expression: "
                              f"set data.exprs_per_image=1 (it is {cfg['data']['exprs_per_image']})")
         return cls(m["d_model"], ctx.parts["backbone"].stage_channels, m["fusion"]["heads"], a["triple"], a["cam"],
-                   a["cam_pools"], ctx.parts["decoder"].num_queries)
+                   a["cam_pools"], ctx.parts["decoder"].num_queries, a["triple_pos"])
 
     def begin(self, words: torch.Tensor, word_pad: torch.Tensor) -> dict:
         """The state of one forward pass: the words, their padding and the queries (triple alignment)."""
@@ -156,7 +167,8 @@ class StageAlignment(nn.Module):
         s = str(self.STRIDES[i])
         if s in self.triple:
             b, c, h, w = x.shape
-            pos = sine_position(h, w, st["words"].shape[-1], x.device, x.dtype)
+            width = c if self.triple[s].pos_before_proj else st["words"].shape[-1]  # added to the pixels, or to Q / K
+            pos = sine_position(h, w, -(-width // 4) * 4, x.device, x.dtype)[:, :width]
             st["queries"], st["words"], pix = self.triple[s](st["queries"], self.query_pos.weight, st["words"], st["pad"],
                                                              x.flatten(2).transpose(1, 2), pos)
             x = pix.transpose(1, 2).reshape(b, c, h, w)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from .align import StageAlignment
 from .alignment_loss import AlignmentOutputs, alignment_loss
 from .backbone import Backbone
-from .cmpc import ProgressiveComprehension
+from .cmpc import ProgressiveComprehension, cmpc_level_loss
 from .criterion import (Criterion, LossSpec, loss_attr, loss_boxes, loss_coarse_masks, loss_masks, loss_proposals,
                         weights_boxes)
 from .decoder import QueryDecoder
@@ -61,6 +61,11 @@ def on(*path):
     return enabled
 
 
+def cmpc_on(cfg):
+    c = cfg["model"]["cmpc"]
+    return c["perception"] or c["exchange_rounds"]
+
+
 # The losses, in the order their terms are summed into ``total``.
 LOSS_SPECS = [
     ("boxes", LossSpec(loss_boxes, lambda cfg: True, weights_boxes)),
@@ -72,11 +77,15 @@ LOSS_SPECS = [
     ("mask_grounding", LossSpec(mask_grounding_loss, on("model", "mask_grounding", "enabled"),
                                 lambda cfg: {"mg": cfg["loss"]["mask_grounding"]})),
     ("alignment", LossSpec(alignment_loss, lambda cfg: bool(cfg["loss"]["align"]["p2p"] or cfg["loss"]["align"]["p2t"]),
-                           lambda cfg: {"cal_p2t": cfg["loss"]["align"]["p2t"], "cal_p2p": cfg["loss"]["align"]["p2p"]})),
+                           lambda cfg: {"cal_p2t": cfg["loss"]["align"]["p2t"], "cal_p2p": cfg["loss"]["align"]["p2p"]},
+                           needs_masks=True)),
     ("masks", LossSpec(loss_masks, on("loss", "mask"),
                        lambda cfg: {f"mask_{k}": w for k, w in cfg["loss"]["mask"].items()})),
     ("coarse_masks", LossSpec(loss_coarse_masks, lambda cfg: bool(cfg["model"]["segment_optimizer"] and cfg["loss"]["mask"]),
                               lambda cfg: {f"mask_{k}_coarse": w for k, w in cfg["loss"]["mask"].items()})),
+    ("cmpc_levels", LossSpec(cmpc_level_loss, lambda cfg: bool(cmpc_on(cfg) and cfg["model"]["cmpc"]["aux_masks"]),
+                             lambda cfg: {f"cmpc_bce_{s}": cfg["loss"]["cmpc_aux"] for s in (8, 16, 32)},
+                             needs_masks=True)),
 ]
 
 for _name, _builder in PARTS:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import upsampled_mask_loss_terms
+
 
 def coords(b: int, h: int, w: int, device, dtype) -> torch.Tensor:
     """CMPC's 8 coordinate channels (B, 8, h, w): x / y min, max, centre of each cell, 1/w, 1/h."""
@@ -122,12 +124,18 @@ class ProgressiveComprehension(nn.Module):
     """On the levels at strides 8, 16, 32: word types; entity perception M_l (``perception``);
     relation graph R_l (``graph_steps`` > 0, on M_l); F_l = ReLU(conv([M_l; R_l; q_ea; coords]));
     TGFE (``exchange_rounds`` > 0, on F_l, or on the levels themselves without perception). The
-    result, through a 1x1 conv per level, is added to each level."""
+    result, through a 1x1 conv per level, is added to each level. ``placement``: "memory" refines
+    the fusion memory before the proposals and the decoder read it (the box path uses it), "mask"
+    the fused levels of the mask branch only. ``aux_masks``: a 3x3 conv gives a mask from each F_l
+    (CMPC's per-level auxiliary maps), supervised by :func:`cmpc_level_loss`."""
 
     LEVELS = 3
 
-    def __init__(self, d: int, perception: bool, heads: int, graph_steps: int, exchange_rounds: int):
+    def __init__(self, d: int, perception: bool, heads: int, graph_steps: int, exchange_rounds: int,
+                 placement: str = "mask", aux_masks: bool = False):
         super().__init__()
+        if placement not in ("memory", "mask"):
+            raise ValueError(f"model.cmpc.placement must be memory or mask; got {placement!r}")
         if graph_steps and not perception:
             raise ValueError("model.cmpc.graph_steps needs model.cmpc.perception (the graph's nodes are its output)")
         if not (perception or exchange_rounds):
@@ -140,6 +148,10 @@ class ProgressiveComprehension(nn.Module):
             self.outputs = nn.ModuleList(nn.Sequential(nn.Conv2d(c, d, 1), nn.ReLU()) for _ in range(self.LEVELS))
         self.exchange = FeatureExchange(d, self.LEVELS, exchange_rounds) if exchange_rounds else None
         self.merge = nn.ModuleList(nn.Conv2d(d, d, 1) for _ in range(self.LEVELS))
+        self.aux = nn.ModuleList(nn.Conv2d(d, 1, 3, padding=1) for _ in range(self.LEVELS)) if aux_masks else None
+        self.placement = placement
+        self.active_hooks = ("refine_memory" if placement == "memory" else "refine_levels",) + \
+            (("training_outputs",) if aux_masks else ())
 
     @classmethod
     def from_config(cls, cfg: dict, ctx=None) -> "ProgressiveComprehension | None":
@@ -147,11 +159,29 @@ class ProgressiveComprehension(nn.Module):
         c = cfg["model"]["cmpc"]
         return cls(cfg["model"]["d_model"], **c) if c["perception"] or c["exchange_rounds"] else None
 
+    def refine_memory(self, memory: torch.Tensor, st) -> torch.Tensor:
+        """Hook (placement "memory"): the fusion memory (B, S, d), its levels refined with the fused
+        words before the proposals and the decoder read it."""
+        b, _, d = memory.shape
+        levels = [lvl.transpose(1, 2).reshape(b, d, h, w)
+                  for lvl, (h, w) in zip(memory.split([h * w for h, w in st.sizes], 1), st.sizes)]
+        return torch.cat([lvl.flatten(2).transpose(1, 2) for lvl in self.refine_levels(levels, st)], 1)
+
     def refine_levels(self, fused: list[torch.Tensor], st) -> list[torch.Tensor]:
-        """Hook (before the mask branch): the fused levels refined with the fused words."""
-        return self(fused, st.words, st.word_pad)
+        """Hook (placement "mask"): the fused levels refined with the fused words; the per-level
+        auxiliary masks (aux_masks) are kept for :meth:`training_outputs`."""
+        out, st.extras["cmpc_levels"] = self.levels_and_masks(fused, st.words, st.word_pad)
+        return out
+
+    def training_outputs(self, st) -> dict:
+        """Hook (aux_masks): ``cmpc_level_logits`` (3, B, h8, w8), each level's mask logits resized to stride 8."""
+        return {"cmpc_level_logits": st.extras.pop("cmpc_levels")}
 
     def forward(self, fused: list[torch.Tensor], words: torch.Tensor, word_pad: torch.Tensor) -> list[torch.Tensor]:
+        return self.levels_and_masks(fused, words, word_pad)[0]
+
+    def levels_and_masks(self, fused: list[torch.Tensor], words: torch.Tensor, word_pad: torch.Tensor):
+        """The refined levels, and (aux_masks) the per-level mask logits stacked at stride 8 (else None)."""
         p, q_ea, s = self.words(words, word_pad)
         feats = []
         for i, x in enumerate(fused[:self.LEVELS]):
@@ -163,6 +193,19 @@ class ProgressiveComprehension(nn.Module):
             m = self.perceive[i](x, xy, q_ea)
             parts = [m] + ([self.graphs[i](m, words, word_pad, p[..., 2])] if self.graphs is not None else [])
             feats.append(self.outputs[i](torch.cat(parts + [q_ea[:, :, None, None].expand(-1, -1, h, w), xy], 1)))
+        masks = None
+        if self.aux is not None:  # on F_l, before the exchange (CMPC's auxiliary heads)
+            size = feats[0].shape[-2:]
+            masks = torch.stack([F.interpolate(head(f), size=size, mode="bilinear", align_corners=False)[:, 0]
+                                 for head, f in zip(self.aux, feats)])
         if self.exchange is not None:
             feats = self.exchange(feats, s)
-        return [x + merge(f) for x, f, merge in zip(fused, feats, self.merge)] + list(fused[self.LEVELS:])
+        return [x + merge(f) for x, f, merge in zip(fused, feats, self.merge)] + list(fused[self.LEVELS:]), masks
+
+
+def cmpc_level_loss(crit, out: dict, batch: dict, ctx) -> dict:
+    """``cmpc_bce_8`` / ``_16`` / ``_32``: BCE of each level's auxiliary mask (upsampled to the input,
+    valid pixels), as CMPC supervises its per-level maps beside the final one."""
+    return {f"cmpc_bce_{stride}": upsampled_mask_loss_terms(logits, ctx.targets, ("bce",), valid=ctx.valid,
+                                                              num_masks=ctx.norm, alpha=crit.alpha, gamma=crit.gamma)["bce"]
+            for stride, logits in zip((8, 16, 32), out["cmpc_level_logits"])}

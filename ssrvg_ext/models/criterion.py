@@ -67,10 +67,12 @@ def box_to_mask(boxes_cxcywh: torch.Tensor, size: int) -> torch.Tensor:
 class LossSpec:
     """A loss the criterion can compute: ``compute(crit, out, batch, ctx) -> {term: tensor}``
     (unweighted), ``enabled(cfg)`` whether a config switches it on, ``weights(cfg)`` the weight of
-    each of its terms in ``total`` (a term without a weight, or of weight 0, is logged only)."""
+    each of its terms in ``total`` (a term without a weight, or of weight 0, is logged only);
+    ``needs_masks``: it reads the mask targets and the padding (``ctx.targets``, ``ctx.valid``)."""
     compute: Callable
     enabled: Callable[[dict], bool]
     weights: Callable[[dict], dict]
+    needs_masks: bool = False
 
 
 @dataclass
@@ -122,7 +124,7 @@ class Criterion(nn.Module):
         tgt = batch["boxes"]
         ctx = LossContext(global_count(tgt.shape[0], tgt.device),
                           batch["box_valid"].to(out["boxes"].dtype) if "box_valid" in batch else None)
-        if self.mask or "alignment" in self.losses:  # the mask targets (and the padding) of both
+        if self.mask or any(LOSSES.get(n).needs_masks for n in self.losses):  # the mask targets and the padding
             size = batch["images"].shape[-1]
             ctx.targets = box_to_mask(batch["boxes"], size) if self.loss_cfg["box_to_mask"] else batch["masks"]
             ctx.valid = padding_valid(batch["meta"], size, ctx.targets.device)
@@ -172,16 +174,21 @@ class Criterion(nn.Module):
 # -- the core losses (registered in .build) ------------------------------------------------------
 def loss_boxes(crit: Criterion, out: ModelOutputs, batch: Batch, ctx: LossContext) -> dict:
     """``l1`` / ``giou`` of the last layer's box, ``l1_<i>`` / ``giou_<i>`` of each earlier layer's and,
-    with model.decoder.mask_every_layer, ``mask_<name>_<i>`` of each earlier layer's mask (SegVG)."""
+    with model.decoder.mask_every_layer, ``mask_<name>_<i>`` of each earlier layer's mask (SegVG) and
+    ``mask_<name>_coarse_<i>`` of its coarse mask (SgMg's head)."""
     tgt = batch["boxes"].to(out["boxes"].dtype)
     last = crit.final_mask(out, ctx)[1] if crit.mask and crit.segvg_factor else None
     terms = crit.box_losses(out["boxes"], tgt, ctx.norm, crit.layer_factor(last, ctx))
     aux_masks = out.get("aux_mask_logits") if crit.mask else None
+    aux_coarse = out.get("aux_coarse_mask_logits") if crit.mask else None
     for i, aux in enumerate(out["aux_boxes"]):
         masks, factor = crit.mask_losses(aux_masks[i], ctx.targets, ctx.valid, ctx.norm) if aux_masks is not None \
             else ({}, None)
         terms.update({f"{k}_{i}": v for k, v in crit.box_losses(aux, tgt, ctx.norm, crit.layer_factor(factor, ctx)).items()})
         terms.update({f"mask_{k}_{i}": v for k, v in masks.items()})
+        if aux_coarse is not None:
+            coarse, _ = crit.mask_losses(aux_coarse[i], ctx.targets, ctx.valid, ctx.norm)
+            terms.update({f"mask_{k}_coarse_{i}": v for k, v in coarse.items()})
     return terms
 
 
@@ -192,6 +199,8 @@ def weights_boxes(cfg: dict) -> dict:
         w.update({f"l1_{i}": loss["aux"] * loss["l1"], f"giou_{i}": loss["aux"] * loss["giou"]})
         if cfg["model"]["decoder"]["mask_every_layer"]:
             w.update({f"mask_{name}_{i}": loss["aux"] * weight for name, weight in loss["mask"].items()})
+            if cfg["model"]["segment_optimizer"]:
+                w.update({f"mask_{name}_coarse_{i}": loss["aux"] * weight for name, weight in loss["mask"].items()})
     return w
 
 

@@ -62,9 +62,14 @@ class MultiGranularityHead(nn.Module):
 def mask_head_from_config(cfg: dict, ctx) -> MaskHead | MultiGranularityHead:
     """The model's mask head: :class:`~.heads.MaskHead` on the pixel decoder's map, or SgMg's
     segment-and-optimise head with model.segment_optimizer (its raw maps' channels from the backbone);
-    either without the box-relative coordinates under loss.box_to_mask."""
+    either with the box-relative coordinates as model.mask_box_coords says (auto: not under
+    loss.box_to_mask)."""
     m = cfg["model"]
-    coords = not cfg["loss"]["box_to_mask"]  # box-to-mask supervision: the mask must not see the box (SegVG)
+    coords = m["mask_box_coords"]
+    if coords not in ("auto", True, False):
+        raise ValueError(f"model.mask_box_coords must be auto, true or false; got {coords!r}")
+    if coords == "auto":
+        coords = not cfg["loss"]["box_to_mask"]  # box-to-mask supervision: the mask must not see the box (SegVG)
     if m["segment_optimizer"]:
         channels = ctx.parts["backbone"].stage_channels
         return MultiGranularityHead(m["d_model"], channels[1], channels[0], box_coords=coords)

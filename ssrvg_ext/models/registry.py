@@ -10,7 +10,7 @@ kept in registration order).
 
 Where a part joins the forward pass is its own business: a part that is not one of the model's
 fixed slots implements one or more of the hooks in :data:`HOOKS` (docs/design.md, "Adding a
-method").
+method"); a part whose config picks among them says which with an ``active_hooks`` attribute.
 """
 
 from __future__ import annotations
@@ -93,3 +93,4 @@ class ForwardState:
     words: Any = None               # (B, T, d) after the fusion encoder
     sentence: Any = None            # (B, d)
     pixels: Any = None              # the mask features the final mask was read from (B, C, h, w)
+    extras: dict = field(default_factory=dict)  # what a part's hook hands to its own later hook (this pass only)

@@ -63,7 +63,10 @@ class SSRVG(nn.Module):
             setattr(self, name, part)
             if part is None:
                 continue
-            hooks = [h for h in HOOKS if callable(getattr(part, h, None))]
+            hooks = getattr(part, "active_hooks", None) or [h for h in HOOKS if callable(getattr(part, h, None))]
+            unknown = [h for h in hooks if h not in HOOKS or not callable(getattr(part, h, None))]
+            if unknown:
+                raise TypeError(f"model part {name!r} ({type(part).__name__}) lists hooks it does not have: {unknown}")
             if not hooks:
                 raise TypeError(f"model part {name!r} ({type(part).__name__}) defines none of the hooks {HOOKS}: "
                                 "nothing would call it")
@@ -75,10 +78,10 @@ class SSRVG(nn.Module):
         """The bound ``name`` hooks of the parts that define it, in registration order."""
         return [getattr(getattr(self, p), name) for p in self.hook_parts[name]]
 
-    def encode(self, images, text_ids, text_mask, image_index=None):
+    def encode(self, images, text_ids, text_mask, image_index=None, labels: bool = True):
         """Backbone and text encoder: the stride-4 map, the levels, the words, the sentence, the
-        aligned queries (None without triple alignment), the object-label logits (training) and the
-        raw backbone features at strides 4 and 8 (SgMg's optimiser; else None)."""
+        aligned queries (None without triple alignment), the object-label logits (training, when
+        ``labels``) and the raw backbone features at strides 4 and 8 (SgMg's optimiser; else None)."""
         words = sentence = queries = rewrite = None
         if self.align is not None:  # language enters the backbone: the text goes first
             if image_index is not None:
@@ -90,7 +93,7 @@ class SSRVG(nn.Module):
         if self.align is not None:
             words, queries = self.align.end(state)
         attr_logits = None
-        if self.attr_head is not None and self.training and not self.hook_parts["refine_memory"]:
+        if self.attr_head is not None and self.training and labels:
             attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in maps[:2]], 2).transpose(1, 2)
         if image_index is not None:
             f4, maps = (f4[image_index] if f4 is not None else None), [m[image_index] for m in maps]
@@ -105,7 +108,7 @@ class SSRVG(nn.Module):
         backbone runs again, so that no word of the first expression reaches the levels."""
         if self.align is None:
             return maps, self.text(ids, text_mask)[0]
-        _, levels, words, *_ = self.encode(images, ids, text_mask, image_index)
+        _, levels, words, *_ = self.encode(images, ids, text_mask, image_index, labels=False)
         return levels, words
 
     def mask_features(self, fused, f4, raw):
@@ -133,7 +136,10 @@ class SSRVG(nn.Module):
         which the temporal parts connect; None: independent images. Returns
         :class:`~ssrvg_ext.structures.ModelOutputs` (which keys, their shapes, when present)."""
         st = ForwardState(text_ids, text_mask, ~text_mask, clip_len, masks if self.training else None)
-        f4, maps, words, sentence, aligned, attr_logits, raw = self.encode(images, text_ids, text_mask, image_index)
+        # clips with parts on the memory (the temporal layers): the object labels are read after them
+        late_labels = bool(clip_len) and bool(self.hook_parts["refine_memory"])
+        f4, maps, words, sentence, aligned, attr_logits, raw = self.encode(images, text_ids, text_mask, image_index,
+                                                                           labels=not late_labels)
         st.reencode = partial(self.reencode, images, text_mask, image_index, maps)
         d = maps[0].shape[1]
         pos = torch.cat([sine_position(*m.shape[-2:], d, m.device, m.dtype) + self.level_embed[i]
@@ -147,7 +153,7 @@ class SSRVG(nn.Module):
         queries, boxes = self.decoder(sentence, words, st.word_pad, memory, shapes, starts,
                                       prop["best_box"] if prop else None, prop["best_feature"] if prop else None, aligned)
         fused = [lvl.transpose(1, 2).reshape(m.shape) for lvl, m in zip(memory.split([h * w for h, w in sizes], 1), maps)]
-        if clip_len and self.hook_parts["refine_memory"] and self.attr_head is not None and self.training:
+        if late_labels and self.attr_head is not None and self.training:
             # clips: the labels (a motion among them) are read from the memory after the temporal layers
             attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in fused[:2]], 2).transpose(1, 2)
         for hook in self.hooks("refine_levels"):
@@ -160,8 +166,11 @@ class SSRVG(nn.Module):
         out: ModelOutputs = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
         if coarse is not None and self.training:
             out["coarse_mask_logits"] = coarse
-        if self.mask_every_layer and self.training:  # SegVG: every decoder layer also predicts the mask
-            out["aux_mask_logits"] = torch.stack([self.masks(q, b, features)[0] for q, b in zip(queries[:-1], boxes[:-1])])
+        if self.mask_every_layer and self.training:  # SegVG, SgMg: every decoder layer also predicts the mask
+            aux = [self.masks(q, b, features) for q, b in zip(queries[:-1], boxes[:-1])]
+            out["aux_mask_logits"] = torch.stack([a[0] for a in aux])
+            if coarse is not None:  # SgMg: and its coarse mask
+                out["aux_coarse_mask_logits"] = torch.stack([a[1] for a in aux])
         if attr_logits is not None:
             out["attr_logits"] = attr_logits
             out["attr_points"] = torch.cat([token_centres(*m.shape[-2:], m.device) for m in maps[:2]])
