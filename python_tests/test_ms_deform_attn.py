@@ -89,6 +89,28 @@ def test_many_queries_and_rec_sized(rng):
         torch.testing.assert_close(ms_deform_attn(*args), reference.ms_deform_attn(*args), rtol=1e-5, atol=1e-5)
 
 
+def test_in_place_and_copied_value_paths_agree_bitwise(rng):
+    """A few queries read value in place; many queries copy each (batch, head) slice first (the CPU
+    kernel picks by the number of samples against the slice's rows). The same queries give the
+    same output, location and weight gradients either way, bit for bit, and value gradients that
+    add up."""
+    shapes = torch.tensor([[10, 10], [5, 5], [3, 3], [1, 1]])  # S = 135 rows per slice
+    starts = torch.tensor([0, 100, 125, 134])
+    value = torch.randn(2, 135, 4, 16, generator=rng)
+    loc, attn = locations(rng, 2, 3, 4, 4, 2, shapes), torch.rand(2, 3, 4, 4, 2, generator=rng)
+    big = 64  # 4 * 64 * 4 * 2 samples >= S: the copied path
+    loc_big = torch.cat([loc, locations(rng, 2, big - 3, 4, 4, 2, shapes)], 1)
+    attn_big = torch.cat([attn, torch.rand(2, big - 3, 4, 4, 2, generator=rng)], 1)
+    grad = torch.randn(2, 3, 64, generator=rng)
+    grad_big = torch.cat([grad, torch.zeros(2, big - 3, 64)], 1)
+    out, grads = run(ms_deform_attn, value, shapes, starts, loc, attn, grad)
+    out_big, grads_big = run(ms_deform_attn, value, shapes, starts, loc_big, attn_big, grad_big)
+    assert 4 * 3 * 4 * 2 < value.shape[1] <= 4 * big * 4 * 2, "the two calls must take the two paths"
+    assert torch.equal(out, out_big[:, :3])
+    assert torch.equal(grads[1], grads_big[1][:, :3]) and torch.equal(grads[2], grads_big[2][:, :3])
+    torch.testing.assert_close(grads[0], grads_big[0], rtol=0, atol=0)
+
+
 def test_gradcheck_float64(rng):
     for d, nl, p in [(3, 2, 2), (5, 1, 3), (2, 3, 1)]:
         value, shapes, starts, _, attn = make(rng, 2, 3, 2, d, nl, p, dtype=torch.float64)

@@ -3,6 +3,11 @@
 // Work is split over (batch, head) pairs: grad_value[n, :, m, :] only receives contributions from
 // queries of batch n and head m, so each task owns its slice of grad_value outright. The backward
 // needs no atomics and no per-thread copies, and is bit-identical whatever the thread count.
+// A task copies its value slice into a compact buffer (and accumulates its gradient there) only when
+// its queries read about as many rows as the slice has (the encoder: every pixel is a query); with
+// few queries (the decoder: 32 queries on maps of thousands of pixels) the copy would cost more than
+// the sampling, so the task reads value and writes grad_value in place, rows M*D apart. Both orders
+// of arithmetic are the same: the results are bit-identical either way.
 // The sampling math is done once per (query, head, level, point) and shared by the D channels,
 // whose loops are contiguous and vectorise. float16/bfloat16 inputs are computed in float32.
 
@@ -40,19 +45,53 @@ void copy_slice(const T* value, const Dims& d, int64_t n, int64_t m, T* out) {
   }
 }
 
+// Whether a task copies its slice: when its samples' corner reads (4 per sample) reach the slice's rows.
+bool copies_slice(const Dims& d) { return 4 * d.Lq * d.L * d.P >= d.S; }
+
+// Reading value in place, the rows a query samples are scattered over the whole tensor and each
+// read is a cache miss: before a query is computed, the rows of the next one are requested
+// (software prefetch of every corner row), so that its misses overlap this query's work.
+template <typename T>
+inline void prefetch_query(const T* rows, int64_t rs, const T* loc, const std::vector<int64_t>& lv, const Dims& d,
+                           int64_t qm) {
+#if defined(__GNUC__)
+  for (int64_t l = 0; l < d.L; ++l) {
+    const int64_t H = lv[3 * l], W = lv[3 * l + 1];
+    const T* vbase = rows + lv[3 * l + 2] * rs;
+    for (int64_t p = 0; p < d.P; ++p) {
+      const int64_t sidx = (qm * d.L + l) * d.P + p;
+      const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
+      for (int k = 0; k < 4; ++k) {
+        if (!c.inside(k, H, W)) continue;
+        const T* v = vbase + c.offset(k, W) * rs;
+        for (int64_t b = 0; b < d.D * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(reinterpret_cast<const char*>(v) + b);
+      }
+    }
+  }
+#endif
+}
+
 template <typename T>
 void forward_kernel(const T* value, const T* loc, const T* attn, const std::vector<int64_t>& lv, const Dims& d, T* out) {
+  const bool copy = copies_slice(d);
+  const int64_t rs = copy ? d.D : d.M * d.D;  // distance between the rows the task reads
   at::parallel_for(0, d.N * d.M, 1, [&](int64_t s, int64_t e) {
-    std::vector<T> acc(d.D), slice(d.S * d.D);
+    std::vector<T> acc(d.D), slice(copy ? d.S * d.D : 0);
     for (int64_t task = s; task < e; ++task) {
       const int64_t n = task / d.M, m = task % d.M;
-      copy_slice(value, d, n, m, slice.data());
+      const T* rows = value + (n * d.S * d.M + m) * d.D;  // row r of value[n, :, m, :] at rows + r * M * D
+      if (copy) {
+        copy_slice(value, d, n, m, slice.data());
+        rows = slice.data();
+      }
+      if (!copy && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
       for (int64_t q = 0; q < d.Lq; ++q) {
         std::fill(acc.begin(), acc.end(), T(0));
         const int64_t qm = (n * d.Lq + q) * d.M + m;  // index of (n, q, m)
+        if (!copy && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
         for (int64_t l = 0; l < d.L; ++l) {
           const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
-          const T* vbase = slice.data() + start * d.D;
+          const T* vbase = rows + start * rs;
           for (int64_t p = 0; p < d.P; ++p) {
             const int64_t sidx = (qm * d.L + l) * d.P + p;
             const T a = attn[sidx];
@@ -60,7 +99,7 @@ void forward_kernel(const T* value, const T* loc, const T* attn, const std::vect
             for (int k = 0; k < 4; ++k) {
               if (!c.inside(k, H, W)) continue;
               const T wgt = a * c.weight(k);
-              const T* v = vbase + c.offset(k, W) * d.D;
+              const T* v = vbase + c.offset(k, W) * rs;
               T* __restrict__ o = acc.data();
               for (int64_t ch = 0; ch < d.D; ++ch) o[ch] += wgt * v[ch];
             }
@@ -75,18 +114,28 @@ void forward_kernel(const T* value, const T* loc, const T* attn, const std::vect
 template <typename T>
 void backward_kernel(const T* value, const T* loc, const T* attn, const T* grad_out, const std::vector<int64_t>& lv,
                      const Dims& d, T* grad_value, T* grad_loc, T* grad_attn) {
+  const bool copy = copies_slice(d);
+  const int64_t rs = copy ? d.D : d.M * d.D;
   at::parallel_for(0, d.N * d.M, 1, [&](int64_t s, int64_t e) {
-    std::vector<T> slice(d.S * d.D), gslice(d.S * d.D);
+    std::vector<T> slice(copy ? d.S * d.D : 0), gslice(copy ? d.S * d.D : 0);
     for (int64_t task = s; task < e; ++task) {
       const int64_t n = task / d.M, m = task % d.M;
-      copy_slice(value, d, n, m, slice.data());
-      std::fill(gslice.begin(), gslice.end(), T(0));
+      const T* rows = value + (n * d.S * d.M + m) * d.D;
+      T* grows = grad_value + (n * d.S * d.M + m) * d.D;  // zero-filled by the caller
+      if (copy) {
+        copy_slice(value, d, n, m, slice.data());
+        std::fill(gslice.begin(), gslice.end(), T(0));
+        rows = slice.data();
+        grows = gslice.data();
+      }
+      if (!copy && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
       for (int64_t q = 0; q < d.Lq; ++q) {
         const int64_t qm = (n * d.Lq + q) * d.M + m;
         const T* g = grad_out + qm * d.D;
+        if (!copy && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
         for (int64_t l = 0; l < d.L; ++l) {
           const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
-          const int64_t base = start * d.D;
+          const int64_t base = start * rs;
           for (int64_t p = 0; p < d.P; ++p) {
             const int64_t sidx = (qm * d.L + l) * d.P + p;
             const T a = attn[sidx];
@@ -94,9 +143,9 @@ void backward_kernel(const T* value, const T* loc, const T* attn, const T* grad_
             T g_attn = 0, g_x = 0, g_y = 0;
             for (int k = 0; k < 4; ++k) {
               if (!c.inside(k, H, W)) continue;
-              const int64_t off = base + c.offset(k, W) * d.D;
-              const T* __restrict__ v = slice.data() + off;
-              T* __restrict__ gv = gslice.data() + off;
+              const int64_t off = base + c.offset(k, W) * rs;
+              const T* __restrict__ v = rows + off;
+              T* __restrict__ gv = grows + off;
               const T wa = a * c.weight(k);
               const T dot = dot8(v, g, d.D);
               for (int64_t ch = 0; ch < d.D; ++ch) gv[ch] += wa * g[ch];
@@ -110,8 +159,9 @@ void backward_kernel(const T* value, const T* loc, const T* attn, const T* grad_
           }
         }
       }
-      for (int64_t r = 0; r < d.S; ++r)  // this task owns grad_value[n, :, m, :]
-        std::copy(gslice.data() + r * d.D, gslice.data() + (r + 1) * d.D, grad_value + ((n * d.S + r) * d.M + m) * d.D);
+      if (copy)  // this task owns grad_value[n, :, m, :]
+        for (int64_t r = 0; r < d.S; ++r)
+          std::copy(gslice.data() + r * d.D, gslice.data() + (r + 1) * d.D, grad_value + ((n * d.S + r) * d.M + m) * d.D);
     }
   });
 }
