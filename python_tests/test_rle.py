@@ -371,3 +371,24 @@ def test_issue_examples_of_empty_runs():
             assert rle.iou([r], [r]).item() == 1.0
             # Leading empty runs: the box of the one pixel at column 1, row 0 of a 3x3 mask.
             assert rle.to_bbox([{"size": [3, 3], "counts": [0, 0, 3, 1, 5]}]).tolist() == [[1.0, 0.0, 1.0, 1.0]]
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 13), (13, 1), (7, 8), (9, 17), (31, 40), (64, 3)])
+def test_encode_every_layout_and_foreground_value(rng, h, w):
+    """The CPU encoder's three ways in -- a row-major tensor (rows compared 8 pixels at a time), a
+    Fortran-ordered H x W x N array seen as (N, H, W) (one linear scan, no copy), any other strides
+    (made row-major) -- give pycocotools' bytes, with foreground bytes other than 1 and bool masks."""
+    for kind in ("blobs", "noise"):
+        base = random_masks(rng, 5, h, w, kind)
+        values = torch.tensor([0, 1, 7, 255], dtype=torch.uint8)[torch.randint(1, 4, (5, h, w), generator=rng)]
+        masks = torch.where(base.bool(), values, torch.zeros_like(values))
+        want = [r["counts"] for r in coco_encode(base)]
+        fortran = np.asfortranarray(masks.permute(1, 2, 0).numpy())
+        wide = torch.zeros(5, h, 2 * w, dtype=torch.uint8)
+        wide[:, :, ::2] = masks
+        for name, m in {"row-major": masks, "bool": masks.bool(),
+                        "fortran view": torch.from_numpy(fortran).permute(2, 0, 1),
+                        "strided": wide[:, :, ::2]}.items():
+            got = rle.encode(m)
+            assert [r["counts"] for r in got] == want, (name, kind)
+            assert all(tuple(r["size"]) == (h, w) for r in got)

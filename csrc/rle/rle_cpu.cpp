@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -54,32 +55,101 @@ std::tuple<at::Tensor, at::Tensor> pack(const std::vector<std::vector<T>>& parts
 }
 
 // ---------------------------------------------------------------------------------------------
+// Encoding. COCO's RLE runs over the pixels in column-major order, starting with a background run.
+// Two layouts are read without a copy, 8 pixels per step: a mask whose columns are contiguous
+// (a Fortran-ordered H x W x N array seen as (N, H, W), pycocotools' own layout) is one linear
+// scan; a row-major mask (what models produce) is compared row against row above, and the
+// positions where a pixel differs from the one above it (and the first pixel of each column from
+// the last pixel of the column before) are sorted into column-major order. Other strides are made
+// row-major first. "Differs" is between foreground (any nonzero byte) and background.
+
+constexpr uint64_t kOnes = 0x0101010101010101ULL, kHigh = 0x8080808080808080ULL, kLow7 = 0x7F7F7F7F7F7F7F7FULL;
+
+inline uint64_t load8(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+// High bit of each byte set where the byte is nonzero.
+inline uint64_t nonzero_bytes(uint64_t v) { return (((v & kLow7) + kLow7) | v) & kHigh; }
+inline bool has_zero_byte(uint64_t v) { return ((v - kOnes) & ~v & kHigh) != 0; }
+
+// Runs of ``len`` pixels stored contiguously in RLE order.
+void runs_linear(const uint8_t* p, int64_t len, std::vector<int64_t>& out) {
+  bool fg = false;
+  int64_t k = 0, start = 0;
+  while (k < len) {
+    if (!fg) {
+      while (k + 8 <= len && load8(p + k) == 0) k += 8;
+      while (k < len && p[k] == 0) ++k;
+    } else {
+      while (k + 8 <= len && !has_zero_byte(load8(p + k))) k += 8;
+      while (k < len && p[k] != 0) ++k;
+    }
+    out.push_back(k - start);
+    start = k;
+    fg = !fg;
+  }
+  if (len == 0) out.push_back(0);
+}
+
+// Runs of an h x w row-major mask; ``ev`` and ``col`` are scratch buffers.
+void runs_row_major(const uint8_t* d, int64_t h, int64_t w, std::vector<int64_t>& out, std::vector<int64_t>& ev,
+                    std::vector<int64_t>& sorted, std::vector<int64_t>& col) {
+  ev.clear();  // (x, y) pairs of every change, in row order
+  const uint8_t* top = d;
+  for (int64_t x = 0; x < w; ++x) {  // row 0: against the last pixel of the column before
+    const bool above = x > 0 && d[(h - 1) * w + x - 1] != 0;
+    if ((top[x] != 0) != above) ev.push_back(x), ev.push_back(0);
+  }
+  for (int64_t y = 1; y < h; ++y) {
+    const uint8_t* a = d + y * w;
+    const uint8_t* b = a - w;
+    int64_t x = 0;
+    for (; x + 8 <= w; x += 8) {
+      uint64_t t = nonzero_bytes(load8(a + x)) ^ nonzero_bytes(load8(b + x));
+      while (t) {
+        ev.push_back(x + (__builtin_ctzll(t) >> 3)), ev.push_back(y);
+        t &= t - 1;
+      }
+    }
+    for (; x < w; ++x)
+      if ((a[x] != 0) != (b[x] != 0)) ev.push_back(x), ev.push_back(y);
+  }
+  // counting sort by column (stable: rows stay in order), into linear positions x * h + y
+  const int64_t ne = static_cast<int64_t>(ev.size()) / 2;
+  col.assign(w + 1, 0);
+  for (int64_t i = 0; i < ne; ++i) ++col[ev[2 * i] + 1];
+  for (int64_t x = 0; x < w; ++x) col[x + 1] += col[x];
+  sorted.resize(ne);
+  for (int64_t i = 0; i < ne; ++i) sorted[col[ev[2 * i]]++] = ev[2 * i] * h + ev[2 * i + 1];
+  int64_t last = 0;
+  for (int64_t i = 0; i < ne; ++i) {
+    out.push_back(sorted[i] - last);
+    last = sorted[i];
+  }
+  out.push_back(h * w - last);
+}
+
 std::tuple<at::Tensor, at::Tensor> rle_encode_cpu(const at::Tensor& masks_in) {
   check_masks(masks_in, "masks");
-  const at::Tensor masks = masks_in.contiguous();
-  const int64_t n = masks.size(0), h = masks.size(1), w = masks.size(2);
+  const int64_t n = masks_in.size(0), h = masks_in.size(1), w = masks_in.size(2);
+  // columns contiguous (a Fortran-ordered array): scanned in place; otherwise row-major
+  const bool columns = h > 0 && w > 0 && masks_in.stride(1) == 1 && (w == 1 || masks_in.stride(2) == h);
+  const at::Tensor masks = columns ? masks_in : masks_in.contiguous();
   const uint8_t* data = static_cast<const uint8_t*>(masks.data_ptr());
+  const int64_t mask_stride = columns ? masks.stride(0) : h * w;
   std::vector<std::vector<int64_t>> runs(n);
   at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    std::vector<int64_t> ev, sorted, col;
     for (int64_t i = b; i < e; ++i) {
-      const uint8_t* d = data + i * h * w;
-      std::vector<int64_t>& out = runs[i];
-      out.reserve(64);
-      bool prev = false;
-      int64_t run = 0;
-      for (int64_t x = 0; x < w; ++x) {
-        const uint8_t* col = d + x;
-        for (int64_t y = 0; y < h; ++y) {
-          const bool v = col[y * w] != 0;
-          if (v != prev) {
-            out.push_back(run);
-            run = 0;
-            prev = v;
-          }
-          ++run;
-        }
-      }
-      out.push_back(run);
+      runs[i].reserve(64);
+      if (columns)
+        runs_linear(data + i * mask_stride, h * w, runs[i]);
+      else if (h == 0 || w == 0)
+        runs[i].push_back(0);
+      else
+        runs_row_major(data + i * mask_stride, h, w, runs[i], ev, sorted, col);
     }
   });
   return pack(runs, at::kLong);
@@ -360,12 +430,38 @@ at::Tensor rle_merge_cpu(const at::Tensor& counts_in, const at::Tensor& offsets_
   return out;
 }
 
-// Intersection (pixels foreground in both) of two same-size valid RLEs.
-int64_t rle_intersection(const Rle& A, const Rle& B) {
+// The foreground runs of an RLE as sorted half-open pixel intervals [s, e) (empty runs left out).
+struct Intervals {
+  std::vector<int64_t> s, e;
+};
+
+Intervals foreground_intervals(const Rle& r) {
+  Intervals out;
+  int64_t pos = 0;
+  for (int64_t j = 0; j < r.m; ++j) {
+    const int64_t c = r.cnts[j];
+    if ((j & 1) && c > 0) {
+      out.s.push_back(pos);
+      out.e.push_back(pos + c);
+    }
+    pos += c;
+  }
+  return out;
+}
+
+// Pixels in both interval lists within [lo, hi): binary search to lo, then a merge until hi.
+int64_t overlap_in(const Intervals& A, const Intervals& B, int64_t lo, int64_t hi) {
+  size_t i = std::upper_bound(A.e.begin(), A.e.end(), lo) - A.e.begin();
+  size_t j = std::upper_bound(B.e.begin(), B.e.end(), lo) - B.e.begin();
   int64_t inter = 0;
-  walk_pair(A, B, [&](bool va, bool vb, int64_t len) {
-    if (va && vb) inter += len;
-  });
+  while (i < A.s.size() && j < B.s.size() && A.s[i] < hi && B.s[j] < hi) {
+    const int64_t a = std::max(A.s[i], B.s[j]), b = std::min(A.e[i], B.e[j]);
+    if (b > a) inter += b - a;
+    if (A.e[i] < B.e[j])
+      ++i;
+    else
+      ++j;
+  }
   return inter;
 }
 
@@ -394,6 +490,17 @@ at::Tensor rle_iou_cpu(const at::Tensor& dc, const at::Tensor& doff, const at::T
     darea[d] = area_of(dt[d]);
   }
   for (int64_t g = 0; g < n; ++g) bbox_of(gt[g], gb.data() + 4 * g);
+  // Foreground intervals of every RLE, once: a pair then only merges the runs of the columns both
+  // boxes cover (outside them one of the masks is empty), instead of walking both RLEs whole.
+  std::vector<Intervals> di(m), gi(n);
+  at::parallel_for(0, m + n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      if (k < m)
+        di[k] = foreground_intervals(dt[k]);
+      else
+        gi[k - m] = foreground_intervals(gt[k - m]);
+    }
+  });
   at::Tensor out = at::zeros({m, n}, at::kDouble);
   double* o = out.data_ptr<double>();
   at::parallel_for(0, m, 1, [&](int64_t b, int64_t e) {
@@ -415,7 +522,9 @@ at::Tensor rle_iou_cpu(const at::Tensor& dc, const at::Tensor& doff, const at::T
           o[d * n + g] = -1;
           continue;
         }
-        const int64_t inter = rle_intersection(dt[d], gt[g]);
+        const int64_t h = dt[d].h;
+        const int64_t x0 = static_cast<int64_t>(std::max(D[0], G[0])), x1 = static_cast<int64_t>(std::min(D[0] + D[2], G[0] + G[2]));
+        const int64_t inter = overlap_in(di[d], gi[g], x0 * h, x1 * h);
         int64_t uni;
         if (inter == 0) {
           uni = 1;
