@@ -87,6 +87,15 @@ def test_mask_stats_batch_equals_per_expression_stats(rng, device):
     got = mask_stats_batch(preds, gts)
     want = [mask_stats(cocomask.encode(np.asfortranarray(p.cpu().numpy())), g) for p, g in zip(preds, gts)]
     assert got == want
+    # the CPU path from the predictions' own RLEs, a few pairs per IoU call
+    from ssrvg_ext.ops import rle
+
+    big = [(torch.rand(48, 64, generator=rng) < 0.5).to(torch.uint8) for _ in range(7)]
+    big_gts = [cocomask.encode(np.asfortranarray((torch.rand(48, 64, generator=rng) < 0.3).to(torch.uint8).numpy()))
+               for _ in range(7)]
+    exact = [(int((p.bool() & torch.from_numpy(cocomask.decode(g)).bool()).sum()),
+              int((p.bool() | torch.from_numpy(cocomask.decode(g)).bool()).sum())) for p, g in zip(big, big_gts)]
+    assert mask_stats_batch(big, big_gts, rle.encode(torch.stack(big)), chunk=2) == exact
     with pytest.raises(ValueError, match="ground truth"):
         mask_stats_batch([preds[0]], [gts[1]])
 

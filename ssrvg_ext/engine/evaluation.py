@@ -70,7 +70,8 @@ class GroundingEvaluator(DatasetEvaluator):
         rles = rle.encode(torch.stack(masks)) if len({tuple(m.shape) for m in masks}) == 1 else [rle.encode(m) for m in masks]
         recs = [self.dataset.records[meta["index"]] for meta in batch["meta"]]
         with_mask = [i for i, rec in enumerate(recs) if not rec.box_only]
-        stats = dict(zip(with_mask, mask_stats_batch([masks[i] for i in with_mask], [recs[i].rle for i in with_mask])))
+        stats = dict(zip(with_mask, mask_stats_batch([masks[i] for i in with_mask], [recs[i].rle for i in with_mask],
+                                                     [rles[i] for i in with_mask])))
         for i, (p, r, meta, rec) in enumerate(zip(predictions, rles, batch["meta"], recs)):
             inter, union = stats.get(i, (None, None))
             self.mine[meta["index"]] = {"sent_id": rec.sent_id, "text": meta["text"],
