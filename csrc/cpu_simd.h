@@ -26,14 +26,15 @@ inline double sum8(const T* x, int64_t n) {
   return s;
 }
 
-template <typename T>
-inline T dot8(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+// a may be stored narrower (bfloat16, half) than the math type T of b: widened element by element.
+template <typename A, typename T>
+inline T dot8(const A* __restrict__ a, const T* __restrict__ b, int64_t n) {
   T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
+    for (int k = 0; k < 8; ++k) acc[k] += static_cast<T>(a[i + k]) * b[i + k];
   T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < n; ++i) s += a[i] * b[i];
+  for (; i < n; ++i) s += static_cast<T>(a[i]) * b[i];
   return s;
 }
 
