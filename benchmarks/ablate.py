@@ -7,9 +7,12 @@ A variant is a preset, optionally followed by config overrides after commas
 (``configs/methods/segvg.yaml,loss.box_to_mask=false``). Every variant trains with every seed
 (train.seed; the same data and the same number of epochs),
 one run at a time, then is evaluated on val and testB (ssrvg-train / ssrvg-eval, as a user would).
-Prints one markdown table: per variant and seed, then mean and spread (max - min) over the seeds:
-val and testB Acc@0.5 / mIoU / oIoU, seconds per epoch, parameters. Runs already finished (their
-eval JSONs exist) are not repeated.
+Prints one markdown table: per variant and seed, then mean ± standard deviation over the seeds
+(sample std; half-range for 2 seeds): val and testB Acc@0.5 / mIoU / oIoU, Prec@0.9, and Acc@0.5 on
+the relational and ordinal expressions (the embedded set names each expression's form), seconds per
+epoch, parameters. --paired VARIANT adds, per other variant, the mean ± std of its per-seed
+difference from VARIANT (the same seed: the same data order and initial draws where the presets
+share parts). Runs already finished (their eval JSONs exist) are not repeated.
 """
 
 import argparse
@@ -19,7 +22,21 @@ import statistics
 import subprocess
 import sys
 
-COLS = [("val", "Acc@0.5"), ("val", "mIoU"), ("val", "oIoU"), ("testB", "Acc@0.5"), ("testB", "mIoU"), ("testB", "oIoU")]
+COLS = [("val", "Acc@0.5"), ("val", "mIoU"), ("val", "oIoU"), ("val", "Prec@0.9"), ("val", "Acc@0.5[rel]"),
+        ("val", "Acc@0.5[ordinal]"), ("testB", "Acc@0.5"), ("testB", "mIoU"), ("testB", "oIoU"),
+        ("testB", "Acc@0.5[rel]"), ("testB", "Acc@0.5[ordinal]")]
+
+
+def spread(xs: list[float]) -> tuple[float, float, str]:
+    """(mean, sample std or half-range, its name) of the per-seed values."""
+    if len(xs) >= 3:
+        return statistics.mean(xs), statistics.stdev(xs), "std"
+    return statistics.mean(xs), (max(xs) - min(xs)) / 2, "half-range"
+
+
+def cell(r: dict, split: str, metric: str) -> float | None:
+    v = r[split].get(metric)
+    return None if v is None else 100 * v
 
 
 def run(cmd: list[str]) -> None:
@@ -57,24 +74,49 @@ def main():
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--data", default="data/synthetic")
     p.add_argument("--out", default="runs/ablate")
+    p.add_argument("--paired", default=None, help="the baseline variant (as given in --variants) for paired differences")
     a = p.parse_args()
     if not os.path.isfile(os.path.join(a.data, "instances.json")):
         run([sys.executable, "-m", "ssrvg_ext.cli.make_synthetic", "--out", a.data])
     rows = [one(v, s, a) for s in a.seeds for v in a.variants]  # seeds outermost: variants alternate
     head = "| variant | seed | " + " | ".join(f"{s} {m}" for s, m in COLS) + " | s / epoch | params (M) |"
+    assert a.paired is None or a.paired in a.variants, "--paired must name one of --variants"
     print(head)
     print("|" + "---|" * (len(COLS) + 4))
     for r in rows:
-        print(f"| {r['variant']} | {r['seed']} | " + " | ".join(f"{100 * r[s][m]:.2f}" for s, m in COLS)
+        print(f"| {r['variant']} | {r['seed']} | " + " | ".join("-" if cell(r, s, m) is None else f"{cell(r, s, m):.2f}"
+                                                              for s, m in COLS)
               + f" | {r['s_per_epoch']:.0f} | {r['params_M']:.3f} |")
-    for v in dict.fromkeys(r["variant"] for r in rows):
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    for v in names:
         rs = [r for r in rows if r["variant"] == v]
-        cells = []
+        cells, kind = [], "half-range"
         for s, m in COLS:
-            xs = [100 * r[s][m] for r in rs]
-            cells.append(f"{statistics.mean(xs):.2f} ± {(max(xs) - min(xs)) / 2:.2f}")
-        print(f"| **{v}** mean ± half-range | {len(rs)} seeds | " + " | ".join(cells)
+            xs = [cell(r, s, m) for r in rs if cell(r, s, m) is not None]
+            if not xs:
+                cells.append("-")
+                continue
+            mean, sd, kind = spread(xs)
+            cells.append(f"{mean:.2f} ± {sd:.2f}")
+        print(f"| **{v}** mean ± {kind} | {len(rs)} seeds | " + " | ".join(cells)
               + f" | {statistics.mean(r['s_per_epoch'] for r in rs):.0f} | {rs[0]['params_M']:.3f} |")
+    if a.paired:
+        base_name = names[a.variants.index(a.paired)]
+        base = {r["seed"]: r for r in rows if r["variant"] == base_name}
+        for v in names:
+            if v == base_name:
+                continue
+            rs = [r for r in rows if r["variant"] == v]
+            cells, kind = [], "half-range"
+            for s, m in COLS:
+                xs = [cell(r, s, m) - cell(base[r["seed"]], s, m) for r in rs
+                      if cell(r, s, m) is not None and cell(base[r["seed"]], s, m) is not None]
+                if not xs:
+                    cells.append("-")
+                    continue
+                mean, sd, kind = spread(xs)
+                cells.append(f"{mean:+.2f} ± {sd:.2f}")
+            print(f"| {v} - {base_name}, paired, mean ± {kind} | {len(rs)} seeds | " + " | ".join(cells) + " | | |")
 
 
 if __name__ == "__main__":

@@ -112,9 +112,11 @@ def test_every_expression_refers_to_exactly_one_object(synth):
         for s in r["sentences"]:
             found = interpret(s["sent"], by_image[r["image_id"]], cats)
             assert [a["id"] for a in found] == [r["ann_id"]], s["sent"]
-            kinds.add("rel" if " of " in s["sent"] or "above" in s["sent"] or "below" in s["sent"] else
-                      "ord" if "from the" in s["sent"] or "most" in s["sent"] else "attr")
-    assert kinds == {"rel", "ord", "attr"}
+            kind = ("rel" if " of " in s["sent"] or "above" in s["sent"] or "below" in s["sent"] else
+                    "ordinal" if "from the" in s["sent"] or "most" in s["sent"] else "attr")
+            assert s["kind"] == kind, s["sent"]  # the form the generator writes beside each expression
+            kinds.add(kind)
+    assert kinds == {"rel", "ordinal", "attr"}
 
 
 def test_generation_is_deterministic_for_any_number_of_processes(tmp_path):

@@ -159,6 +159,12 @@ def test_train_eval_demo_end_to_end(data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.load(open(tmp_path / "ev.json"))
     assert ev["metrics"]["n"] == len(ev["predictions"]) > 0
+    kinds = {p["kind"] for p in ev["predictions"]}  # the embedded set names each expression's form
+    assert kinds <= {"attr", "rel", "ordinal"} and len(kinds) > 1
+    assert sum(ev["metrics"][f"n[{k}]"] for k in kinds) == ev["metrics"]["n"]
+    for k in kinds:
+        part = [p for p in ev["predictions"] if p["kind"] == k]
+        assert abs(ev["metrics"][f"Acc@0.5[{k}]"] - sum(p["box_iou"] >= 0.5 for p in part) / len(part)) < 1e-12
     p = ev["predictions"][0]
     assert set(p) >= {"box", "mask", "text", "sent_id"} and isinstance(p["mask"]["counts"], str)
     # several evaluations in one process, with the shuffled-expression control, into a folder

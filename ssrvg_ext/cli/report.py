@@ -14,9 +14,13 @@ VIDEO_COLS = ["n", "J&F", "J", "F", "J&F[motion]", "J&F[appearance]"]
 
 
 def table(rows) -> str:
-    """A markdown table, one row per (split, shuffled text, metrics); video columns (J&F, J, F, per
-    expression kind) when no row has Acc@0.5."""
-    cols = COLS if any("Acc@0.5" in m for _, _, m in rows) else VIDEO_COLS
+    """A markdown table, one row per (split, shuffled text, metrics), with Acc@0.5 per expression
+    kind when the data names kinds (the embedded set: attr, rel, ordinal); video columns (J&F, J, F,
+    per expression kind) when no row has Acc@0.5."""
+    if any("Acc@0.5" in m for _, _, m in rows):
+        cols = COLS + sorted({k for _, _, m in rows for k in m if k.startswith("Acc@0.5[")})
+    else:
+        cols = VIDEO_COLS
     w = {c: max(8, len(c)) for c in cols}
     lines = [f"| {'split':22s} | " + " | ".join(f"{c:>{w[c]}s}" for c in cols) + " |",
              "|" + "-" * 24 + "|" + "|".join("-" * (w[c] + 2) for c in cols) + "|"]

@@ -74,7 +74,7 @@ class GroundingEvaluator(DatasetEvaluator):
                                                      [rles[i] for i in with_mask])))
         for i, (p, r, meta, rec) in enumerate(zip(predictions, rles, batch["meta"], recs)):
             inter, union = stats.get(i, (None, None))
-            self.mine[meta["index"]] = {"sent_id": rec.sent_id, "text": meta["text"],
+            self.mine[meta["index"]] = {"sent_id": rec.sent_id, "text": meta["text"], "kind": rec.kind,
                                         "box": [round(float(v), 2) for v in p["box"]], "mask": _rle_json(r),
                                         "box_iou": box_iou(p["box"], rec.box_xyxy), "inter": inter, "union": union}
 
@@ -86,7 +86,13 @@ class GroundingEvaluator(DatasetEvaluator):
         for r in results:
             if r["inter"] is not None:
                 r["mask_iou"] = r["inter"] / r["union"] if r["union"] else 1.0
-        return grounding_metrics(results), results
+        metrics = grounding_metrics(results)
+        kinds = sorted({r["kind"] for r in results if r["kind"]})
+        if len(kinds) > 1:  # the expression forms the data names (the embedded set: attr, rel, ordinal)
+            for kind in kinds:
+                part = grounding_metrics([r for r in results if r["kind"] == kind])
+                metrics.update({f"{k}[{kind}]": part[k] for k in ("n", "Acc@0.5", "mIoU") if k in part})
+        return metrics, results
 
 
 class VideoEvaluator(DatasetEvaluator):

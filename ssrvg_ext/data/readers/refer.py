@@ -63,6 +63,7 @@ class Record:
     sent_id: int = 0
     split: str = ""
     box_only: bool = False  # the mask is the box's filled rectangle (box-only datasets): REC metrics only
+    kind: str = ""  # the expression's form when the data says (the embedded set: attr, rel, ordinal)
 
 
 def _polygon(poly) -> list[float]:
@@ -158,7 +159,8 @@ def load_refer(ann_dir: str, image_dir: str, split_by: str = "unc", splits: list
                 raise ValueError(f"ref {r['ref_id']}, sentence {s.get('sent_id')}: the expression is empty")
             records.append(Record(path, int(r["image_id"]), (h, w), text, list(s.get("tokens") or text.split()),
                                   (x, y, x + bw, y + bh), rle, int(r.get("category_id", ann["category_id"])),
-                                  int(r["ref_id"]), int(r["ann_id"]), int(s["sent_id"]), r["split"]))
+                                  int(r["ref_id"]), int(r["ann_id"]), int(s["sent_id"]), r["split"],
+                                  kind=str(s.get("kind", ""))))
     return records
 
 

@@ -26,6 +26,7 @@ import math
 import os
 import pickle
 import random
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -261,7 +262,7 @@ def _image_job(args) -> dict:
     for t in pyrng.sample(range(len(objs)), min(refs_per_image, len(objs))):
         progs = candidate_programs(t, objs, rare=want_rare) or candidate_programs(t, objs, rare=False)
         if progs:
-            refs.append((t, [render(p) for p in pyrng.sample(progs, min(sents_per_ref, len(progs)))]))
+            refs.append((t, [(render(p), p["kind"]) for p in pyrng.sample(progs, min(sents_per_ref, len(progs)))]))
     return {"file_name": fname, "height": h, "width": w, "objects": objects, "refs": refs}
 
 
@@ -305,9 +306,11 @@ def generate(out: str, num_images: int = 1500, seed: int = 0, refs_per_image: in
             for t, texts in r["refs"]:
                 ref_id += 1
                 sents = []
-                for text in texts:
+                for text, kind in texts:  # kind: attr / rel / ordinal (what the expression needs)
                     sent_id += 1
-                    sents.append({"tokens": text.split(), "raw": text, "sent_id": sent_id, "sent": text})
+                    # interned: the pickle's bytes must not depend on which process made the string
+                    sents.append({"tokens": text.split(), "raw": text, "sent_id": sent_id, "sent": text,
+                                  "kind": sys.intern(kind)})
                 n_sents += len(sents)
                 refs.append({"ref_id": ref_id, "ann_id": ids[t], "image_id": image_id,
                              "category_id": cat_id[r["objects"][t]["shape"]], "split": split_of_image[k],
