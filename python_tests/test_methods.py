@@ -368,6 +368,35 @@ def test_cam_gate_starts_closed_and_opens():
     assert align.cam["32"].gate is None  # the last stage has no next stage
 
 
+def test_cam_language_side_starts_closed_and_learns():
+    """MagNet's language side (model.align.cam_words): the words read each CAM stage's pixels through
+    a gate closed at the start, so at initialisation they leave the backbone unchanged; the gate's
+    gradient is not zero; padding words are never changed."""
+    from ssrvg_ext.models.align import StageAlignment
+    from ssrvg_ext.models.backbone import Backbone
+
+    torch.manual_seed(0)
+    bb = Backbone("lcnet_050", 16, 16, pretrained=False, checkpoint=None, timm_kwargs={}, stage_hooks=True).eval()
+    align = StageAlignment(16, bb.stage_channels, 2, triple=[], cam=[4, 8, 16, 32], cam_pools=[1, 2, 3, 6],
+                           num_queries=3, cam_words=True)
+    assert sorted(align.cam_words) == ["16", "4", "8"]  # not after the last stage
+    words = torch.randn(2, 5, 16)
+    pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    state = align.begin(words, pad)
+    _, levels, _ = bb(torch.randn(2, 3, 64, 64), lambda i, x: align.stage(state, i, x))
+    out, _ = align.end(state)
+    torch.testing.assert_close(out, words, rtol=0, atol=0)
+    (out.pow(2).sum() + sum(lvl.pow(2).mean() for lvl in levels)).backward()
+    assert all(align.cam_words[s].gate[2].weight.grad.abs().sum() > 0 for s in ("4", "8", "16"))
+    with torch.no_grad():
+        for s in ("4", "8", "16"):
+            align.cam_words[s].gate[2].weight.normal_(0, 0.5)
+        state = align.begin(words, pad)
+        bb(torch.randn(2, 3, 64, 64), lambda i, x: align.stage(state, i, x))
+        opened, _ = align.end(state)
+    assert not torch.allclose(opened[~pad], words[~pad]) and torch.equal(opened[pad], words[pad])
+
+
 def test_mask_grounding_cannot_read_the_masked_words():
     """MagNet preset (CAM fuses the expression into the backbone): changing the words that mask
     grounding masks out leaves its visual input unchanged (they cannot be read back from it), while

@@ -42,6 +42,33 @@ class PixelWordAttention(nn.Module):
         return self.out(self.vis(x) * lang)
 
 
+class WordPixelAttention(nn.Module):
+    """MagNet's language-side half of the alignment (``bert/multimodal_bert.py``): the words attend
+    to the stage's pixels (query: Linear + LayerNorm of the words; keys and values: 1x1 conv +
+    InstanceNorm of the pixels; one head, softmax over the pixels), the result (Linear + LayerNorm)
+    multiplies a GELU projection of the words, then Linear + GELU back to the words' width; added to
+    the words through a gate tanh(W2 ReLU(W1 .)) closed at the start (W2 = 0)."""
+
+    def __init__(self, c: int, d: int):
+        super().__init__()
+        self.query = nn.Sequential(nn.Linear(d, c), nn.LayerNorm(c))
+        self.key = nn.Sequential(nn.Conv2d(c, c, 1), nn.InstanceNorm2d(c))
+        self.value = nn.Sequential(nn.Conv2d(c, c, 1), nn.InstanceNorm2d(c))
+        self.vis = nn.Sequential(nn.Linear(c, c), nn.LayerNorm(c))
+        self.lang = nn.Sequential(nn.Linear(d, c), nn.GELU())
+        self.out = nn.Sequential(nn.Linear(c, d), nn.GELU())
+        self.gate = nn.Sequential(nn.Linear(d, d, bias=False), nn.ReLU(), nn.Linear(d, d, bias=False), nn.Tanh())
+        nn.init.zeros_(self.gate[2].weight)  # closed at the start: the words are the text encoder's
+
+    def forward(self, words: torch.Tensor, word_pad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        k, v = self.key(x).flatten(2), self.value(x).flatten(2)  # (B, C, HW)
+        att = (self.query(words) @ k) * c ** -0.5  # (B, T, HW)
+        res = self.out(self.vis(att.softmax(-1) @ v.transpose(1, 2)) * self.lang(words))
+        res = res * (~word_pad)[..., None].to(res.dtype)  # padding stays as it was
+        return words + self.gate(res) * res
+
+
 class CrossModalAlignment(nn.Module):
     """MagNet's CAM on one stage of C channels. Returns (trunk, feature): the next stage reads
     x + gate * PWAM(x), the gate tanh(W2 GELU(W1 .)) closed at the start (W2 = 0); the model reads
@@ -127,7 +154,7 @@ class StageAlignment(nn.Module):
     STRIDES = (4, 8, 16, 32)
 
     def __init__(self, d: int, channels: list[int], heads: int, triple: list[int], cam: list[int],
-                 cam_pools: list[int], num_queries: int, triple_pos: str = "input"):
+                 cam_pools: list[int], num_queries: int, triple_pos: str = "input", cam_words: bool = False):
         super().__init__()
         for key, strides in (("triple", triple), ("cam", cam)):
             bad = [s for s in strides if s not in self.STRIDES]
@@ -143,6 +170,9 @@ class StageAlignment(nn.Module):
             self.query_embed = nn.Embedding(num_queries, d)
             self.query_pos = nn.Embedding(num_queries, d)
             self.query_proj = nn.Linear(d, d)
+        # MagNet's language side: after each CAM stage but the last, the words read that stage's pixels
+        self.cam_words = nn.ModuleDict({str(s): WordPixelAttention(c, d) for s, c in zip(self.STRIDES, channels)
+                                        if cam_words and s in cam and s != self.STRIDES[-1]})
 
     @classmethod
     def from_config(cls, cfg: dict, ctx) -> "StageAlignment | None":
@@ -156,7 +186,7 @@ class StageAlignment(nn.Module):
             raise ValueError("model.align puts language inside the backbone, which then runs once per expression: "
                              f"set data.exprs_per_image=1 (it is {cfg['data']['exprs_per_image']})")
         return cls(m["d_model"], ctx.parts["backbone"].stage_channels, m["fusion"]["heads"], a["triple"], a["cam"],
-                   a["cam_pools"], ctx.parts["decoder"].num_queries, a["triple_pos"])
+                   a["cam_pools"], ctx.parts["decoder"].num_queries, a["triple_pos"], a["cam_words"])
 
     def begin(self, words: torch.Tensor, word_pad: torch.Tensor) -> dict:
         """The state of one forward pass: the words, their padding and the queries (triple alignment)."""
@@ -173,7 +203,10 @@ class StageAlignment(nn.Module):
                                                              x.flatten(2).transpose(1, 2), pos)
             x = pix.transpose(1, 2).reshape(b, c, h, w)
         if s in self.cam:  # after the triple alignment of the same stage: its feature reads the aligned pixels
-            return self.cam[s](x, st["words"], st["pad"])
+            trunk, feature = self.cam[s](x, st["words"], st["pad"])
+            if s in self.cam_words:  # the words the next stages (and the rest of the model) read
+                st["words"] = self.cam_words[s](st["words"], st["pad"], trunk)
+            return trunk, feature
         return x, x
 
     def end(self, st: dict):
