@@ -7,7 +7,7 @@ The file was first written by the code before the model was rebuilt from registe
 (commit c7fb2b4); the four method presets and the all-on preset were recorded again when their
 methods were made faithful (MagNet's CAM gate closed at the start, its language side, and mask
 grounding without the masked words in its visual input; SegVG's mask branch without box input under box-to-mask
-supervision and its alignment's positions before the projections; SgMg's coarse and refined masks
+supervision, its alignment's positions before the projections and its interleaved placement; SgMg's coarse and refined masks
 at every layer; CMPC on the memory with its level masks); the default and video presets unchanged. A change that means to change behaviour rewrites it on purpose:
 
     python python_tests/test_behaviour_pinned.py --write     # record the current code's values

@@ -26,6 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "configs/tiny_synthetic.yaml"
 COMPONENTS = {
     "triple_alignment": {"model": {"align": {"triple": [16, 32]}}},
+    "triple_fusion": {"model": {"align": {"triple_fusion": True}}},
+    "cam_words": {"model": {"align": {"cam": [4, 8, 16], "cam_words": True}}},
     "cam": {"model": {"align": {"cam": [4, 8, 16, 32]}}},
     "mask_grounding": {"model": {"mask_grounding": {"enabled": True, "ratio": 0.5}}},
     "alignment_loss": {"loss": {"align": {"p2p": 1.0, "p2t": 1.0}}},
@@ -37,10 +39,11 @@ COMPONENTS = {
     "cmpc_exchange": {"model": {"cmpc": {"exchange_rounds": 2}}},
 }
 ALL = {}
-for sw in COMPONENTS.values():
-    ALL = merge(ALL, sw)
+for name_, sw in COMPONENTS.items():
+    if name_ != "triple_fusion":  # the other placement of triple alignment: one of the two at a time
+        ALL = merge(ALL, sw)
 COMPONENTS["all"] = ALL
-NEW = ("align.", "grounding.", "cal_text.", "fusion.spectrum.", "cmpc.", "mask_head.block")  # what they add
+NEW = ("align.", "fusion_align.", "grounding.", "cal_text.", "fusion.spectrum.", "cmpc.", "mask_head.block")  # what they add
 
 
 def build(switches, seed=0):
@@ -112,6 +115,32 @@ def test_triple_alignment_moves_queries_words_and_pixels():
             assert not torch.allclose(model(*args)["boxes"], base), name
             lin.weight.copy_(saved)
         torch.testing.assert_close(model(*args)["boxes"], base, rtol=0, atol=0)
+
+
+def test_triple_alignment_interleaved_with_the_fusion_encoder():
+    """SegVG's placement (the SegVG preset): one triple alignment after every fusion-encoder layer, on
+    the queries, the fused words and the stride-32 tokens; the aligned queries reach the decoder,
+    the words and the tokens the next layers; both placements at once are an error."""
+    cfg = load_config("configs/methods/segvg.yaml", ["data.input_size=64"])
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=40).eval()
+    assert model.align is None and model.hook_parts["fusion_layer"] == ["fusion_align"]
+    assert len(model.fusion_align.layers) == cfg["model"]["fusion"]["layers"]
+    batch = batch_for(cfg)
+    args = (batch["images"], batch["text_ids"], batch["text_mask"])
+    with torch.no_grad():
+        for head in model.decoder.box_heads:  # zero at the start: the box would be the chosen proposal's
+            head[-1].weight.normal_(0, 0.1)
+        base = model(*args)["boxes"]
+        for name in ("query_proj", "layers.0.out.1", "layers.0.out.2"):  # queries, words, tokens
+            lin = model.fusion_align.get_submodule(name)
+            saved = lin.weight.clone()
+            lin.weight.mul_(3.0)
+            assert not torch.allclose(model(*args)["boxes"], base), name
+            lin.weight.copy_(saved)
+        torch.testing.assert_close(model(*args)["boxes"], base, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="choose one"):
+        build_model(merge(cfg, {"model": {"align": {"triple": [16]}}}), vocab_size=40)
 
 
 def test_triple_alignment_is_one_joint_softmax():

@@ -212,3 +212,46 @@ class StageAlignment(nn.Module):
     def end(self, st: dict):
         q = self.query_proj(st["queries"]) if self.triple else None
         return st["words"], q
+
+
+class FusionTripleAlignment(nn.Module):
+    """SegVG's placement of triple alignment (``models/vl_transformer.py``: a Tri-MHA layer after each
+    visual encoder layer): after every layer of the fusion encoder -- the multimodal encoder here --
+    one :class:`TripleAlignment` updates the queries, the fused words and the fused tokens of one
+    level (``level``: stride 32 by default, SegVG's visual tokens) together; the queries start from
+    learned embeddings and, projected, are added to the decoder's starting queries."""
+
+    def __init__(self, d: int, heads: int, layers: int, num_queries: int, level: int = 2):
+        super().__init__()
+        self.layers = nn.ModuleList(TripleAlignment(d, d, heads) for _ in range(layers))
+        self.query_embed = nn.Embedding(num_queries, d)
+        self.query_pos = nn.Embedding(num_queries, d)
+        self.query_proj = nn.Linear(d, d)
+        self.level = level
+
+    @classmethod
+    def from_config(cls, cfg: dict, ctx) -> "FusionTripleAlignment | None":
+        """model.align.triple_fusion (SegVG's interleaved placement); as many layers as the fusion encoder."""
+        m = cfg["model"]
+        if not m["align"]["triple_fusion"]:
+            return None
+        if m["align"]["triple"]:
+            raise ValueError("model.align.triple (after backbone stages) and model.align.triple_fusion (interleaved "
+                             "with the fusion encoder) both start the decoder's queries: choose one")
+        return cls(m["d_model"], m["fusion"]["heads"], m["fusion"]["layers"], ctx.parts["decoder"].num_queries,
+                   level=min(2, m["levels"] - 1))
+
+    def fusion_layer(self, i: int, pixels: torch.Tensor, words: torch.Tensor, st):
+        """Hook (after fusion layer i): returns the pixels with the level's tokens aligned, and the words."""
+        q = st.extras.pop("triple_queries", None)
+        if q is None:
+            q = self.query_embed.weight[None].expand(pixels.shape[0], -1, -1)
+        start = sum(h * w for h, w in st.sizes[:self.level])
+        n = st.sizes[self.level][0] * st.sizes[self.level][1]
+        q, words, tokens = self.layers[i](q, self.query_pos.weight, words, st.word_pad, pixels[:, start:start + n],
+                                          st.pos[start:start + n])
+        if i + 1 < len(self.layers):
+            st.extras["triple_queries"] = q
+        else:
+            st.init_queries = self.query_proj(q)
+        return torch.cat([pixels[:, :start], tokens, pixels[:, start + n:]], 1), words

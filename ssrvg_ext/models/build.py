@@ -13,7 +13,7 @@ hooks it joins the forward through, its keys in ``configs/base.yaml``, one line 
 
 from __future__ import annotations
 
-from .align import StageAlignment
+from .align import FusionTripleAlignment, StageAlignment
 from .alignment_loss import AlignmentOutputs, alignment_loss
 from .backbone import Backbone
 from .cmpc import ProgressiveComprehension, cmpc_level_loss
@@ -48,6 +48,7 @@ PARTS = [
     ("level_embed", level_embed_from_config),
     ("attr_head", attr_head_from_config),
     ("cal_text", AlignmentOutputs.from_config),         # MagNet's alignment loss
+    ("fusion_align", FusionTripleAlignment.from_config),  # SegVG's triple alignment, interleaved
 ]
 
 

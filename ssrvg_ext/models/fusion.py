@@ -104,9 +104,11 @@ class FusionEncoder(nn.Module):
         m = cfg["model"]
         return cls(m["d_model"], levels=m["levels"], **m["fusion"])
 
-    def forward(self, maps: list[torch.Tensor], pos: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor):
+    def forward(self, maps: list[torch.Tensor], pos: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor,
+                after_layer=None):
         """maps: per level (B, C, H, W); pos: (S, C) positions + level embeddings; word_pad True = padding.
-        Returns the fused flattened pixels (B, S, C), the updated words, shapes and starts."""
+        ``after_layer(i, pixels, words) -> (pixels, words)``: called after layer i (SegVG's interleaved
+        triple alignment). Returns the fused flattened pixels (B, S, C), the updated words, shapes and starts."""
         if self.spectrum is not None:
             maps = self.spectrum(maps, words, word_pad)
         b = maps[0].shape[0]
@@ -118,6 +120,8 @@ class FusionEncoder(nn.Module):
         pix = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
         ref = torch.cat([token_centres(h, w, pix.device) for h, w in (m.shape[-2:] for m in maps)])
         ref = ref[None, :, None, :].expand(b, -1, len(maps), -1)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             pix, words = layer(pix, pos[None], words, word_pad, ref, shapes, starts, None)
+            if after_layer is not None:
+                pix, words = after_layer(i, pix, words)
         return pix, words, shapes, starts

@@ -59,6 +59,7 @@ LOSSES = Registry("loss")
 # The forward pass's extension points, in the order the forward reaches them. A registered part
 # that defines a method of one of these names is called there (with the :class:`ForwardState`):
 HOOKS = (
+    "fusion_layer",      # (i, pixels (B, S, d), words, state) -> (pixels, words): after fusion layer i (SegVG)
     "refine_memory",     # (memory (B, S, d), state) -> memory: after the fusion encoder (clips: temporal layers)
     "refine_levels",     # (fused levels [(B, d, h, w)], state) -> levels: before the mask branch (CMPC)
     "refine_queries",    # (final queries (B, Q, d), state) -> queries: before the mask head (clips: query link)
@@ -94,3 +95,4 @@ class ForwardState:
     sentence: Any = None            # (B, d)
     pixels: Any = None              # the mask features the final mask was read from (B, C, h, w)
     extras: dict = field(default_factory=dict)  # what a part's hook hands to its own later hook (this pass only)
+    init_queries: Any = None        # (B, Q, d) added to the decoder's starting queries (a part may set them)

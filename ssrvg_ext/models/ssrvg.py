@@ -78,6 +78,18 @@ class SSRVG(nn.Module):
         """The bound ``name`` hooks of the parts that define it, in registration order."""
         return [getattr(getattr(self, p), name) for p in self.hook_parts[name]]
 
+    def fusion_hooks(self, st: ForwardState):
+        """The fusion encoder's per-layer callback running the ``fusion_layer`` hooks (None without any)."""
+        hooks = self.hooks("fusion_layer")
+        if not hooks:
+            return None
+
+        def after(i, pixels, words):
+            for hook in hooks:
+                pixels, words = hook(i, pixels, words, st)
+            return pixels, words
+        return after
+
     def encode(self, images, text_ids, text_mask, image_index=None, labels: bool = True):
         """Backbone and text encoder: the stride-4 map, the levels, the words, the sentence, the
         aligned queries (None without triple alignment), the object-label logits (training, when
@@ -144,9 +156,12 @@ class SSRVG(nn.Module):
         d = maps[0].shape[1]
         pos = torch.cat([sine_position(*m.shape[-2:], d, m.device, m.dtype) + self.level_embed[i]
                          for i, m in enumerate(maps)])
-        memory, words, shapes, starts = self.fusion(maps, pos, words, st.word_pad)
         sizes = [tuple(m.shape[-2:]) for m in maps]
-        st.maps, st.pos, st.sizes, st.words, st.sentence = maps, pos, sizes, words, sentence
+        st.maps, st.pos, st.sizes, st.sentence = maps, pos, sizes, sentence
+        memory, words, shapes, starts = self.fusion(maps, pos, words, st.word_pad, self.fusion_hooks(st))
+        st.words = words
+        if aligned is None:
+            aligned = st.init_queries
         for hook in self.hooks("refine_memory"):
             memory = hook(memory, st)
         prop = self.proposals(memory, sentence, shapes) if self.proposals is not None else None
