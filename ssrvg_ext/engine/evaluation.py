@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.readers.rvos import read_a2d_frame, read_jhmdb_masks, read_palette_mask
-from ..evaluation import box_iou, grounding_metrics, mask_stats_batch
+from ..evaluation import box_iou, grounding_metrics, mask_stats, mask_stats_batch
 from ..evaluation.video_metrics import jf_object, jf_summary, mask_ap, segmentation_summary
 from ..ops import rle
 from . import dist
@@ -193,7 +193,7 @@ class AnnotatedFrameEvaluator(VideoEvaluator):
                     raise ValueError(f"video {rec.video} frame {frame}: predicted mask {tuple(pred['size'])} but "
                                      f"annotation {gt.shape}")
                 gt_rle = rle.encode(torch.from_numpy(np.ascontiguousarray(gt, dtype=np.uint8)))
-                inter, union = mask_stats_batch([rle.decode(pred)], [gt_rle])[0]
+                inter, union = mask_stats(pred, gt_rle)
                 stats.append((inter, union))
                 samples.append({"gt": gt_rle, "preds": [pred], "scores": [m["score"]]})
                 results.append({"video": rec.video, "exp_id": rec.exp_id, "text": rec.text, "frame": frame,

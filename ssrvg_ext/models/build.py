@@ -1,13 +1,13 @@
 """build_model(cfg) and build_criterion(cfg): every part and every loss registered in one place.
 
-Every default lives in ``configs/base.yaml``; each part builds itself from its config section
+Every default lives in ``ssrvg_ext/defaults.yaml``; each part builds itself from its config section
 (``from_config(cfg, ctx)``, returning None when the config switches it off) and has no defaults of
 its own. What comes from the data rather than from a config (the vocabulary size, the object-label
 classes, the mask token) is in the :class:`~.registry.BuildContext`, stored in the checkpoint by
 the trainer.
 
 Adding a method (docs/design.md, "Adding a method"): its module with a ``from_config`` and the
-hooks it joins the forward through, its keys in ``configs/base.yaml``, one line in
+hooks it joins the forward through, its keys in ``ssrvg_ext/defaults.yaml``, one line in
 :data:`PARTS` (and one in :data:`LOSS_SPECS` when it has a loss).
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from .align import FusionTripleAlignment, StageAlignment
 from .alignment_loss import AlignmentOutputs, alignment_loss
 from .backbone import Backbone
-from .cmpc import ProgressiveComprehension, cmpc_level_loss
+from .cmpc import ProgressiveComprehension, cmpc_enabled, cmpc_level_loss
 from .criterion import (Criterion, LossSpec, loss_attr, loss_boxes, loss_coarse_masks, loss_masks, loss_proposals,
                         weights_boxes)
 from .decoder import QueryDecoder
@@ -62,11 +62,6 @@ def on(*path):
     return enabled
 
 
-def cmpc_on(cfg):
-    c = cfg["model"]["cmpc"]
-    return c["perception"] or c["exchange_rounds"]
-
-
 # The losses, in the order their terms are summed into ``total``.
 LOSS_SPECS = [
     ("boxes", LossSpec(loss_boxes, lambda cfg: True, weights_boxes)),
@@ -84,7 +79,7 @@ LOSS_SPECS = [
                        lambda cfg: {f"mask_{k}": w for k, w in cfg["loss"]["mask"].items()})),
     ("coarse_masks", LossSpec(loss_coarse_masks, lambda cfg: bool(cfg["model"]["segment_optimizer"] and cfg["loss"]["mask"]),
                               lambda cfg: {f"mask_{k}_coarse": w for k, w in cfg["loss"]["mask"].items()})),
-    ("cmpc_levels", LossSpec(cmpc_level_loss, lambda cfg: bool(cmpc_on(cfg) and cfg["model"]["cmpc"]["aux_masks"]),
+    ("cmpc_levels", LossSpec(cmpc_level_loss, lambda cfg: bool(cmpc_enabled(cfg) and cfg["model"]["cmpc"]["aux_masks"]),
                              lambda cfg: {f"cmpc_bce_{s}": cfg["loss"]["cmpc_aux"] for s in (8, 16, 32)},
                              needs_masks=True)),
 ]

@@ -120,6 +120,12 @@ class FeatureExchange(nn.Module):
         return feats
 
 
+def cmpc_enabled(cfg: dict) -> bool:
+    """Whether model.cmpc builds anything (perception or feature exchange on)."""
+    c = cfg["model"]["cmpc"]
+    return bool(c["perception"] or c["exchange_rounds"])
+
+
 class ProgressiveComprehension(nn.Module):
     """On the levels at strides 8, 16, 32: word types; entity perception M_l (``perception``);
     relation graph R_l (``graph_steps`` > 0, on M_l); F_l = ReLU(conv([M_l; R_l; q_ea; coords]));
@@ -157,7 +163,7 @@ class ProgressiveComprehension(nn.Module):
     def from_config(cls, cfg: dict, ctx=None) -> "ProgressiveComprehension | None":
         """model.cmpc; None when neither perception nor exchange is on."""
         c = cfg["model"]["cmpc"]
-        return cls(cfg["model"]["d_model"], **c) if c["perception"] or c["exchange_rounds"] else None
+        return cls(cfg["model"]["d_model"], **c) if cmpc_enabled(cfg) else None
 
     def refine_memory(self, memory: torch.Tensor, st) -> torch.Tensor:
         """Hook (placement "memory"): the fusion memory (B, S, d), its levels refined with the fused
