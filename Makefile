@@ -24,7 +24,7 @@ VDATA   ?= data/synthetic_video
 VRUN    ?= runs/tiny_video
 VCONFIG ?= configs/tiny_video.yaml
 
-.PHONY: setup build train-build test fuzz train data video-data train-video bench info lock clean
+.PHONY: setup build train-build test fuzz train data video-data train-video export web bench info lock clean
 
 setup: $(VENV)/.setup-done
 
@@ -87,6 +87,15 @@ train: train-build data
 	$(PYTHON) -m ssrvg_ext.cli.eval --checkpoint $(RUN)/best.pth --split val testB --control val --out-dir $(RUN)
 	$(PYTHON) -m ssrvg_ext.cli.demo --checkpoint $(RUN)/best.pth --example $(DATA)/example.json --out $(RUN)/demo.png
 	$(PYTHON) -m ssrvg_ext.cli.report $(RUN)
+
+# The trained model as a folder to share (model.safetensors, config.json, tokenizer, README.md card),
+# and the web demo on it at http://127.0.0.1:7860/ (README: Sharing a model, and the web demo).
+MODEL   ?= models/$(notdir $(RUN))
+export:
+	$(PYTHON) -m ssrvg_ext.cli.export --checkpoint $(RUN)/best.pth --out $(MODEL) --overwrite
+
+web: export
+	$(PYTHON) -m ssrvg_ext.cli.demo --web --model $(MODEL)
 
 video-data: $(VDATA)/meta_expressions/train/meta_expressions.json
 

@@ -79,7 +79,7 @@ def test_every_subpackage_imports():
         importlib.import_module(info.name)
 
 
-@pytest.mark.parametrize("tool", ["train", "eval", "demo"])
+@pytest.mark.parametrize("tool", ["train", "eval", "demo", "export"])
 def test_tools_scripts_are_the_console_tools(tool):
     """python tools/<tool>.py (the design's and detectron2's way) is ssrvg-<tool>: the same options."""
     import subprocess

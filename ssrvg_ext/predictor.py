@@ -2,6 +2,7 @@
 
     >>> from ssrvg_ext import Predictor
     >>> p = Predictor("runs/tiny_synthetic/best.pth", device="cuda")
+    >>> p = Predictor.from_pretrained("models/tiny_synthetic")   # a model folder of ssrvg-export
     >>> [r] = p.predict("photo.jpg", "the man in the red shirt")
     >>> r["box"], r["mask"].shape, r["score"]        # xyxy in the photo's pixels, (H, W) uint8, in (0, 1)
 """
@@ -44,7 +45,8 @@ def as_image_tensor(image: ImageLike) -> torch.Tensor:
 
 
 class Predictor:
-    """``checkpoint``: a ``best.pth`` / ``last.pth`` of ssrvg-train. ``device``: default the GPU when
+    """``checkpoint``: a ``best.pth`` / ``last.pth`` of ssrvg-train, or a model folder of ssrvg-export
+    (:meth:`from_pretrained`). ``device``: default the GPU when
     there is one. ``amp``: "auto" (bf16 / fp16 on a GPU, off on the CPU, as training), "off", "bf16",
     "fp16". ``ema``: use the EMA weights when the checkpoint has them."""
 
@@ -60,6 +62,16 @@ class Predictor:
         self.transform = make_transform(self.cfg, train=False)
         self.collate = Collate(self.tokenizer)
         self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, folder: str, device: torch.device | str | None = None, amp: str = "auto",
+                        batch_size: int = 16) -> "Predictor":
+        """The model folder ``folder`` written by ssrvg-export (safetensors weights, config.json, the
+        tokenizer files): read without unpickling anything; its names and shapes are checked."""
+        from .model_folder import read_meta
+
+        read_meta(folder)  # a clear error for anything that is not a model folder
+        return cls(folder, device=device, amp=amp, batch_size=batch_size)
 
     def _pairs(self, images, expressions) -> list[tuple[ImageLike, str]]:
         one_image = not isinstance(images, (list, tuple))
@@ -112,12 +124,22 @@ class VideoPredictor:
         >>> r["masks"].shape, r["boxes"].shape       # (T, H, W) uint8, (T, 4) xyxy; a zero box: no object
     """
 
-    def __init__(self, checkpoint: str, device: torch.device | str | None = None, amp: str = "auto", ema: bool = False):
-        self.image = Predictor(checkpoint, device, amp, ema)
+    def __init__(self, checkpoint: str | Predictor, device: torch.device | str | None = None, amp: str = "auto",
+                 ema: bool = False):
+        """``checkpoint`` may also be a :class:`Predictor` of a video model (its model is shared)."""
+        self.image = checkpoint if isinstance(checkpoint, Predictor) else Predictor(checkpoint, device, amp, ema)
         if not task_of(self.image.cfg).video:
             raise ValueError(f"{checkpoint} was not trained on videos (data.format={self.image.cfg['data']['format']}); "
                              "use Predictor")
         self.clip_len = int(self.image.cfg["data"]["clip_len"])
+
+    @classmethod
+    def from_pretrained(cls, folder: str, device: torch.device | str | None = None, amp: str = "auto") -> "VideoPredictor":
+        """A model folder of ssrvg-export holding a video model (as :meth:`Predictor.from_pretrained`)."""
+        from .model_folder import read_meta
+
+        read_meta(folder)
+        return cls(folder, device=device, amp=amp)
 
     @torch.no_grad()
     def predict(self, frames: Sequence[ImageLike], expression: str, threshold: float = 0.0) -> dict:
@@ -147,3 +169,10 @@ class VideoPredictor:
                     masks[t] = pred["mask"].cpu()
         m = torch.stack(masks)
         return {"masks": m, "boxes": torch.stack([box_of(x) for x in m]), "text": expression}
+
+
+def load_predictor(path: str, device: torch.device | str | None = None, amp: str = "auto") -> Predictor | VideoPredictor:
+    """A :class:`VideoPredictor` for a model trained on clips, else a :class:`Predictor`, of a
+    checkpoint or model folder (loaded once)."""
+    p = Predictor(path, device=device, amp=amp)
+    return VideoPredictor(p) if task_of(p.cfg).video else p

@@ -5,6 +5,11 @@ video model (data.format=ytvos) J, F and J&F per expression and over the split (
     python -m ssrvg_ext.cli.eval --checkpoint runs/tiny/best.pth --split val testB --control val --out-dir runs/tiny
     python -m ssrvg_ext.cli.eval --checkpoint runs/ytvos/best.pth --split valid --submission runs/ytvos/submission
     python -m ssrvg_ext.cli.eval --checkpoint runs/davis/best.pth --split valid --davis runs/davis/results
+    python -m ssrvg_ext.cli.eval --model models/tiny --split val data.ann_dir=... data.image_dir=...
+
+--model DIR evaluates a model folder of ssrvg-export (safetensors, nothing unpickled) instead of a
+training checkpoint; its config names the dataset it was trained on, override data.* to point at
+your copy.
 
 Writes a JSON with the metrics and every expression's prediction (box + RLE mask): to --out for a
 single evaluation, or eval_<split>.json (eval_<split>_shuffled.json for a control) in --out-dir.
@@ -73,7 +78,9 @@ def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False, submi
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a best.pth / last.pth of ssrvg-train")
+    src.add_argument("--model", help="a model folder of ssrvg-export")
     p.add_argument("--config", default=None, help="default: the config stored in the checkpoint")
     p.add_argument("--split", nargs="+", default=None,
                    help="one or more splits (default: the config's data.eval_splits, e.g. val testA testB)")
@@ -105,8 +112,10 @@ def main():
         outs = [lambda s, sh: os.path.join(a.out_dir, f"eval_{s}{'_shuffled' if sh else ''}.json")] * len(evals)
     else:
         outs = [a.out] * len(evals)
+    if a.model and (a.config or a.ema):
+        p.error("--config / --ema apply to a training checkpoint; a model folder's config and weights are fixed")
     with torch.inference_mode():
-        run(a.checkpoint, evals, a.config, a.overrides, outs, a.ema, a.submission, a.davis)
+        run(a.checkpoint or a.model, evals, a.config, a.overrides, outs, a.ema, a.submission, a.davis)
 
 
 if __name__ == "__main__":

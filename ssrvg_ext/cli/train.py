@@ -6,6 +6,8 @@
 
 import argparse
 import os
+import shlex
+import sys
 
 
 from ssrvg_ext.config import load_config
@@ -22,7 +24,7 @@ def main():
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
     out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
-    train(cfg, out, args.resume, args.max_steps)
+    train(cfg, out, args.resume, args.max_steps, command="ssrvg-train " + shlex.join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

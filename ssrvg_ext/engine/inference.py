@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,15 @@ def load_for_inference(path: str, config: str | None = None, overrides=(), ema: 
                        device: torch.device | str = "cpu") -> Loaded:
     """Loads ``path`` (weights only: nothing in it is executed), builds the model with the
     checkpoint's config (or ``config``; ``overrides`` like ``data.input_size=512`` either way), its
-    tokenizer and label classes, and loads the weights (the EMA ones with ``ema`` when saved)."""
+    tokenizer and label classes, and loads the weights (the EMA ones with ``ema`` when saved).
+    ``path`` may also be a model folder of ssrvg-export (:mod:`ssrvg_ext.model_folder`)."""
+    from .. import model_folder
+
+    if model_folder.is_model_folder(path) or (os.path.isdir(path) and not config):
+        if config or ema:
+            raise ValueError(f"{path} is a model folder: its config and weights were fixed by ssrvg-export "
+                             "(--config / ema apply to training checkpoints)")
+        return model_folder.load(path, overrides, device)
     ckpt = checkpoint.load(path)
     cfg = load_config(config, list(overrides)) if config else apply_overrides(with_added_keys(ckpt["config"]),
                                                                              list(overrides))

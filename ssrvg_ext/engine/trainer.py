@@ -35,9 +35,11 @@ def score(metrics: dict) -> float:
     return metrics["Acc@0.5"] + metrics.get("mIoU", 0.0)
 
 
-def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | None = None) -> dict:
+def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | None = None,
+          command: str | None = None) -> dict:
     """Returns the last validation metrics. ``resume``: a checkpoint path, or "auto" for out_dir/last.pth
-    when it exists. ``max_steps`` stops early (tests)."""
+    when it exists. ``max_steps`` stops early (tests). ``command``: the command line that started the
+    run, kept in its checkpoints (an exported model's card names it)."""
     rank, world, device = dist.init_from_env()
     t = cfg["train"]
     seed_all(t["seed"] + rank)
@@ -88,7 +90,7 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
                      "scaler": state.scaler.state_dict() if state.scaler is not None else None,
                      "ema": state.ema.state_dict() if state.ema is not None else None, "epoch": epoch, "step": state.step,
                      "rng": rngs[0], "rng_per_rank": rngs, "config": cfg, "tokenizer": tokenizer_state(tok),
-                     "aux_classes": aux_classes, "best": best, "metrics": evaluated}
+                     "aux_classes": aux_classes, "best": best, "metrics": evaluated, "command": command}
             if evaluated and score(evaluated) > best:
                 best = saved["best"] = score(evaluated)
                 checkpoint.save_atomic(saved, os.path.join(out_dir, "best.pth"))
