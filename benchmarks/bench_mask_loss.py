@@ -3,7 +3,10 @@
 Loss: 5 * dice + 2 * mean BCE of masks predicted at low resolution and supervised at full
 resolution (the usual RES recipe). Forward + backward to the low-res logits.
   unfused:  F.interpolate -> sigmoid -> dice/BCE in eager PyTorch (and under torch.compile)
-  ours:     ssrvg_ext.ops.upsampled_mask_loss (one kernel for the sums, one gathering backward)
+  ours:     ssrvg_ext.ops.upsampled_mask_loss: one op (the sums, the terms, the weighted total; its
+            backward one op too)
+  sums op:  the same kernels as two ops with the loss formed from the per-mask sums by PyTorch ops
+            (how the loss was computed before it became one op; --sums-variant)
 Cases: the model's own shapes (the tiny preset: 40 x 40 logits of 160 px inputs, batch 16; the Swin-T
 RefCOCO preset: 160 x 160 logits of 640 px inputs, batch 8) and two generic ones; float32 and bfloat16
 logits (--dtypes). The figure that counts is ours against torch.compile of the unfused code.
@@ -25,7 +28,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import alternating, device_name  # noqa: E402
-from ssrvg_ext.ops import upsampled_mask_loss  # noqa: E402
+from ssrvg_ext.ops import upsampled_mask_loss, upsampled_mask_sums  # noqa: E402
+from ssrvg_ext.ops.mask_loss import losses_from_sums  # noqa: E402
 
 CASES = {"tiny": (16, 40, 160), "swint": (8, 160, 640), "32x160->640": (32, 160, 640), "8x120->480": (8, 120, 480)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # (masks, low-res side, full-res side); logits dtype
@@ -42,6 +46,12 @@ def unfused(logits, targets):
 
 def fused(logits, targets):
     return upsampled_mask_loss(logits, targets, WEIGHTS)
+
+
+def sums_then_torch(logits, targets):
+    per = losses_from_sums(upsampled_mask_sums(logits, targets), torch.full((logits.shape[0],), targets[0].numel()),
+                           tuple(WEIGHTS))
+    return sum(w * per[k].sum() for k, w in WEIGHTS.items()) / logits.shape[0]
 
 
 def inputs(b, lo, hi, device, dtype=torch.float32):
@@ -106,6 +116,7 @@ def main():
     p.add_argument("--profile", action="store_true", help="CUDA: also print a torch.profiler table per implementation")
     p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     p.add_argument("--dtypes", nargs="*", default=list(DTYPES), choices=list(DTYPES))
+    p.add_argument("--sums-variant", action="store_true", help="also time the sums op + PyTorch ops (the two-op loss)")
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -130,13 +141,17 @@ def main():
                 rows.append(("unfused torch.compile", comp, comp))
             except Exception as e:  # report, do not hide
                 print(f"{case:22s} torch.compile of the unfused code failed: {type(e).__name__}: {str(e)[:120]}")
+        if args.sums_variant:
+            torch.testing.assert_close(sums_then_torch(logits, targets), l_ours, rtol=1e-5, atol=1e-6)
+            rows.append(("sums op + torch ops", sums_then_torch, None))
         rows.append(("ours (fused)", fused, None))
         times = alternating({name: (lambda fn=fn: step(fn, logits, targets)) for name, fn, _ in rows},
                             repeat=args.repeat, device=dev)
         t_ref = m_ref = None
         for name, fn, comp in rows:
             t = times[name]
-            m = peak_mib("ours" if fn is fused else "unfused", b, lo, hi, dev, comp, dt)
+            m = float("nan") if fn is sums_then_torch else peak_mib("ours" if fn is fused else "unfused", b, lo, hi, dev,
+                                                                     comp, dt)
             if t_ref is None:
                 t_ref, m_ref = t, m
             print(f"{case:22s} {name:22s} {t * 1e3:12.2f} {t_ref / t:9.2f} {m:17.1f} {m / m_ref if m_ref else float('nan'):10.3f}")

@@ -49,6 +49,17 @@ TORCH_LIBRARY(ssrvg, m) {
   m.def(
       "upsampled_mask_sums_backward(Tensor grad, Tensor logits, Tensor targets, Tensor? valid, float alpha, "
       "float gamma) -> Tensor");
+  // The whole loss in one op: terms (0 dice, 1 soft_iou, 2 bce, 3 focal), each per mask from its
+  // sums, summed over masks / num_masks, weighted and added. Returns (loss (), values (4,): each
+  // asked-for term unweighted, 0 for the others, stats (B, 6): the five sums and the number of
+  // valid pixels of each mask, for the backward). float32 (float64 for float64 logits).
+  m.def(
+      "upsampled_mask_loss(Tensor logits, Tensor targets, Tensor? valid, int[] terms, float[] weights, float alpha, "
+      "float gamma, float num_masks) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "upsampled_mask_loss_backward(Tensor grad_loss, Tensor grad_values, Tensor stats, Tensor logits, "
+      "Tensor targets, Tensor? valid, int[] terms, float[] weights, float alpha, float gamma, float num_masks) "
+      "-> Tensor");
   // Inference: logits (B, h, w) of a padded (in_h, in_w) input -> upsample to the input, keep the
   // top-left (crop_h, crop_w), resize to (out_h, out_w), logit > threshold -> uint8 (B, out_h, out_w).
   m.def(

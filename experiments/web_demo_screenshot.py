@@ -2,7 +2,7 @@
 screenshot of the page.
 
     python experiments/web_demo_screenshot.py --model models/tiny_synthetic --image data/synthetic/images/synth_000015.jpg \
-        --text "the topmost small blue square" --text "the big red circle" --out docs/web_demo.png
+        --text "the topmost small blue square" --text "the red diamond left of the purple circle" --out docs/web_demo.png
 """
 
 import argparse
@@ -34,7 +34,7 @@ def main():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1180,720", "--hide-scrollbars"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1180,860", "--hide-scrollbars"):
         opts.add_argument(arg)
     drv = webdriver.Chrome(service=Service(executable_path=shutil.which("chromedriver")), options=opts)
     try:

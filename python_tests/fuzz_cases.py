@@ -312,6 +312,40 @@ def _():
     upsampled_mask_loss(torch.zeros(2, 3, 3), torch.zeros(2, 6, 6, dtype=torch.uint8), losses={"dcie": 1.0})
 
 
+def _loss_op(terms=(0,), weights=(1.0,), num_masks=1.0, logits=None, valid=None):
+    logits = logits if logits is not None else torch.zeros(2, 3, 3)
+    return ops.upsampled_mask_loss(logits, torch.zeros(2, 6, 6, dtype=torch.uint8), valid, list(terms), list(weights),
+                                   0.25, 2.0, num_masks)
+
+
+case("op one-op loss term out of range", ops_only=True)(lambda: _loss_op(terms=(7,)))
+case("op one-op loss huge term", ops_only=True)(lambda: _loss_op(terms=(2**62,)))
+case("op one-op loss lengths differ", ops_only=True)(lambda: _loss_op(terms=(0, 1)))
+case("op one-op loss no terms", ops_only=True)(lambda: _loss_op(terms=(), weights=()))
+case("op one-op loss inf weight", ops_only=True)(lambda: _loss_op(weights=(math.inf,)))
+case("op one-op loss num_masks -1", ops_only=True)(lambda: _loss_op(num_masks=-1.0))
+case("op one-op loss valid shape", ops_only=True)(lambda: _loss_op(valid=torch.ones(2, 6, 5, dtype=torch.uint8)))
+
+
+@case("op one-op loss backward stats wrong shape", ops_only=True)
+def _():
+    ops.upsampled_mask_loss_backward(torch.tensor(1.0), torch.zeros(4), torch.zeros(2, 5), torch.zeros(2, 3, 3),
+                                     torch.zeros(2, 6, 6, dtype=torch.uint8), None, [0], [1.0], 0.25, 2.0, 1.0)
+
+
+@case("op one-op loss backward grad_values wrong shape", ops_only=True)
+def _():
+    ops.upsampled_mask_loss_backward(torch.tensor(1.0), torch.zeros(3), torch.zeros(2, 6), torch.zeros(2, 3, 3),
+                                     torch.zeros(2, 6, 6, dtype=torch.uint8), None, [0], [1.0], 0.25, 2.0, 1.0)
+
+
+@case("op one-op loss backward int stats", ops_only=True)
+def _():
+    ops.upsampled_mask_loss_backward(torch.tensor(1.0), torch.zeros(4), torch.zeros(2, 6, dtype=torch.int64),
+                                     torch.zeros(2, 3, 3), torch.zeros(2, 6, 6, dtype=torch.uint8), None, [0], [1.0],
+                                     0.25, 2.0, 1.0)
+
+
 @case("op loss backward grad wrong shape", ops_only=True)
 def _():
     ops.upsampled_mask_sums_backward(torch.zeros(2, 4), torch.zeros(2, 3, 3), torch.zeros(2, 6, 6, dtype=torch.uint8),

@@ -72,6 +72,118 @@ def test_losses_match_unfused_and_compose(rng):
     torch.testing.assert_close(total, (5 * dice.sum() + 2 * bce.sum()) / 6, rtol=1e-5, atol=1e-6)
 
 
+def _standard_terms(logits, targets, valid, alpha=0.25, gamma=2.0):
+    """Every term per mask, written out the plain way in float64 (interpolate -> sigmoid -> sums)."""
+    z = F.interpolate(logits.double()[:, None], targets.shape[1:], mode="bilinear", align_corners=False)[:, 0]
+    t = targets.double()
+    v = valid.double() if valid is not None else torch.ones_like(t)
+    p = z.sigmoid()
+    n = v.sum((1, 2)).clamp_min(1)
+    bce = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    focal = bce * (1 - p_t) ** gamma * ((alpha * t + (1 - alpha) * (1 - t)) if alpha >= 0 else 1)
+    pt, ps, ts = (p * t * v).sum((1, 2)), (p * v).sum((1, 2)), (t * v).sum((1, 2))
+    return {"dice": 1 - (2 * pt + 1) / (ps + ts + 1), "soft_iou": 1 - (pt + 1) / (ps + ts - pt + 1),
+            "bce": (bce * v).sum((1, 2)) / n, "focal": (focal * v).sum((1, 2)) / n}
+
+
+@pytest.mark.parametrize("hw,HW", SHAPES[:5])
+@pytest.mark.parametrize("with_valid", [False, True])
+@pytest.mark.parametrize("losses", [{"dice": 5.0, "bce": 2.0}, {"focal": 1.5}, {"soft_iou": 1.0, "dice": -0.5},
+                                    {"dice": 2.0, "soft_iou": 0.5, "bce": 1.0, "focal": 3.0}, {"bce": 0.0, "dice": 1.0}])
+def test_one_op_loss_is_the_weighted_standard_terms(rng, hw, HW, with_valid, losses):
+    b = int(torch.randint(1, 5, (1,), generator=rng))
+    logits, targets = make(rng, b, hw, HW)
+    valid = padding_valid(b, HW) if with_valid else None
+    x = logits.clone().requires_grad_(True)
+    loss, terms = upsampled_mask_loss(x, targets, losses, valid, num_masks=2.5, return_terms=True)
+    xr = logits.double().requires_grad_(True)
+    per = _standard_terms(xr, targets, valid)
+    want = {k: per[k].sum() / 2.5 for k in losses}
+    assert list(terms) == list(losses)
+    for k in losses:
+        torch.testing.assert_close(terms[k].double(), want[k], rtol=1e-5, atol=1e-6)
+    ref_loss = sum(w * want[k] for k, w in losses.items())
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    ref_loss.backward()
+    scale = float(xr.grad.abs().max()) + 1e-12
+    torch.testing.assert_close(x.grad.double(), xr.grad, rtol=1e-4, atol=1e-6 * scale + 1e-7)
+
+
+def test_one_op_terms_carry_their_own_gradients(rng):
+    """The criterion trains on the unweighted terms (weighted by its weight dict): their gradients
+    through the op's second output must be those of the terms themselves."""
+    logits, targets = make(rng, 3, (10, 12), (40, 48))
+    valid = padding_valid(3, (40, 48))
+    x = logits.clone().requires_grad_(True)
+    _, terms = upsampled_mask_loss(x, targets, {"dice": 1.0, "bce": 0.0, "focal": 1.0}, valid, return_terms=True)
+    (3 * terms["dice"] + 0.5 * terms["bce"] - terms["focal"]).backward()
+    xr = logits.double().requires_grad_(True)
+    per = _standard_terms(xr, targets, valid)
+    ((3 * per["dice"] + 0.5 * per["bce"] - per["focal"]).sum() / 3).backward()
+    torch.testing.assert_close(x.grad.double(), xr.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_one_op_asks_only_for_what_it_is_given(rng):
+    logits, targets = make(rng, 2, (6, 6), (24, 24))
+    loss, values, stats = torch.ops.ssrvg.upsampled_mask_loss(logits, targets, None, [0], [2.0], 0.25, 2.0, 2.0) \
+        if extension.AVAILABLE else reference.upsampled_mask_loss(logits, targets, None, [0], [2.0], 0.25, 2.0, 2.0)
+    assert values.shape == (4,) and stats.shape == (2, 6)
+    assert float(values[1]) == float(values[2]) == float(values[3]) == 0.0  # not asked for
+    assert float(stats[:, 4].abs().sum()) == 0.0 and torch.equal(stats[:, 5], torch.full((2,), 576.0))
+    torch.testing.assert_close(loss, 2 * values[0])
+
+
+def test_one_op_empty_batch():
+    x = torch.zeros(0, 4, 4, requires_grad=True)
+    loss, terms = upsampled_mask_loss(x, torch.zeros(0, 8, 8, dtype=torch.uint8), {"dice": 1.0, "focal": 1.0},
+                                      return_terms=True)
+    assert float(loss) == 0.0 and float(terms["focal"]) == 0.0
+    loss.backward()
+    assert x.grad.shape == (0, 4, 4)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 0.0), (0.5, 1.5)])
+def test_one_op_gradcheck_float64(rng, alpha, gamma):
+    logits, targets = make(rng, 2, (4, 3), (7, 9), dtype=torch.float64)
+    valid = padding_valid(2, (7, 9))
+    x = logits.requires_grad_(True)
+    for losses in ({"dice": 2.0, "soft_iou": 1.0, "bce": 0.5, "focal": 3.0}, {"bce": 1.0}):
+        assert torch.autograd.gradcheck(
+            lambda l: upsampled_mask_loss(l, targets, losses, valid, alpha, gamma, num_masks=1.5), (x,))
+        assert torch.autograd.gradcheck(
+            lambda l: torch.stack(list(upsampled_mask_loss(l, targets, losses, None, alpha, gamma,
+                                                           return_terms=True)[1].values())), (x,))
+
+
+@pytest.mark.skipif(not extension.AVAILABLE, reason="compiled ops not built")
+def test_one_op_opcheck(rng):
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        logits, targets = make(rng, 3, (5, 6), (12, 17), dtype=dtype)
+        valid = padding_valid(3, (12, 17))
+        x = logits.requires_grad_(True)
+        op = torch.ops.ssrvg.upsampled_mask_loss.default
+        torch.library.opcheck(op, (x, targets, valid, [0, 2], [5.0, 2.0], 0.25, 2.0, 3.0))
+        torch.library.opcheck(op, (x, targets, None, [3, 1], [1.0, 0.5], -1.0, 0.0, 1.0))
+        _, _, stats = op(logits.detach(), targets, valid, [0, 3], [1.0, 1.0], 0.25, 2.0, 3.0)
+        sd = torch.float64 if dtype == torch.float64 else torch.float32
+        torch.library.opcheck(torch.ops.ssrvg.upsampled_mask_loss_backward.default,
+                              (torch.tensor(1.5, dtype=sd), torch.randn(4, dtype=sd), stats, logits.detach(), targets,
+                               valid, [0, 3], [1.0, 1.0], 0.25, 2.0, 3.0))
+
+
+@pytest.mark.parametrize("terms,weights,num_masks,match", [
+    ([], [], 1.0, "at least one term"), ([0, 1], [1.0], 1.0, "one length"), ([4], [1.0], 1.0, "a term must be"),
+    ([-1], [1.0], 1.0, "a term must be"), ([0, 0], [1.0, 1.0], 1.0, "twice"), ([0], [float("nan")], 1.0, "finite"),
+    ([0], [1.0], 0.0, "num_masks"), ([0], [1.0], float("inf"), "num_masks")])
+def test_one_op_rejects_bad_terms(terms, weights, num_masks, match):
+    logits, targets = torch.zeros(2, 3, 3), torch.zeros(2, 6, 6, dtype=torch.uint8)
+    for fn in ([torch.ops.ssrvg.upsampled_mask_loss] if extension.AVAILABLE else []) + [reference.upsampled_mask_loss]:
+        with pytest.raises(ValueError, match=match):
+            fn(logits, targets, None, terms, weights, 0.25, 2.0, num_masks)
+
+
 @pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 0.0), (0.5, 1.5), (0.25, 0.5)])
 def test_gradcheck_float64(rng, alpha, gamma):
     for hw, HW in [((3, 4), (7, 9)), ((5, 5), (5, 5)), ((4, 3), (3, 5)), ((1, 1), (3, 2))]:
@@ -220,3 +332,28 @@ def test_cuda_gradcheck_determinism_and_postprocess(rng):
     for a, b in zip(gpu, cpu):
         assert (a.cpu() != b).float().mean() < 1e-4
     torch.library.opcheck(torch.ops.ssrvg.upsampled_mask_sums.default, (x, targets, None, 0.25, 2.0))
+
+
+@requires_cuda
+@pytest.mark.parametrize("hw,HW", SHAPES[:4])
+def test_cuda_one_op_loss_matches_cpu(rng, hw, HW):
+    logits, targets = make(rng, 5, hw, HW)
+    valid = padding_valid(5, HW)
+    for v in (None, valid):
+        for losses in ({"dice": 5.0, "bce": 2.0}, {"soft_iou": 1.0, "focal": 2.0}):
+            got = []
+            for dev in ("cpu", "cuda"):
+                x = logits.to(dev).requires_grad_(True)
+                loss, terms = upsampled_mask_loss(x, targets.to(dev), losses, None if v is None else v.to(dev),
+                                                  num_masks=3.0, return_terms=True)
+                (loss + 0.5 * sum(terms.values())).backward()
+                got.append((loss.detach().cpu(), torch.stack(list(terms.values())).detach().cpu(), x.grad.cpu()))
+            (lc, tc, gc), (lg, tg, gg) = got
+            torch.testing.assert_close(lg, lc, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(tg, tc, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(gg, gc, rtol=1e-3, atol=1e-6 * float(gc.abs().max()) + 1e-8)
+    x = logits.double().cuda().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda l: upsampled_mask_loss(l, targets.cuda(), {"dice": 1.0, "focal": 1.0},
+                                                                  valid.cuda()), (x,))
+    torch.library.opcheck(torch.ops.ssrvg.upsampled_mask_loss.default,
+                          (x, targets.cuda(), valid.cuda(), [0, 2], [1.0, 2.0], 0.25, 2.0, 2.0))

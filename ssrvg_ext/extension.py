@@ -40,7 +40,8 @@ if not AVAILABLE:
 
 # Every op csrc/ops.cpp defines (python_tests/test_extension.py checks the list against the file).
 OPS = ("rle_encode", "rle_decode", "rle_to_string", "rle_from_string", "rle_check", "rle_area", "rle_to_bbox",
-       "rle_merge", "rle_iou", "mask_iou", "upsampled_mask_sums", "upsampled_mask_sums_backward", "mask_postprocess",
+       "rle_merge", "rle_iou", "mask_iou", "upsampled_mask_sums", "upsampled_mask_sums_backward",
+       "upsampled_mask_loss", "upsampled_mask_loss_backward", "mask_postprocess",
        "ms_deform_attn", "ms_deform_attn_backward")
 
 
@@ -50,8 +51,13 @@ def _kernel_table() -> dict[tuple[str, str], bool]:
     public OpOverload.has_kernel_for_dispatch_key."""
     if not AVAILABLE:
         return {}
-    return {(op, dev): getattr(torch.ops.ssrvg, op).default.has_kernel_for_dispatch_key(key)
-            for op in OPS for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))}
+
+    def has(op, key):  # a library built from older sources lacks the newer ops: their references run
+        try:
+            return getattr(torch.ops.ssrvg, op).default.has_kernel_for_dispatch_key(key)
+        except (AttributeError, RuntimeError):
+            return False
+    return {(op, dev): has(op, key) for op in OPS for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))}
 
 
 _KERNELS = _kernel_table()
@@ -71,7 +77,8 @@ def use_compiled(op: str, device: torch.device | str) -> bool:
         return True
     if _KERNELS.get((op, device_type), False):
         return True
-    why = _LOAD_ERROR if not AVAILABLE else f"this build has no {device_type} kernel for ssrvg::{op}"
+    why = _LOAD_ERROR if not AVAILABLE else (f"this build has no {device_type} kernel for ssrvg::{op} (built from "
+                                             "older sources? `make build` rebuilds it)")
     if require_ext():
         raise RuntimeError(f"ssrvg_ext: {why} and SSRVG_REQUIRE_EXT=1")
     if AVAILABLE and (op, device_type) not in _warned:

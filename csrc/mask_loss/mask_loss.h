@@ -216,6 +216,87 @@ struct LossInputs {
   }
 };
 
+// ---- the whole loss in one op (upsampled_mask_loss) ----
+// Terms, by index: 0 dice (+1 smoothing), 1 soft IoU, 2 mean BCE, 3 mean focal, each per mask,
+// summed over masks and divided by num_masks; the loss is their weighted sum. A mask's statistics
+// are its five sums and its number of valid pixels (kStats), kept for the backward.
+constexpr int kTerms = 4;
+constexpr int kStats = kSums + 1;
+
+struct TermWeights {
+  double weight[kTerms] = {0, 0, 0, 0};
+  bool want[kTerms] = {false, false, false, false};
+  double num_masks = 1;
+  bool focal() const { return want[3]; }
+  bool pixel_count() const { return want[2] || want[3]; }
+};
+
+inline TermWeights check_terms(at::IntArrayRef terms, at::ArrayRef<double> weights, double num_masks) {
+  TORCH_CHECK_VALUE(!terms.empty(), "upsampled_mask_loss needs at least one term");
+  TORCH_CHECK_VALUE(terms.size() == weights.size(), "terms and weights must have one length; got ", terms.size(),
+                    " and ", weights.size());
+  TORCH_CHECK_VALUE(std::isfinite(num_masks) && num_masks > 0, "num_masks must be a finite number > 0; got ",
+                    num_masks);
+  TermWeights tw;
+  for (size_t i = 0; i < terms.size(); ++i) {
+    const int64_t k = terms[i];
+    TORCH_CHECK_VALUE(k >= 0 && k < kTerms, "a term must be 0 (dice), 1 (soft_iou), 2 (bce) or 3 (focal); got ", k);
+    TORCH_CHECK_VALUE(!tw.want[k], "term ", k, " is given twice");
+    TORCH_CHECK_VALUE(std::isfinite(weights[i]), "loss weights must be finite; got ", weights[i], " for term ", k);
+    tw.want[k] = true;
+    tw.weight[k] = weights[i];
+  }
+  tw.num_masks = num_masks;
+  return tw;
+}
+
+// Term k of one mask from its statistics s = [pt, p, t, bce, focal, n].
+template <typename T>
+C10_HOST_DEVICE inline T mask_term(int k, const T* s) {
+  const T pt = s[0], p = s[1], t = s[2], n = s[5] > T(1) ? s[5] : T(1);
+  switch (k) {
+    case 0: return T(1) - (T(2) * pt + T(1)) / (p + t + T(1));
+    case 1: return T(1) - (pt + T(1)) / (p + t - pt + T(1));
+    case 2: return s[3] / n;
+    default: return s[4] / n;
+  }
+}
+
+// gs[0..4] = d(sum_k c[k] * term_k) / d(sums) of one mask (sum t does not depend on the logits).
+template <typename T>
+C10_HOST_DEVICE inline void mask_term_grad(const T* c, const T* s, T* gs) {
+  const T pt = s[0], p = s[1], t = s[2], n = s[5] > T(1) ? s[5] : T(1);
+  const T d = p + t + T(1), u = p + t - pt + T(1);
+  gs[0] = -c[0] * T(2) / d - c[1] * (u + pt + T(1)) / (u * u);
+  gs[1] = c[0] * (T(2) * pt + T(1)) / (d * d) + c[1] * (pt + T(1)) / (u * u);
+  gs[2] = T(0);
+  gs[3] = c[2] / n;
+  gs[4] = c[3] / n;
+}
+
+// The backward's per-term coefficients: c[k] = (grad_loss * weight[k] + grad_values[k]) / num_masks.
+template <typename T>
+C10_HOST_DEVICE inline void term_coefficients(const TermWeights& tw, T grad_loss, const T* grad_values, T* c) {
+  for (int k = 0; k < kTerms; ++k)
+    c[k] = tw.want[k] ? (grad_loss * static_cast<T>(tw.weight[k]) + grad_values[k]) / static_cast<T>(tw.num_masks)
+                      : T(0);
+}
+
+inline void check_loss_grads(const at::Tensor& grad_loss, const at::Tensor& grad_values, const at::Tensor& stats,
+                             const at::Tensor& logits) {
+  TORCH_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one value; got ", grad_loss.sizes());
+  TORCH_CHECK_VALUE(grad_values.dim() == 1 && grad_values.size(0) == kTerms, "grad_values must have shape (", kTerms,
+                    "); got ", grad_values.sizes());
+  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == logits.size(0) && stats.size(1) == kStats,
+                    "stats must have shape (", logits.size(0), ", ", kStats, "); got ", stats.sizes());
+  for (const at::Tensor* x : {&grad_loss, &grad_values, &stats}) {
+    TORCH_CHECK_TYPE(at::isFloatingType(x->scalar_type()), "gradients and stats must be floating point; got ",
+                     x->scalar_type());
+    TORCH_CHECK_VALUE(x->device() == logits.device(), "gradients and stats must be on the device of logits (",
+                      logits.device(), "); got ", x->device());
+  }
+}
+
 inline void check_postprocess(const at::Tensor& logits, int64_t in_h, int64_t in_w, int64_t crop_h,
                               int64_t crop_w, int64_t out_h, int64_t out_w, double threshold) {
   TORCH_CHECK_VALUE(logits.dim() == 3 && logits.size(1) > 0 && logits.size(2) > 0,

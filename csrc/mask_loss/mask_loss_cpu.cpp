@@ -12,8 +12,10 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "cpu_simd.h"
@@ -140,7 +142,7 @@ inline void row_terms_impl(const T* __restrict__ z, const T* __restrict__ t, con
     p[X] = px.p * v[X];
     tt[X] = t[X] * v[X];
     bce[X] = px.bce * v[X];
-    fo[X] = px.focal(t[X], alpha, gamma) * v[X];
+    fo[X] = G == kNoFocal ? T(0) : px.focal(t[X], alpha, gamma) * v[X];
   }
 }
 
@@ -156,7 +158,8 @@ inline void row_grad(const T* __restrict__ z, const T* __restrict__ t, const T* 
   for (int64_t X = 0; X < W; ++X) gz[X] = Pixel<G, FastMath, T>(z[X], t[X]).dz(t[X], g, alpha, gamma) * v[X];
 }
 
-// One output row, forward: its five sums. Backward: dL/dz of its pixels into gz.
+// One output row, forward: its five sums and its number of valid pixels (kStats). Backward: dL/dz of
+// its pixels into gz.
 template <int G, typename T>
 inline void forward_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>& tx, const uint8_t* trow,
                         const uint8_t* vrow, T alpha, T gamma, RowScratch<T>& sc, double* sums) {
@@ -166,6 +169,7 @@ inline void forward_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>
   if (vrow) load_row(vrow, W, sc.v.data());
   row_terms<G>(sc.z.data(), sc.t.data(), sc.v.data(), W, alpha, gamma, sc);
   for (int k = 0; k < kSums; ++k) sums[k] = sum8(sc.out[k].data(), W);
+  sums[kSums] = vrow ? sum8(sc.v.data(), W) : static_cast<double>(W);
 }
 
 template <int G, typename T>
@@ -182,10 +186,15 @@ inline void backward_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T
 #define SSRVG_GAMMA_SWITCH(gk, CALL) \
   if (gk == kGammaTwo) CALL(kGammaTwo); else if (gk == kGammaZero) CALL(kGammaZero); else CALL(kGammaAny);
 
-SSRVG_CLONES void forward_row_any(int gk, const float* v, int64_t w, const Lerp<float>& ly, const XTaps<float>& tx,
-                                  const uint8_t* trow, const uint8_t* vrow, float a, float gm, RowScratch<float>& sc,
-                                  double* sums) {
+// focal = false: the focal sum is left 0 (not asked for), and not computed.
+SSRVG_CLONES void forward_row_any(int gk, bool focal, const float* v, int64_t w, const Lerp<float>& ly,
+                                  const XTaps<float>& tx, const uint8_t* trow, const uint8_t* vrow, float a, float gm,
+                                  RowScratch<float>& sc, double* sums) {
 #define CALL(G) forward_row<G>(v, w, ly, tx, trow, vrow, a, gm, sc, sums)
+  if (!focal) {
+    CALL(kNoFocal);
+    return;
+  }
   SSRVG_GAMMA_SWITCH(gk, CALL)
 #undef CALL
 }
@@ -200,10 +209,11 @@ SSRVG_CLONES void backward_row_any(int gk, const float* v, int64_t w, const Lerp
   SSRVG_GAMMA_SWITCH(gk, CALL)
 #undef CALL
 }
-void forward_row_any(int, const double* v, int64_t w, const Lerp<double>& ly, const XTaps<double>& tx,
+void forward_row_any(int, bool focal, const double* v, int64_t w, const Lerp<double>& ly, const XTaps<double>& tx,
                      const uint8_t* trow, const uint8_t* vrow, double a, double gm, RowScratch<double>& sc,
                      double* sums) {
-  forward_row<kGammaAny>(v, w, ly, tx, trow, vrow, a, gm, sc, sums);
+  if (focal) forward_row<kGammaAny>(v, w, ly, tx, trow, vrow, a, gm, sc, sums);
+  else forward_row<kNoFocal>(v, w, ly, tx, trow, vrow, a, gm, sc, sums);
 }
 void backward_row_any(int, const double* v, int64_t w, const Lerp<double>& ly, const XTaps<double>& tx,
                       const uint8_t* trow, const uint8_t* vrow, const double* g, double a, double gm,
@@ -211,14 +221,14 @@ void backward_row_any(int, const double* v, int64_t w, const Lerp<double>& ly, c
   backward_row<kGammaAny>(v, w, ly, tx, trow, vrow, g, a, gm, sc, gz);
 }
 
-at::Tensor sums_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
-                    const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
-  const LossInputs in(logits_in, targets_in, valid_in, alpha, gamma);
+// Per-mask statistics (B, kStats) in double: the five sums over valid pixels and the number of valid
+// pixels. Rows are added in a fixed order (bit-identical whatever the thread count).
+at::Tensor stats_cpu(const LossInputs& in, double alpha, double gamma, bool focal) {
   const at::Tensor& logits = in.logits;
   const int64_t B = in.B, h = in.h, w = in.w, H = in.H, W = in.W;
   const int gk = gamma_kind(gamma);
-  at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "upsampled_mask_sums_cpu", [&] {
+  at::Tensor stats = at::zeros({B, kStats}, logits.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "upsampled_mask_stats_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     // Upcast the (small) low-res logits once so the row loops read opmath values.
     const at::Tensor lo = logits.to(c10::CppTypeToScalarType<T>::value).contiguous();
@@ -227,24 +237,54 @@ at::Tensor sums_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
     const uint8_t* vd = in.valid_data();
     const auto ty = taps<T>(h, H);
     const XTaps<T> tx(taps<T>(w, W));
-    std::vector<double> rows(B * H * kSums);
+    std::vector<double> rows(B * H * kStats);
     at::parallel_for(0, B * H, 4, [&](int64_t s, int64_t e) {
       RowScratch<T> sc(w, W);
       if (!vd) std::fill(sc.v.begin(), sc.v.end(), T(1));
       for (int64_t r = s; r < e; ++r) {
         const int64_t b = r / H, Y = r % H;
-        forward_row_any(gk, lg + b * h * w, w, ty[Y], tx, tg + r * W, vd ? vd + r * W : nullptr, T(alpha),
-                        T(gamma), sc, rows.data() + r * kSums);
+        forward_row_any(gk, focal, lg + b * h * w, w, ty[Y], tx, tg + r * W, vd ? vd + r * W : nullptr, T(alpha),
+                        T(gamma), sc, rows.data() + r * kStats);
       }
     });
-    at::Tensor sums = at::zeros({B, kSums}, logits.options().dtype(at::kDouble));
-    double* o = sums.data_ptr<double>();
-    for (int64_t b = 0; b < B; ++b)  // fixed order: bit-identical whatever the thread count
+    double* o = stats.data_ptr<double>();
+    for (int64_t b = 0; b < B; ++b)
       for (int64_t Y = 0; Y < H; ++Y)
-        for (int k = 0; k < kSums; ++k) o[b * kSums + k] += rows[(b * H + Y) * kSums + k];
-    out = sums.to(logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+        for (int k = 0; k < kStats; ++k) o[b * kStats + k] += rows[(b * H + Y) * kStats + k];
   });
-  return out;
+  return stats;
+}
+
+at::Tensor sums_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
+                    const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
+  const LossInputs in(logits_in, targets_in, valid_in, alpha, gamma);
+  const at::Tensor stats = stats_cpu(in, alpha, gamma, /*focal=*/true);
+  return stats.narrow(1, 0, kSums).to(in.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
+}
+
+// The whole loss: (loss, values (kTerms,), stats (B, kStats)); terms not asked for are 0.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
+                                                        const c10::optional<at::Tensor>& valid_in,
+                                                        at::IntArrayRef terms, at::ArrayRef<double> weights,
+                                                        double alpha, double gamma, double num_masks) {
+  const LossInputs in(logits_in, targets_in, valid_in, alpha, gamma);
+  const TermWeights tw = check_terms(terms, weights, num_masks);
+  const at::Tensor stats = stats_cpu(in, alpha, gamma, tw.focal());
+  const double* st = stats.data_ptr<double>();
+  double values[kTerms] = {0, 0, 0, 0}, loss = 0;
+  for (int k = 0; k < kTerms; ++k) {
+    if (!tw.want[k]) continue;
+    for (int64_t b = 0; b < in.B; ++b) values[k] += mask_term<double>(k, st + b * kStats);
+    values[k] /= num_masks;
+    loss += tw.weight[k] * values[k];
+  }
+  const auto dtype = in.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto opts = in.logits.options().dtype(at::kDouble);
+  at::Tensor vals = at::empty({kTerms}, opts);
+  std::copy(values, values + kTerms, vals.data_ptr<double>());
+  at::Tensor l = at::empty({}, opts);
+  *l.data_ptr<double>() = loss;
+  return {l.to(dtype), vals.to(dtype), stats.to(dtype)};
 }
 
 at::Tensor sums_backward_cpu(const at::Tensor& grad_in, const at::Tensor& logits_in,
@@ -304,6 +344,24 @@ at::Tensor sums_backward_cpu(const at::Tensor& grad_in, const at::Tensor& logits
   return grad_logits;
 }
 
+at::Tensor loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& grad_values, const at::Tensor& stats,
+                             const at::Tensor& logits, const at::Tensor& targets,
+                             const c10::optional<at::Tensor>& valid, at::IntArrayRef terms,
+                             at::ArrayRef<double> weights, double alpha, double gamma, double num_masks) {
+  check_inputs(logits, targets, valid);
+  const TermWeights tw = check_terms(terms, weights, num_masks);
+  check_loss_grads(grad_loss, grad_values, stats, logits);
+  const int64_t B = logits.size(0);
+  const at::Tensor gv = grad_values.to(at::kDouble).contiguous(), st = stats.to(at::kDouble).contiguous();
+  double c[kTerms];
+  term_coefficients<double>(tw, grad_loss.to(at::kDouble).item<double>(), gv.data_ptr<double>(), c);
+  at::Tensor g = at::empty({B, kSums}, logits.options().dtype(at::kDouble));
+  double* gp = g.data_ptr<double>();
+  const double* sp = st.data_ptr<double>();
+  for (int64_t b = 0; b < B; ++b) mask_term_grad<double>(c, sp + b * kStats, gp + b * kSums);
+  return sums_backward_cpu(g, logits, targets, valid, alpha, gamma);
+}
+
 // Inference: logits (B, h, w) over a padded (in_h, in_w) input -> upsample to the input, crop the
 // valid top-left (crop_h, crop_w), resize to (out_h, out_w), threshold -- one pass, no buffers.
 at::Tensor postprocess_cpu(const at::Tensor& logits_in, int64_t in_h, int64_t in_w, int64_t crop_h,
@@ -341,6 +399,8 @@ at::Tensor postprocess_cpu(const at::Tensor& logits_in, int64_t in_h, int64_t in
 TORCH_LIBRARY_IMPL(ssrvg, CPU, m) {
   m.impl("upsampled_mask_sums", &sums_cpu);
   m.impl("upsampled_mask_sums_backward", &sums_backward_cpu);
+  m.impl("upsampled_mask_loss", &loss_cpu);
+  m.impl("upsampled_mask_loss_backward", &loss_backward_cpu);
   m.impl("mask_postprocess", &postprocess_cpu);
 }
 

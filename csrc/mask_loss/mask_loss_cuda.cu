@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <tuple>
 
 #include "mask_loss.h"
 
@@ -84,7 +85,7 @@ __global__ void sums_kernel(const scalar_t* __restrict__ logits, const uint8_t* 
       acc[1] += px.p;
       acc[2] += t;
       acc[3] += px.bce;
-      acc[4] += px.focal(t, alpha, gamma);
+      if (G != kNoFocal) acc[4] += px.focal(t, alpha, gamma);
     }
   }
   __shared__ T warp_acc[kThreads / 32][kSums];
@@ -112,11 +113,18 @@ __global__ void finish_sums_kernel(const T* __restrict__ partials, int64_t B, in
   out[t] = static_cast<out_t>(r);
 }
 
-at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
-                     const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
-  const LossInputs in(logits_in, targets_in, valid_in, alpha, gamma);
-  TORCH_CHECK_VALUE(logits_in.is_cuda(), "logits must be a CUDA tensor here; got ", logits_in.device());
-  const c10::cuda::CUDAGuard guard(logits_in.device());
+template <typename scalar_t, int G>
+void launch_sums(dim3 grid, cudaStream_t stream, const scalar_t* logits, const uint8_t* targets, const uint8_t* valid,
+                 int64_t h, int64_t w, int64_t H, int64_t W, double alpha, double gamma, int blocks,
+                 at::opmath_type<scalar_t>* partials) {
+  using T = at::opmath_type<scalar_t>;
+  sums_kernel<scalar_t, G><<<grid, kThreads, 0, stream>>>(logits, targets, valid, h, w, H, W, static_cast<T>(alpha),
+                                                          static_cast<T>(gamma), blocks, partials);
+}
+
+// The (B, 5) sums (float32, float64 for float64 logits); focal = false leaves the focal sum 0 and
+// does not compute it. The caller holds the device guard.
+at::Tensor sums_impl(const LossInputs& in, double alpha, double gamma, bool focal) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor& logits = in.logits;
   const int64_t B = in.B, h = in.h, w = in.w, H = in.H, W = in.W;
@@ -133,10 +141,17 @@ at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
     const uint8_t* vd = in.valid_data();
     for (int64_t b0 = 0; b0 < B; b0 += 65535) {
       const int64_t nb = std::min<int64_t>(65535, B - b0);
-      SSRVG_GAMMA_SWITCH(gamma, sums_kernel<scalar_t, G><<<dim3(blocks, (unsigned)nb), kThreads, 0, stream>>>(
-          logits.data_ptr<scalar_t>() + b0 * h * w, in.target_data() + b0 * H * W, vd ? vd + b0 * H * W : nullptr,
-          h, w, H, W, static_cast<T>(alpha), static_cast<T>(gamma), blocks,
-          partials.data_ptr<T>() + b0 * blocks * kSums));
+const scalar_t* lg = logits.data_ptr<scalar_t>() + b0 * h * w;
+      const uint8_t* tg = in.target_data() + b0 * H * W;
+      const uint8_t* vb = vd ? vd + b0 * H * W : nullptr;
+      T* part = partials.data_ptr<T>() + b0 * blocks * kSums;
+      const dim3 grid(blocks, (unsigned)nb);
+      if (focal) {
+        SSRVG_GAMMA_SWITCH(gamma, launch_sums<scalar_t, G>(grid, stream, lg, tg, vb, h, w, H, W, alpha, gamma, blocks,
+                                                           part));
+      } else {
+        launch_sums<scalar_t, kNoFocal>(grid, stream, lg, tg, vb, h, w, H, W, alpha, gamma, blocks, part);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     const int64_t n = B * kSums;
@@ -148,6 +163,14 @@ at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
+}
+
+at::Tensor sums_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
+                     const c10::optional<at::Tensor>& valid_in, double alpha, double gamma) {
+  const LossInputs in(logits_in, targets_in, valid_in, alpha, gamma);
+  TORCH_CHECK_VALUE(logits_in.is_cuda(), "logits must be a CUDA tensor here; got ", logits_in.device());
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  return sums_impl(in, alpha, gamma, /*focal=*/true);
 }
 
 // ranges[i] = (first, last) output index whose bilinear taps touch input index i (output_range),
@@ -320,11 +343,111 @@ at::Tensor postprocess_cuda(const at::Tensor& logits_in, int64_t in_h, int64_t i
   return out;
 }
 
+// One block: each thread takes masks b = tid, tid + blockDim, ... (their stats rows and terms), then
+// a fixed-order tree reduction in double; thread 0 writes the values and the loss. No atomics.
+template <typename out_t>
+__global__ void combine_kernel(const out_t* __restrict__ sums, const double* __restrict__ counts, double pixels,
+                               int64_t B, TermWeights tw, out_t* __restrict__ stats, out_t* __restrict__ values,
+                               out_t* __restrict__ loss) {
+  __shared__ double part[kThreads][kTerms];
+  double acc[kTerms] = {0, 0, 0, 0};
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
+    double s[kStats];
+    for (int k = 0; k < kSums; ++k) s[k] = static_cast<double>(sums[b * kSums + k]);
+    s[kSums] = counts ? counts[b] : pixels;
+    for (int k = 0; k < kStats; ++k) stats[b * kStats + k] = static_cast<out_t>(s[k]);
+    for (int k = 0; k < kTerms; ++k)
+      if (tw.want[k]) acc[k] += mask_term<double>(k, s);
+  }
+  for (int k = 0; k < kTerms; ++k) part[threadIdx.x][k] = acc[k];
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride)
+      for (int k = 0; k < kTerms; ++k) part[threadIdx.x][k] += part[threadIdx.x + stride][k];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    double l = 0;
+    for (int k = 0; k < kTerms; ++k) {
+      const double v = tw.want[k] ? part[0][k] / tw.num_masks : 0.0;
+      values[k] = static_cast<out_t>(v);
+      l += tw.weight[k] * v;
+    }
+    *loss = static_cast<out_t>(l);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
+                                                         const c10::optional<at::Tensor>& valid_in,
+                                                         at::IntArrayRef terms, at::ArrayRef<double> weights,
+                                                         double alpha, double gamma, double num_masks) {
+  const LossInputs in(logits_in, targets_in, valid_in, alpha, gamma);
+  const TermWeights tw = check_terms(terms, weights, num_masks);
+  TORCH_CHECK_VALUE(logits_in.is_cuda(), "logits must be a CUDA tensor here; got ", logits_in.device());
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor sums = sums_impl(in, alpha, gamma, tw.focal());
+  at::Tensor counts;  // valid pixels per mask, only where a mean term needs them
+  if (tw.pixel_count() && in.valid.defined()) counts = in.valid.flatten(1).sum(1, /*keepdim=*/false, at::kDouble);
+  const auto opts = sums.options();
+  at::Tensor stats = at::empty({in.B, kStats}, opts), values = at::empty({kTerms}, opts), loss = at::empty({}, opts);
+  const double pixels = static_cast<double>(in.H) * static_cast<double>(in.W);
+  AT_DISPATCH_FLOATING_TYPES(sums.scalar_type(), "upsampled_mask_loss_cuda", [&] {
+    combine_kernel<scalar_t><<<1, kThreads, 0, stream>>>(sums.data_ptr<scalar_t>(),
+                                                        counts.defined() ? counts.data_ptr<double>() : nullptr, pixels,
+                                                        in.B, tw, stats.data_ptr<scalar_t>(),
+                                                        values.data_ptr<scalar_t>(), loss.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {loss, values, stats};
+}
+
+// Per mask: d(loss)/d(sums) (B, 5) from its stats and the incoming gradients (read on the device:
+// no host synchronisation).
+template <typename T>
+__global__ void loss_grad_kernel(const T* __restrict__ grad_loss, const T* __restrict__ grad_values,
+                                 const T* __restrict__ stats, int64_t B, TermWeights tw, double* __restrict__ g) {
+  const int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  double gv[kTerms], c[kTerms], s[kStats];
+  for (int k = 0; k < kTerms; ++k) gv[k] = static_cast<double>(grad_values[k]);
+  for (int k = 0; k < kStats; ++k) s[k] = static_cast<double>(stats[b * kStats + k]);
+  term_coefficients<double>(tw, static_cast<double>(*grad_loss), gv, c);
+  mask_term_grad<double>(c, s, g + b * kSums);
+}
+
+at::Tensor loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& grad_values, const at::Tensor& stats_in,
+                              const at::Tensor& logits, const at::Tensor& targets,
+                              const c10::optional<at::Tensor>& valid, at::IntArrayRef terms,
+                              at::ArrayRef<double> weights, double alpha, double gamma, double num_masks) {
+  check_inputs(logits, targets, valid);
+  const TermWeights tw = check_terms(terms, weights, num_masks);
+  check_loss_grads(grad_loss, grad_values, stats_in, logits);
+  TORCH_CHECK_VALUE(logits.is_cuda(), "logits must be a CUDA tensor here; got ", logits.device());
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t B = logits.size(0);
+  const at::Tensor stats = stats_in.contiguous();
+  const at::Tensor gl = grad_loss.to(stats.scalar_type()).contiguous();
+  const at::Tensor gv = grad_values.to(stats.scalar_type()).contiguous();
+  at::Tensor g = at::empty({B, kSums}, logits.options().dtype(at::kDouble));
+  if (B > 0) {
+    AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "upsampled_mask_loss_backward_cuda", [&] {
+      loss_grad_kernel<scalar_t><<<(B + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+          gl.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), stats.data_ptr<scalar_t>(), B, tw, g.data_ptr<double>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return sums_backward_cuda(g, logits, targets, valid, alpha, gamma);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ssrvg, CUDA, m) {
   m.impl("upsampled_mask_sums", &sums_cuda);
   m.impl("upsampled_mask_sums_backward", &sums_backward_cuda);
+  m.impl("upsampled_mask_loss", &loss_cuda);
+  m.impl("upsampled_mask_loss_backward", &loss_backward_cuda);
   m.impl("mask_postprocess", &postprocess_cuda);
 }
 

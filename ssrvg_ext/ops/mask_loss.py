@@ -8,6 +8,11 @@ materialising ``z``, and its backward gathers ``dL/dlogits`` at low resolution (
 deterministic, no float H x W buffer).
 
     >>> loss = upsampled_mask_loss(logits, targets, losses={"dice": 5.0, "bce": 2.0})
+    >>> loss, terms = upsampled_mask_loss(logits, targets, {"dice": 5.0, "bce": 2.0}, return_terms=True)
+
+:func:`upsampled_mask_loss` is one op (``ssrvg::upsampled_mask_loss``): the sums, each mask's
+terms, their sums over masks, the weights and the total happen inside it, and its backward is one
+op too; the unweighted terms come out of the same call for logging.
 
 The inference side of the same kernels' upsampling, :func:`~.mask_postprocess.mask_postprocess`,
 has its own module.
@@ -23,7 +28,7 @@ import torch
 from ._dispatch import call, register_autograd, register_fake
 
 __all__ = ["upsampled_mask_sums", "losses_from_sums", "upsampled_mask_losses", "upsampled_mask_loss",
-           "upsampled_mask_loss_terms",
+           "upsampled_mask_loss_terms", "TERM_INDEX",
            "unfused_mask_losses", "LOSSES"]
 
 LOSSES = ("dice", "soft_iou", "bce", "focal")
@@ -74,40 +79,54 @@ def unfused_mask_losses(logits, targets, valid=None, alpha=0.25, gamma=2.0) -> d
     return losses_from_sums(ref_sums(logits, targets, valid, alpha, gamma), _num_pixels(targets, valid))
 
 
-def upsampled_mask_loss_terms(logits: torch.Tensor, targets: torch.Tensor, names: Sequence[str] = ("dice", "bce"),
-                              valid: torch.Tensor | None = None, alpha: float = 0.25, gamma: float = 2.0,
-                              num_masks: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Each named mask loss (unweighted), summed over masks and divided by ``num_masks`` (default B;
-    pass the all-reduced count in distributed training so every rank normalises alike)."""
-    names = tuple(names)
-    unknown = set(names) - set(LOSSES)
-    if unknown:
-        raise ValueError(f"unknown mask loss(es) {sorted(unknown)}; choose from {LOSSES}")
-    if num_masks is not None:
-        try:
-            n = float(num_masks)  # a number or a one-element tensor (a CUDA one costs a sync here)
-        except (TypeError, ValueError, RuntimeError):
-            n = math.nan
-        if not (math.isfinite(n) and n > 0):
-            raise ValueError(f"num_masks must be a finite number > 0 (a scalar); got {num_masks!r}")
-    sums = upsampled_mask_sums(logits, targets, valid, alpha, gamma)
-    needs_n = {"bce", "focal"} & set(names)
-    per_mask = losses_from_sums(sums, _num_pixels(targets, valid) if needs_n else None, names)
-    denom = num_masks if num_masks is not None else max(logits.shape[0], 1)
-    return {name: per_mask[name].sum() / denom for name in names}
+TERM_INDEX = {name: i for i, name in enumerate(LOSSES)}  # the op's term numbers
+
+
+def _num_masks(num_masks, batch: int) -> float:
+    if num_masks is None:
+        return float(max(batch, 1))
+    try:
+        n = float(num_masks)  # a number or a one-element tensor (a CUDA one costs a sync here)
+    except (TypeError, ValueError, RuntimeError):
+        n = math.nan
+    if not (math.isfinite(n) and n > 0):
+        raise ValueError(f"num_masks must be a finite number > 0 (a scalar); got {num_masks!r}")
+    return n
 
 
 def upsampled_mask_loss(logits: torch.Tensor, targets: torch.Tensor, losses: Mapping[str, float] | None = None,
                         valid: torch.Tensor | None = None, alpha: float = 0.25, gamma: float = 2.0,
-                        num_masks: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted sum of the mask losses named in ``losses`` (name -> weight), each summed over masks
-    and divided by ``num_masks``: :func:`upsampled_mask_loss_terms` with weights."""
+                        num_masks: float | torch.Tensor | None = None, return_terms: bool = False):
+    """Weighted sum of the mask losses named in ``losses`` (name -> weight; default dice 1 + bce 1),
+    each summed over masks and divided by ``num_masks`` (default B; pass the all-reduced count in
+    distributed training so every rank normalises alike), in one op. With ``return_terms``,
+    ``(loss, {name: unweighted term})``: the terms come from the same call (a weight of 0 logs a
+    term without training on it); the focal sum is computed only when ``focal`` is named."""
     losses = dict(losses if losses is not None else {"dice": 1.0, "bce": 1.0})
+    unknown = set(losses) - set(LOSSES)
+    if unknown:
+        raise ValueError(f"unknown mask loss(es) {sorted(unknown)}; choose from {LOSSES}")
     bad = {k: w for k, w in losses.items() if not (isinstance(w, (int, float)) and math.isfinite(w))}
     if bad:
         raise ValueError(f"mask loss weights must be finite numbers; got {bad}")
-    terms = upsampled_mask_loss_terms(logits, targets, tuple(losses), valid, alpha, gamma, num_masks)
-    return sum(w * terms[name] for name, w in losses.items())
+    if not losses:
+        raise ValueError(f"name at least one mask loss of {LOSSES}")
+    idx = [TERM_INDEX[name] for name in losses]
+    loss, values, _ = call("upsampled_mask_loss", logits.device, logits, targets, valid, idx,
+                           [float(w) for w in losses.values()], float(alpha), float(gamma),
+                           _num_masks(num_masks, logits.shape[0]))
+    if return_terms:
+        return loss, {name: values[i] for name, i in zip(losses, idx)}
+    return loss
+
+
+def upsampled_mask_loss_terms(logits: torch.Tensor, targets: torch.Tensor, names: Sequence[str] = ("dice", "bce"),
+                              valid: torch.Tensor | None = None, alpha: float = 0.25, gamma: float = 2.0,
+                              num_masks: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Each named mask loss (unweighted), summed over masks and divided by ``num_masks`` (default B):
+    :func:`upsampled_mask_loss`'s terms, from one op call."""
+    return upsampled_mask_loss(logits, targets, {name: 1.0 for name in names}, valid, alpha, gamma, num_masks,
+                               return_terms=True)[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,3 +158,34 @@ def _backward(ctx, grad):
 
 
 register_autograd("upsampled_mask_sums", _backward, _setup_context)
+
+
+@register_fake("upsampled_mask_loss")
+def _(logits, targets, valid, terms, weights, alpha, gamma, num_masks):
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return (logits.new_empty((), dtype=dtype), logits.new_empty((len(LOSSES),), dtype=dtype),
+            logits.new_empty((logits.shape[0], 6), dtype=dtype))
+
+
+@register_fake("upsampled_mask_loss_backward")
+def _(grad_loss, grad_values, stats, logits, targets, valid, terms, weights, alpha, gamma, num_masks):
+    return torch.empty_like(logits)
+
+
+def _loss_setup_context(ctx, inputs, output):
+    logits, targets, valid, terms, weights, alpha, gamma, num_masks = inputs
+    ctx.save_for_backward(logits, targets, valid, output[2])
+    ctx.args = (terms, weights, alpha, gamma, num_masks)
+    ctx.mark_non_differentiable(output[2])
+
+
+def _loss_backward(ctx, grad_loss, grad_values, _grad_stats):
+    logits, targets, valid, stats = ctx.saved_tensors
+    grad_logits = None
+    if ctx.needs_input_grad[0]:
+        grad_logits = torch.ops.ssrvg.upsampled_mask_loss_backward(grad_loss, grad_values, stats, logits, targets, valid,
+                                                                   *ctx.args)
+    return grad_logits, None, None, None, None, None, None, None
+
+
+register_autograd("upsampled_mask_loss", _loss_backward, _loss_setup_context)

@@ -307,6 +307,50 @@ def upsampled_mask_sums_backward(grad, logits, targets, valid, alpha: float, gam
     return g
 
 
+_TERMS = ("dice", "soft_iou", "bce", "focal")
+
+
+def _check_terms(terms, weights, num_masks):
+    if not terms:
+        raise ValueError("upsampled_mask_loss needs at least one term")
+    if len(terms) != len(weights):
+        raise ValueError(f"terms and weights must have one length; got {len(terms)} and {len(weights)}")
+    if not (math.isfinite(num_masks) and num_masks > 0):
+        raise ValueError(f"num_masks must be a finite number > 0; got {num_masks}")
+    for k, w in zip(terms, weights):
+        if not 0 <= k < 4:
+            raise ValueError(f"a term must be 0 (dice), 1 (soft_iou), 2 (bce) or 3 (focal); got {k}")
+        if not math.isfinite(w):
+            raise ValueError(f"loss weights must be finite; got {w} for term {k}")
+    if len(set(terms)) != len(terms):
+        raise ValueError(f"a term is given twice: {list(terms)}")
+
+
+def upsampled_mask_loss(logits, targets, valid, terms, weights, alpha: float, gamma: float, num_masks: float):
+    """(loss, values (4,), stats (B, 6)) as the compiled op: the terms from the reference sums."""
+    _check_terms(terms, weights, num_masks)
+    sums = upsampled_mask_sums(logits, targets, valid, alpha, gamma)
+    n = (valid.flatten(1).sum(1) if valid is not None else
+         torch.full((targets.shape[0],), targets.shape[1] * targets.shape[2], device=targets.device)).to(sums.dtype)
+    stats = torch.cat([sums, n[:, None]], 1)
+    pt, p, t, bce, focal = sums.unbind(1)
+    nn_ = n.clamp_min(1)
+    per = {0: lambda: 1 - (2 * pt + 1) / (p + t + 1), 1: lambda: 1 - (pt + 1) / (p + t - pt + 1),
+           2: lambda: bce / nn_, 3: lambda: focal / nn_}
+    values = torch.stack([per[k]().sum() / num_masks if k in terms else sums.new_zeros(()) for k in range(4)])
+    loss = sum((w * values[k] for k, w in zip(terms, weights)), sums.new_zeros(()))
+    return loss, values, stats.detach()
+
+
+def upsampled_mask_loss_backward(grad_loss, grad_values, stats, logits, targets, valid, terms, weights, alpha: float,
+                                 gamma: float, num_masks: float) -> torch.Tensor:
+    with torch.enable_grad():
+        x = logits.detach().requires_grad_(True)
+        loss, values, _ = upsampled_mask_loss(x, targets, valid, terms, weights, alpha, gamma, num_masks)
+        (g,) = torch.autograd.grad([loss, values], x, [grad_loss.to(loss.dtype).reshape(()), grad_values.to(values.dtype)])
+    return g
+
+
 def mask_postprocess(logits, in_h: int, in_w: int, crop_h: int, crop_w: int, out_h: int, out_w: int,
                      threshold: float) -> torch.Tensor:
     if logits.dim() != 3 or min(logits.shape[1:]) < 1 or not logits.is_floating_point():

@@ -3,8 +3,8 @@
 // are drawn on #overlay, a transparent canvas of the same size on top.
 "use strict";
 
-const COLORS = [[230, 40, 40], [40, 120, 230], [40, 180, 60], [230, 160, 20], [160, 60, 200], [20, 190, 190],
-                [220, 80, 160], [120, 120, 120]];
+const COLORS = [[255, 140, 0], [0, 200, 255], [255, 0, 200], [120, 255, 0], [255, 255, 255], [140, 80, 255],
+                [255, 60, 60], [0, 0, 0]];
 const $ = (id) => document.getElementById(id);
 let info = null;        // /api/info
 let files = [];         // the chosen image, or the frames of a clip, as Blobs
