@@ -2,8 +2,9 @@
 //
 // Forward: per (mask, output row) the five sums are accumulated in double, then rows are added in
 // a fixed order (bit-identical whatever the thread count). Backward, without atomics and without
-// any float H x W buffer: per output row, dL/dz is gathered along x into R (B, H, w); then each
-// low-res logit gathers R along y over the rows that read it.
+// any float H x W buffer: per band of low-res rows of a mask, dL/dz of the output rows that read
+// the band is gathered along x into a thread-local buffer, then each low-res logit of the band
+// gathers it along y.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -307,35 +308,47 @@ at::Tensor sums_backward_cpu(const at::Tensor& grad_in, const at::Tensor& logits
     const auto ty = taps<T>(h, H), tx_lerp = taps<T>(w, W);
     const XTaps<T> tx(tx_lerp);
     const Gather<T> gy(ty, h), gx(tx_lerp, w);
-    at::Tensor R = at::empty({B, H, w}, lo.options());  // dL/dz gathered along x: H x w, not H x W
-    T* rp = R.data_ptr<T>();
-    at::parallel_for(0, B * H, 4, [&](int64_t s, int64_t e) {
+    // A task is a band of low-res rows [i0, i1) of one mask: it computes dL/dz of the output rows that
+    // read the band, gathered along x (a thread-local (rows, w) buffer: nothing of size B x H x w), then
+    // gathers them along y into the band. Rows at a band's edges are computed by both neighbours; every
+    // low-res row is written by one task, in the same order as a whole-image pass (deterministic).
+    const int64_t band = std::max<int64_t>(4, std::min<int64_t>(h, (32 * h + H - 1) / H));  // ~32 output rows
+    const int64_t bands = (h + band - 1) / band;
+    at::Tensor gl = at::empty({B, h, w}, lo.options());
+    T* gp = gl.data_ptr<T>();
+    at::parallel_for(0, B * bands, 1, [&](int64_t s, int64_t e) {
       RowScratch<T> sc(w, W);
       T* gz = sc.out[0].data();
       if (!vd) std::fill(sc.v.begin(), sc.v.end(), T(1));
-      for (int64_t r = s; r < e; ++r) {
-        const int64_t b = r / H, Y = r % H;
-        backward_row_any(gk, lg + b * h * w, w, ty[Y], tx, tg + r * W, vd ? vd + r * W : nullptr, gs + b * kSums,
-                         T(alpha), T(gamma), sc, gz);
-        T* out = rp + r * w;
-        for (int64_t j = 0; j < w; ++j) {
-          T acc = 0;
-          for (int64_t k = gx.start[j]; k < gx.start[j + 1]; ++k) acc += gx.weight[k] * gz[gx.index[k]];
-          out[j] = acc;
+      std::vector<T> rows;
+      for (int64_t task = s; task < e; ++task) {
+        const int64_t b = task / bands, i0 = (task % bands) * band, i1 = std::min(h, i0 + band);
+        int64_t y0 = H, y1 = -1;  // the output rows that read the band
+        for (int64_t i = i0; i < i1; ++i) {
+          if (gy.start[i] == gy.start[i + 1]) continue;  // (downsampling: a row nobody reads)
+          y0 = std::min(y0, gy.index[gy.start[i]]);
+          y1 = std::max(y1, gy.index[gy.start[i + 1] - 1]);
         }
-      }
-    });
-    at::Tensor gl = at::empty({B, h, w}, lo.options());
-    T* gp = gl.data_ptr<T>();
-    at::parallel_for(0, B * h, 4, [&](int64_t s, int64_t e) {
-      for (int64_t r = s; r < e; ++r) {
-        const int64_t b = r / h, i = r % h;
-        T* dst = gp + r * w;
-        std::fill(dst, dst + w, T(0));
-        for (int64_t k = gy.start[i]; k < gy.start[i + 1]; ++k) {
-          const T wy = gy.weight[k];
-          const T* src = rp + (b * H + gy.index[k]) * w;
-          for (int64_t j = 0; j < w; ++j) dst[j] += wy * src[j];
+        rows.resize(std::max<int64_t>(0, y1 - y0 + 1) * w);
+        for (int64_t Y = y0; Y <= y1; ++Y) {
+          const int64_t r = b * H + Y;
+          backward_row_any(gk, lg + b * h * w, w, ty[Y], tx, tg + r * W, vd ? vd + r * W : nullptr, gs + b * kSums,
+                           T(alpha), T(gamma), sc, gz);
+          T* out = rows.data() + (Y - y0) * w;
+          for (int64_t j = 0; j < w; ++j) {
+            T acc = 0;
+            for (int64_t k = gx.start[j]; k < gx.start[j + 1]; ++k) acc += gx.weight[k] * gz[gx.index[k]];
+            out[j] = acc;
+          }
+        }
+        for (int64_t i = i0; i < i1; ++i) {
+          T* dst = gp + (b * h + i) * w;
+          std::fill(dst, dst + w, T(0));
+          for (int64_t k = gy.start[i]; k < gy.start[i + 1]; ++k) {
+            const T wy = gy.weight[k];
+            const T* src = rows.data() + (gy.index[k] - y0) * w;
+            for (int64_t j = 0; j < w; ++j) dst[j] += wy * src[j];
+          }
         }
       }
     });
