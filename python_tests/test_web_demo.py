@@ -282,3 +282,37 @@ def test_page_shows_the_servers_refusal(page, served, data, tmp_path):
     assert run_query(page, served, str(big), ["the red circle"]) == "error"
     assert "2100 x 2100 pixels" in page.find_element(By.ID, "error").text
     assert run_query(page, served, image_of(data), ["the red circle"]) == "1"  # and the server goes on
+
+
+def test_video_page_draws_every_frame(tmp_path, data):
+    from selenium.webdriver.common.by import By
+
+    model = export_untrained(str(tmp_path), "configs/tiny_video.yaml")
+    s = Served(DemoApp(load_predictor(model, device="cpu")))
+    drv = browser()
+    try:
+        still = np.array(Image.open(image_of(data)).convert("RGB"))
+        paths = []
+        for t in range(3):  # names out of order on purpose: the page sorts the frames by name
+            paths.append(str(tmp_path / f"frame_{2 - t}.png"))
+            Image.fromarray(np.roll(still, 6 * (2 - t), axis=1)).save(paths[-1])
+        assert run_query(drv, s, "\n".join(paths), ["the red circle"]) == "1", drv.find_element(By.ID, "error").text
+        want = ssrvg_ext.VideoPredictor.from_pretrained(model, device="cpu").predict(sorted(paths), "the red circle")
+        rows = drv.find_elements(By.CSS_SELECTOR, "#results tr.result")
+        assert len(rows) == 3
+        assert [json.loads(r.get_attribute("data-box")) for r in rows] == [[round(float(v), 2) for v in b]
+                                                                          for b in want["boxes"]]
+        for t in (0, 2):
+            drv.execute_script(f"const f = document.getElementById('frame'); f.value = '{t}';"
+                               "f.dispatchEvent(new Event('input'));")
+            from selenium.webdriver.support.ui import WebDriverWait
+            WebDriverWait(drv, 30).until(lambda d: d.find_element(By.ID, "stage").get_attribute("data-frame") == str(t))
+            alpha = overlay_alpha(drv)
+            mask = want["masks"][t].numpy().astype(bool)
+            x0, y0, x1, y1 = want["boxes"][t].tolist()
+            ys, xs = np.mgrid[: mask.shape[0], : mask.shape[1]]
+            away = ~(((np.abs(xs - x0) < 3) | (np.abs(xs - x1) < 3) | (np.abs(ys - y0) < 3) | (np.abs(ys - y1) < 3)))
+            assert np.array_equal(alpha[away] > 0, mask[away])
+    finally:
+        drv.quit()
+        s.close()
