@@ -28,6 +28,8 @@ class Batch(TypedDict, total=False):
     box_valid: torch.Tensor     # (B,) bool, the object is visible in the frame; clips
     clip_len: int               # T frames per clip; clips
     clips: list[dict]           # one meta per clip (index, frames, own); clips
+    labeled: torch.Tensor       # (B,) bool, the frame has a ground truth; clips with unlabeled frames (A2D / JHMDB)
+    num_labeled: int            # how many frames are labeled; with ``labeled``
 
 
 class ModelOutputs(TypedDict, total=False):

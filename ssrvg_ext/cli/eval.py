@@ -1,11 +1,14 @@
 """Evaluate a checkpoint: REC Acc@0.5, RES mIoU / oIoU / Prec@0.5:0.9 at original resolution; for a
-video model (data.format=ytvos) J, F and J&F per expression and over the split (docs/video.md).
+video model (data.format=ytvos) J, F and J&F per expression and over the split; on A2D-Sentences /
+JHMDB-Sentences (data.format=a2d / jhmdb) oIoU, mIoU, Prec@0.5:0.9 and mAP on the annotated frames
+(docs/video.md).
 
     python -m ssrvg_ext.cli.eval --checkpoint runs/tiny/best.pth [--config CFG] --split val [--shuffle-text] [--out metrics.json]
     python -m ssrvg_ext.cli.eval --checkpoint runs/tiny/best.pth --split val testB --control val --out-dir runs/tiny
     python -m ssrvg_ext.cli.eval --checkpoint runs/ytvos/best.pth --split valid --submission runs/ytvos/submission
     python -m ssrvg_ext.cli.eval --checkpoint runs/davis/best.pth --split valid --davis runs/davis/results
     python -m ssrvg_ext.cli.eval --model models/tiny --split val data.ann_dir=... data.image_dir=...
+    python -m ssrvg_ext.cli.eval --checkpoint runs/a2d/best.pth --split test data.format=jhmdb data.ann_dir=DIR
 
 --model DIR evaluates a model folder of ssrvg-export (safetensors, nothing unpickled) instead of a
 training checkpoint; its config names the dataset it was trained on, override data.* to point at
@@ -49,8 +52,8 @@ def run(ckpt_path, evals, config=None, overrides=(), outs=None, ema=False, submi
     jobs = [((s, sh), o(s, sh) if callable(o) else o)
             for (split, sh), o in zip(evals, outs or [None] * len(evals)) for s in ([split] if split else default)]
     task = task_of(cfg)
-    if (submission or davis) and not task.video:
-        raise ValueError("--submission and --davis write video results; this checkpoint's config is not a video one")
+    if (submission or davis) and (not task.video or cfg["data"]["format"] != "ytvos"):
+        raise ValueError("--submission and --davis write Ref-YouTube-VOS / Ref-DAVIS results: they need data.format=ytvos")
     amp_dtype, results, rows = amp_setup(cfg, device)[0], [], []
     for (split, shuffle_text), out in jobs:
         ds = make_dataset(cfg, load_records(cfg, split, shuffle_text), train=False)

@@ -11,14 +11,17 @@ import sys
 
 COLS = ["n", "Acc@0.5", "mIoU", "oIoU", "Prec@0.5", "Prec@0.7", "Prec@0.9"]
 VIDEO_COLS = ["n", "J&F", "J", "F", "J&F[motion]", "J&F[appearance]"]
+ANNOTATED_COLS = ["n", "oIoU", "mIoU", "mAP", "AP@0.5", "AP@0.75", "Prec@0.5", "Prec@0.7", "Prec@0.9"]  # A2D / JHMDB
 
 
 def table(rows) -> str:
     """A markdown table, one row per (split, shuffled text, metrics), with Acc@0.5 per expression
-    kind when the data names kinds (the embedded set: attr, rel, ordinal); video columns (J&F, J, F,
-    per expression kind) when no row has Acc@0.5."""
+    kind when the data names kinds (the embedded set: attr, rel, ordinal); A2D / JHMDB columns (oIoU,
+    mIoU, mAP, Prec@K) for annotated-frame metrics; else video columns (J&F, J, F, per expression kind)."""
     if any("Acc@0.5" in m for _, _, m in rows):
         cols = COLS + sorted({k for _, _, m in rows for k in m if k.startswith("Acc@0.5[")})
+    elif any("mAP" in m for _, _, m in rows):
+        cols = ANNOTATED_COLS
     else:
         cols = VIDEO_COLS
     w = {c: max(8, len(c)) for c in cols}

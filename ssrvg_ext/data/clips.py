@@ -9,6 +9,10 @@ per expression (a video shorter than the window repeats its last frame), flips t
 its text ("left" <-> "right") and jitters brightness / contrast once per clip; never reversed in
 time, since that changes what the motion words mean. Evaluation cuts each video into consecutive
 windows (the last one moved back to end at the last frame) and predicts every frame once.
+
+Records of the annotated-frame protocols (A2D / JHMDB: ``extra["annotated"]``, :mod:`.annotated`)
+give one window holding the annotated frame instead -- centred on it in evaluation, at a random
+offset in training -- and only that frame has a ground truth (``labeled``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import os
 import random
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .annotated import centred_window
 from .dataset import Collate, read_image
-from .readers.rvos import VideoRecord, read_ids
+from .readers.rvos import VideoRecord, annotated_frame, read_ids
 from .transforms import ResizePad, swap_left_right
 
 
@@ -117,7 +123,15 @@ class ClipDataset(Dataset):
         self.flip, self.jitter, self.resize = flip and train, jitter and train, ResizePad(size)
         self.cache, self.labels = ({} if cache_images else None), labels
         self.items = [(i, None, None) for i in range(len(records))] if train else \
-            [(i, w, own) for i, r in enumerate(records) for w, own in owned_windows(len(r.frames), clip_len)]
+            [(i, w, own) for i, r in enumerate(records) for w, own in self._eval_windows(r)]
+
+    def _eval_windows(self, rec: VideoRecord) -> list[tuple[list[int], list[bool]]]:
+        if "annotated" not in rec.extra:
+            return owned_windows(len(rec.frames), self.clip_len)
+        f = rec.extra["annotated"]
+        w = centred_window(f, len(rec.frames), self.clip_len)
+        first = w.index(f)
+        return [(w, [k == first for k in range(len(w))])]
 
     def __len__(self):
         return len(self.items)
@@ -144,21 +158,45 @@ class ClipDataset(Dataset):
             raise ValueError(f"{path}: size {tuple(m.shape)} differs from its frame {tuple(shape)}")
         return m
 
+    def _annotated(self, rec: VideoRecord, t: int, shape) -> torch.Tensor | None:
+        """(H, W) uint8 ground truth of frame t of an A2D / JHMDB record, or None where it has none."""
+        key = ("annotated", rec.anno_paths[t], rec.obj_id, t)
+        m = self._cached(key, lambda: annotated_frame(rec, t))
+        if m is None:
+            return None
+        if tuple(m.shape) != tuple(shape):
+            raise ValueError(f"{rec.anno_paths[t]}: mask size {tuple(m.shape)} differs from its frame {tuple(shape)} "
+                             f"(video {rec.video})")
+        return torch.from_numpy(np.ascontiguousarray(m, dtype=np.uint8))
+
     def __getitem__(self, i: int) -> dict:
         ri, frames, own = self.items[i]
         rec = self.records[ri]
         n = len(rec.frames)
         if n == 0:
             raise ValueError(f"video {rec.video} expression {rec.exp_id} has no frames")
-        if frames is None:  # training: a random window
+        annotated = rec.extra.get("annotated")
+        if frames is None and annotated is not None:  # training: a window holding the annotated frame
+            start = random.randint(annotated - self.clip_len + 1, annotated)
+            frames = [min(max(start + k, 0), n - 1) for k in range(self.clip_len)]
+        elif frames is None:  # training: a random window
             start = random.randint(0, max(0, n - self.clip_len))
             frames = [min(start + k, n - 1) for k in range(self.clip_len)]
         imgs = [self._frame(rec.frame_paths[t]) for t in frames]
         size = tuple(imgs[0].shape[-2:])
         if any(tuple(im.shape[-2:]) != size for im in imgs):
             raise ValueError(f"video {rec.video}: its frames differ in size")
-        ids = [self._ids(rec, t, size) for t in frames]
-        masks = [(m == rec.obj_id).to(torch.uint8) if rec.obj_id is not None else torch.zeros_like(m) for m in ids]
+        if annotated is not None:  # A2D / JHMDB: a mask where the frame has one; the others are unlabeled
+            labeled = [rec.anno_paths[t] is not None for t in frames]
+            masks = [self._annotated(rec, t, size) if lab else torch.zeros(size, dtype=torch.uint8)
+                     for t, lab in zip(frames, labeled)]
+            labeled = [lab and m is not None for lab, m in zip(labeled, masks)]  # (JHMDB: past the .mat's frames)
+            masks = [m if m is not None else torch.zeros(size, dtype=torch.uint8) for m in masks]
+            ids = masks
+        else:
+            ids = [self._ids(rec, t, size) for t in frames]
+            masks = [(m == rec.obj_id).to(torch.uint8) if rec.obj_id is not None else torch.zeros_like(m) for m in ids]
+            labeled = [rec.anno_paths is not None] * len(frames)
         text, table = rec.text, None
         if self.labels is not None:  # every object's id map per frame and the video's label table
             table = self.labels.tables.get(rec.video, torch.zeros(1, len(self.labels.names), dtype=torch.long))
@@ -177,7 +215,7 @@ class ClipDataset(Dataset):
                for im, m, x in zip(imgs, masks, ids)]
         s = {"images": torch.stack([o["image"] for o in out]), "masks": torch.stack([o["mask"] for o in out]),
              "boxes": torch.stack([o["box_cxcywh"] for o in out]),
-             "present": torch.tensor([bool(m.any()) for m in masks]), "text": text,
+             "present": torch.tensor([bool(m.any()) for m in masks]), "labeled": torch.tensor(labeled), "text": text,
              "meta": {"index": ri, "frames": frames, "own": own, "orig_size": size, **out[0]["meta"]}}
         if table is not None:
             s["instances"], s["inst_labels"] = torch.stack([o["instances"] for o in out]), table
@@ -206,6 +244,9 @@ class ClipCollate:
                "box_valid": torch.cat([s["present"] for s in samples]), "clip_len": t,
                "meta": [dict(s["meta"], text=s["text"]) for s in samples for _ in range(t)],
                "clips": [dict(s["meta"], text=s["text"]) for s in samples]}
+        labeled = torch.cat([s["labeled"] for s in samples])
+        if not labeled.all():  # A2D / JHMDB clips: only the annotated frames are supervised (the criterion reads it)
+            out["labeled"], out["num_labeled"] = labeled, int(labeled.sum())
         if "instances" in samples[0]:  # per frame: the id map and its video's label table (padded)
             out["instances"] = torch.cat([s["instances"] for s in samples])
             n = max(s["inst_labels"].shape[0] for s in samples)

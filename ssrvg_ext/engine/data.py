@@ -24,7 +24,7 @@ def read_source(fmt: str, ann_dir: str, image_dir: str, name: str, split: str):
         return load_refer(ann_dir, image_dir, name, [split])
     if fmt == "splitfile":
         return load_split_file(ann_dir, name, split, image_dir)
-    raise ValueError(f"data.format must be refer, splitfile or ytvos; got {fmt!r}")
+    raise ValueError(f"data.format must be refer, splitfile, ytvos, a2d or jhmdb; got {fmt!r}")
 
 
 class ImageTask:
@@ -105,9 +105,47 @@ class VideoTask(ImageTask):
         return VideoEvaluator(dataset)
 
 
+class AnnotatedVideoTask(VideoTask):
+    """The annotated-frame protocols (data.format a2d: A2D-Sentences, from its .mp4 clips; jhmdb:
+    JHMDB-Sentences, evaluation only; :mod:`~ssrvg_ext.data.annotated`): one clip per annotated frame,
+    only that frame supervised; oIoU, mIoU, Prec@K and mAP on the annotated frames at the original
+    resolution."""
+
+    def records(self, split: str):
+        from ..data.annotated import a2d_records, jhmdb_records
+
+        d = self.cfg["data"]
+        if d["extra_train"]:
+            raise ValueError(f"data.extra_train is not supported with data.format={d['format']}")
+        if d["format"] == "a2d":
+            return a2d_records(d["ann_dir"], split, d["frame_cache"])
+        if split != "test":
+            raise ValueError(f"JHMDB-Sentences is an evaluation set: its split is test, not {split!r} (train on A2D, "
+                             "then evaluate its checkpoint with data.format=jhmdb)")
+        return jhmdb_records(d["ann_dir"])
+
+    def instances(self, records):
+        raise ValueError(f"data.aux_labels and data.crop=objects are not available for data.format="
+                         f"{self.cfg['data']['format']} (the annotations label the referred object only)")
+
+    def eval_batch_size(self, dataset) -> int:
+        return self.cfg["train"]["batch_size"]  # one window of clip_len frames per record
+
+    def evaluator(self, dataset):
+        from .evaluation import AnnotatedFrameEvaluator
+
+        return AnnotatedFrameEvaluator(dataset)
+
+
 def task_of(cfg: dict) -> ImageTask:
-    """The one place that tells images from videos: :class:`VideoTask` for data.format=ytvos."""
-    return VideoTask(cfg) if cfg["data"]["format"] == "ytvos" else ImageTask(cfg)
+    """The one place that tells images from videos: :class:`VideoTask` for data.format=ytvos,
+    :class:`AnnotatedVideoTask` for a2d and jhmdb."""
+    fmt = cfg["data"]["format"]
+    if fmt == "ytvos":
+        return VideoTask(cfg)
+    if fmt in ("a2d", "jhmdb"):
+        return AnnotatedVideoTask(cfg)
+    return ImageTask(cfg)
 
 
 def load_records(cfg: dict, split: str, shuffle_text: bool = False):

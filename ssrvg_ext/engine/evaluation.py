@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.readers.rvos import read_a2d_frame, read_jhmdb_masks, read_palette_mask
+from ..data.readers.rvos import annotated_frame, read_palette_mask
 from ..evaluation import box_iou, grounding_metrics, mask_stats, mask_stats_batch
 from ..evaluation.video_metrics import jf_object, jf_summary, mask_ap, segmentation_summary
 from ..ops import rle
@@ -141,21 +141,6 @@ class VideoEvaluator(DatasetEvaluator):
                     metrics[f"J&F[{kind}]"] = jf_summary(objs)["J&F"]
                     metrics[f"n[{kind}]"] = len(objs)
         return metrics, results
-
-
-def annotated_frame(rec, f: int) -> np.ndarray | None:
-    """The ground-truth mask of frame ``f`` of a record (A2D: its .h5, the record's instance;
-    JHMDB: the video's puppet mask), or None where the frame has none (JHMDB: beyond the .mat's frames)."""
-    path = rec.anno_paths[0] if len(rec.anno_paths) == 1 else rec.anno_paths[f]
-    if path.endswith(".h5"):
-        a = read_a2d_frame(path)
-        if rec.obj_id not in a["instances"]:
-            raise ValueError(f"{path}: no instance {rec.obj_id} (video {rec.video})")
-        return a["masks"][a["instances"].index(rec.obj_id)]
-    if path.endswith(".mat"):
-        masks = read_jhmdb_masks(path)
-        return masks[f] if f < len(masks) else None
-    raise ValueError(f"{path}: not an A2D (.h5) or JHMDB (.mat) annotation")
 
 
 class AnnotatedFrameEvaluator(VideoEvaluator):

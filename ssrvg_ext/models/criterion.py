@@ -79,12 +79,16 @@ class LossSpec:
 class LossContext:
     """What the losses of one step share: the normaliser (expressions over all ranks), each
     sample's box weight (None: all 1; video frames without the object: 0), the mask targets and
-    the padding (when a loss needs them) and the final mask's terms, computed once."""
+    the padding (when a loss needs them) and the final mask's terms, computed once. ``labeled``:
+    which frames have a ground truth at all (A2D / JHMDB clips: only the annotated frame; None: every
+    sample); an unlabeled frame adds nothing to any loss (its pixels are out of ``valid``, its box
+    weight is 0, its tokens are no proposal negatives) and is not counted in ``norm``."""
     norm: float
     box_weight: torch.Tensor | None
     targets: torch.Tensor | None = None
     valid: torch.Tensor | None = None
     cache: dict = field(default_factory=dict)
+    labeled: torch.Tensor | None = None  # (B,) bool: frames with a ground truth (None: all)
 
 
 class Criterion(nn.Module):
@@ -120,14 +124,22 @@ class Criterion(nn.Module):
 
     def forward(self, out: ModelOutputs, batch: Batch) -> dict:
         """``batch["box_valid"]`` (B,) bool, when present (video frames): the box terms of a sample
-        without the object are left out (its mask terms ask for an empty mask)."""
+        without the object are left out (its mask terms ask for an empty mask). ``batch["labeled"]``
+        (B,) bool and ``batch["num_labeled"]`` (an int), when present (clips of A2D / JHMDB): only
+        those frames are supervised."""
         tgt = batch["boxes"]
-        ctx = LossContext(global_count(tgt.shape[0], tgt.device),
-                          batch["box_valid"].to(out["boxes"].dtype) if "box_valid" in batch else None)
+        labeled = batch.get("labeled")
+        count = batch["num_labeled"] if labeled is not None else tgt.shape[0]
+        box_weight = batch["box_valid"].to(out["boxes"].dtype) if "box_valid" in batch else None
+        if labeled is not None:
+            box_weight = labeled.to(out["boxes"].dtype) if box_weight is None else box_weight * labeled
+        ctx = LossContext(global_count(count, tgt.device), box_weight, labeled=labeled)
         if self.mask or any(LOSSES.get(n).needs_masks for n in self.losses):  # the mask targets and the padding
             size = batch["images"].shape[-1]
             ctx.targets = box_to_mask(batch["boxes"], size) if self.loss_cfg["box_to_mask"] else batch["masks"]
             ctx.valid = padding_valid(batch["meta"], size, ctx.targets.device)
+            if labeled is not None:
+                ctx.valid = ctx.valid & labeled[:, None, None]
         terms = {}
         for name in self.losses:
             terms.update(self.get_loss(name, out, batch, ctx))
@@ -227,7 +239,11 @@ def loss_proposals(crit: Criterion, out: ModelOutputs, batch: Batch, ctx: LossCo
     nearest = ((anchors[None, :, :2] - tgt[:, None, :2]) ** 2).sum(-1).argmin(1)
     pos.scatter_(1, nearest[:, None], True)  # (indexing with a Python True would copy it to the GPU: a sync)
     w = pos.float() if weight is None else pos.float() * weight[:, None]
-    score = sigmoid_focal_loss(scores, w, alpha=0.25, gamma=2.0, reduction="sum") / norm
+    if ctx.labeled is None:
+        score = sigmoid_focal_loss(scores, w, alpha=0.25, gamma=2.0, reduction="sum") / norm
+    else:  # a frame without a ground truth has no negatives either
+        score = (sigmoid_focal_loss(scores, w, alpha=0.25, gamma=2.0, reduction="none")
+                 * ctx.labeled[:, None].to(scores.dtype)).sum() / norm
     npos = pos.float().sum(1).clamp_min(1)  # each expression weighs the same, whatever its number of positives
     per_tok = (boxes - tgt[:, None, :]).abs().sum(-1)
     l1 = ((per_tok * w).sum(1) / npos).sum() / norm

@@ -275,3 +275,22 @@ def read_jhmdb_masks(path: str) -> np.ndarray:
     if m.ndim != 3:
         raise ValueError(f"{path}: part_mask has shape {m.shape}, expected (H, W, T)")
     return m.transpose(2, 0, 1).astype(bool)
+
+
+def annotated_frame(rec: VideoRecord, f: int) -> np.ndarray | None:
+    """The ground-truth mask (H, W) bool of frame ``f`` of an A2D / JHMDB record: A2D's .h5 of that
+    frame (the record's instance), JHMDB's puppet mask; None where the frame has none (A2D: a frame
+    without an .h5; JHMDB: beyond the .mat's frames). ``anno_paths`` holds one path per frame, or
+    one for the whole video (JHMDB's .mat)."""
+    path = rec.anno_paths[0] if len(rec.anno_paths) == 1 and len(rec.frames) != 1 else rec.anno_paths[f]
+    if path is None:
+        return None
+    if path.endswith(".h5"):
+        a = read_a2d_frame(path)
+        if rec.obj_id not in a["instances"]:
+            raise ValueError(f"{path}: no instance {rec.obj_id} (video {rec.video})")
+        return a["masks"][a["instances"].index(rec.obj_id)]
+    if path.endswith(".mat"):
+        masks = read_jhmdb_masks(path)
+        return masks[f] if f < len(masks) else None
+    raise ValueError(f"{path}: not an A2D (.h5) or JHMDB (.mat) annotation")
