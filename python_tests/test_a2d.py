@@ -223,3 +223,62 @@ def test_a_bad_video_or_annotation_is_named(tmp_path):
     open(h5, "wb").write(b"garbage")
     with pytest.raises(ValueError, match=os.path.basename(h5)):
         read_a2d_frame(h5)
+
+
+# ---- video files in, pictures out ----
+@pytest.fixture(scope="module")
+def video_ckpt(tmp_path_factory):
+    from ssrvg_ext.config import load_config
+    from ssrvg_ext.data import WordTokenizer
+    from ssrvg_ext.engine import checkpoint
+    from ssrvg_ext.engine.data import tokenizer_state
+    from ssrvg_ext.models import build_model
+
+    cfg = load_config(os.path.join(ROOT, "configs/tiny_video.yaml"), ["data.aux_labels=[]"])
+    tok = WordTokenizer.train(["the red square moving to the right", "the circle"], cfg["data"]["max_len"])
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=tok.vocab_size)
+    path = str(tmp_path_factory.mktemp("vckpt") / "best.pth")
+    checkpoint.save_atomic({"model": model.state_dict(), "config": cfg, "tokenizer": tokenizer_state(tok),
+                            "aux_classes": None, "ema": None, "epoch": 0, "step": 0}, path)
+    return path
+
+
+def test_predict_video_from_a_file_and_a_folder(video_ckpt, tmp_path):
+    from PIL import Image
+
+    from ssrvg_ext import VideoPredictor
+    from ssrvg_ext.cli.predict_video import main
+
+    v = clip(np.random.default_rng(4), t=10, h=64, w=80)
+    mp4 = video_io.write_video(v, str(tmp_path / "clip.mp4"))
+    text = "the red square moving to the right"
+    main(["--checkpoint", video_ckpt, "--video", mp4, "--text", text, "--out", str(tmp_path / "o"), "--device", "cpu"])
+    want = VideoPredictor(video_ckpt, device="cpu").predict(video_io.read_video(mp4), text)
+    pngs = sorted(os.listdir(tmp_path / "o" / "masks"))
+    assert pngs == [f"{t:05d}.png" for t in range(1, 11)]
+    for t, name in enumerate(pngs):
+        m = np.array(Image.open(tmp_path / "o" / "masks" / name))
+        assert m.shape == (64, 80) and set(np.unique(m)) <= {0, 255}
+        assert np.array_equal(m > 0, want["masks"][t].numpy().astype(bool))
+    boxes = json.load(open(tmp_path / "o" / "boxes.json"))
+    assert boxes["text"] == text and list(boxes["boxes"]) == [n[:-4] for n in pngs]
+    assert len(video_io.read_video(str(tmp_path / "o" / "overlay.mp4"))) == 10
+    # a folder of frames, masks as RLE: the frames keep their names
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(4):
+        Image.fromarray(v[t]).save(folder / f"img_{t:03d}.png")
+    main(["--checkpoint", video_ckpt, "--video", str(folder), "--text", text, "--out", str(tmp_path / "r"), "--rle",
+          "--no-overlay", "--device", "cpu"])
+    masks = json.load(open(tmp_path / "r" / "masks.json"))
+    assert list(masks) == [f"img_{t:03d}" for t in range(4)] and not (tmp_path / "r" / "overlay.mp4").exists()
+    want = VideoPredictor(video_ckpt, device="cpu").predict(str(folder), text)
+    from ssrvg_ext.ops import rle
+    for t, name in enumerate(masks):
+        dec = rle.decode([{"size": masks[name]["size"], "counts": masks[name]["counts"].encode()}])[0]
+        assert torch.equal(dec, want["masks"][t])
+    with pytest.raises(SystemExit, match="cannot be opened"):
+        (tmp_path / "bad.mp4").write_bytes(b"nope")
+        main(["--checkpoint", video_ckpt, "--video", str(tmp_path / "bad.mp4"), "--text", text, "--out",
+              str(tmp_path / "x")])

@@ -142,15 +142,16 @@ class VideoPredictor:
         return cls(folder, device=device, amp=amp)
 
     @torch.no_grad()
-    def predict(self, frames: Sequence[ImageLike], expression: str, threshold: float = 0.0) -> dict:
-        """``frames``: the video's frames in order (paths, PIL images, arrays or tensors, one size).
-        Returns ``masks`` (T, H, W) uint8, ``boxes`` (T, 4) xyxy in pixels (zeros where the mask
-        is empty), and ``text``."""
+    def predict(self, frames: str | Sequence[ImageLike], expression: str, threshold: float = 0.0) -> dict:
+        """``frames``: the video's frames in order (paths, PIL images, arrays or tensors, one size), a
+        (T, H, W, 3) uint8 array, a video file (decoded with PyAV) or a folder of frames (in name
+        order). Returns ``masks`` (T, H, W) uint8, ``boxes`` (T, 4) xyxy in pixels (zeros where the
+        mask is empty), and ``text``."""
         from .data.clips import box_of, owned_windows
 
         if not isinstance(expression, str) or not expression.strip():
             raise ValueError(f"the expression is empty or not a string: {expression!r}")
-        imgs = [as_image_tensor(f) for f in frames]
+        imgs = [as_image_tensor(f) for f in load_frames(frames)]
         if not imgs:
             raise ValueError("no frames")
         size = tuple(imgs[0].shape[-2:])
@@ -169,6 +170,28 @@ class VideoPredictor:
                     masks[t] = pred["mask"].cpu()
         m = torch.stack(masks)
         return {"masks": m, "boxes": torch.stack([box_of(x) for x in m]), "text": expression}
+
+
+FRAME_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def load_frames(frames) -> Sequence[ImageLike]:
+    """A video file or a folder of frames (str) -> its frames; a (T, H, W, 3) array -> its T frames;
+    a sequence of frames as it is."""
+    import os
+
+    if isinstance(frames, str):
+        if os.path.isdir(frames):
+            names = sorted(n for n in os.listdir(frames) if n.lower().endswith(FRAME_EXT))
+            if not names:
+                raise ValueError(f"no frames ({', '.join(FRAME_EXT)}) in the folder {frames}")
+            return [os.path.join(frames, n) for n in names]
+        from .data.video_io import read_video
+
+        return list(read_video(frames))
+    if isinstance(frames, np.ndarray) and frames.ndim == 4:
+        return list(frames)
+    return frames
 
 
 def load_predictor(path: str, device: torch.device | str | None = None, amp: str = "auto") -> Predictor | VideoPredictor:
