@@ -40,6 +40,9 @@ class ModelOutputs(TypedDict, total=False):
     proposal_scores: torch.Tensor     # (B, S_total) every token's match with the sentence; model.proposals
     proposal_boxes: torch.Tensor      # (B, S_total, 4) every token's box; model.proposals
     anchors: torch.Tensor             # (S_total, 4) the tokens' anchors; model.proposals
+    clip_score: torch.Tensor          # (B,) the chosen hypothesis' class probability; model.clip_queries
+    clip_scores: torch.Tensor         # (N, B) every hypothesis' class logit; model.clip_queries, training
+    clip_hypotheses: dict             # {head output: (N, ...) per hypothesis}; model.clip_queries, training
     aux_mask_logits: torch.Tensor     # (L - 1, B, h, w) the earlier layers' masks; training, mask_every_layer (SegVG)
     coarse_mask_logits: torch.Tensor  # (B, S/2, S/2) SgMg's coarse mask; training, model.segment_optimizer
     aux_coarse_mask_logits: torch.Tensor  # (L - 1, B, S/2, S/2) the earlier layers' coarse masks; training,

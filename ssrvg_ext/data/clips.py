@@ -102,6 +102,23 @@ def owned_windows(n: int, clip_len: int) -> list[tuple[list[int], list[bool]]]:
     return out
 
 
+def sgmg_frames(n: int, clip_len: int, anchor: int | None = None) -> list[int]:
+    """SgMg's training clip (datasets/ytvos.py there): the anchor frame (random unless given), one
+    frame 1-3 before it and one 1-3 after it (clamped to the video), and the rest drawn from the
+    other frames of the video, sorted; a video with too few frames repeats its frames."""
+    a = random.randrange(n) if anchor is None else anchor
+    picked = [a]
+    if clip_len > 1:
+        picked.append(max(0, a - random.randint(1, 3)))
+    if clip_len > 2:
+        picked.append(min(n - 1, a + random.randint(1, 3)))
+    others = [i for i in range(n) if i not in picked]
+    picked += random.sample(others, min(clip_len - len(picked), len(others)))
+    while len(picked) < clip_len:
+        picked.append(random.choice(picked))
+    return sorted(picked)
+
+
 def box_of(mask: torch.Tensor) -> torch.Tensor:
     """xyxy pixel box (4,) around a (H, W) mask's pixels (the far edges exclusive); zeros when empty."""
     ys, xs = torch.nonzero(mask, as_tuple=True)
@@ -116,9 +133,15 @@ class ClipDataset(Dataset):
     the ones this window predicts (the others are predicted by an earlier window)."""
 
     def __init__(self, records: list[VideoRecord], clip_len: int, size: int, train: bool, flip: bool = True,
-                 jitter: bool = True, cache_images: bool = False, labels: VideoLabels | None = None):
+                 jitter: bool = True, cache_images: bool = False, labels: VideoLabels | None = None,
+                 sampling: str = "consecutive", reverse: float = 0.0):
         if clip_len < 1:
             raise ValueError(f"clip_len must be >= 1; got {clip_len}")
+        if sampling not in ("consecutive", "sgmg"):
+            raise ValueError(f"data.clip_sampling must be consecutive or sgmg; got {sampling!r}")
+        if not 0.0 <= reverse <= 1.0:
+            raise ValueError(f"data.clip_reverse must be a probability in [0, 1]; got {reverse}")
+        self.sampling, self.reverse = sampling, reverse
         self.records, self.clip_len, self.train = records, clip_len, train
         self.flip, self.jitter, self.resize = flip and train, jitter and train, ResizePad(size)
         self.cache, self.labels = ({} if cache_images else None), labels
@@ -176,12 +199,17 @@ class ClipDataset(Dataset):
         if n == 0:
             raise ValueError(f"video {rec.video} expression {rec.exp_id} has no frames")
         annotated = rec.extra.get("annotated")
-        if frames is None and annotated is not None:  # training: a window holding the annotated frame
-            start = random.randint(annotated - self.clip_len + 1, annotated)
-            frames = [min(max(start + k, 0), n - 1) for k in range(self.clip_len)]
-        elif frames is None:  # training: a random window
-            start = random.randint(0, max(0, n - self.clip_len))
-            frames = [min(start + k, n - 1) for k in range(self.clip_len)]
+        if frames is None:  # training
+            if self.sampling == "sgmg":  # SgMg's: an anchor (the annotated frame), its neighbours, random others
+                frames = sgmg_frames(n, self.clip_len, annotated)
+            elif annotated is not None:  # a window holding the annotated frame
+                start = random.randint(annotated - self.clip_len + 1, annotated)
+                frames = [min(max(start + k, 0), n - 1) for k in range(self.clip_len)]
+            else:  # a random window
+                start = random.randint(0, max(0, n - self.clip_len))
+                frames = [min(start + k, n - 1) for k in range(self.clip_len)]
+            if self.reverse and random.random() < self.reverse:
+                frames = frames[::-1]
         imgs = [self._frame(rec.frame_paths[t]) for t in frames]
         size = tuple(imgs[0].shape[-2:])
         if any(tuple(im.shape[-2:]) != size for im in imgs):

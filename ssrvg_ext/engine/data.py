@@ -86,6 +86,7 @@ class VideoTask(ImageTask):
     def dataset(self, records, train: bool, instances=None):
         d = self.cfg["data"]
         return ClipDataset(records, d["clip_len"], d["input_size"], train, d["flip"], d["jitter"], d["cache_images"],
+                           sampling=d["clip_sampling"], reverse=d["clip_reverse"],
                            labels=instances)
 
     def collate(self, tokenizer):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from .align import FusionTripleAlignment, StageAlignment
 from .alignment_loss import AlignmentOutputs, alignment_loss
 from .backbone import Backbone
+from .clip_queries import ClipQueries, clip_class_loss
 from .cmpc import ProgressiveComprehension, cmpc_enabled, cmpc_level_loss
 from .criterion import (Criterion, LossSpec, loss_attr, loss_boxes, loss_coarse_masks, loss_masks, loss_proposals,
                         weights_boxes)
@@ -49,6 +50,7 @@ PARTS = [
     ("attr_head", attr_head_from_config),
     ("cal_text", AlignmentOutputs.from_config),         # MagNet's alignment loss
     ("fusion_align", FusionTripleAlignment.from_config),  # SegVG's triple alignment, interleaved
+    ("clip_queries", ClipQueries.from_config),          # SgMg's clip-level queries (videos)
 ]
 
 
@@ -62,8 +64,11 @@ def on(*path):
     return enabled
 
 
-# The losses, in the order their terms are summed into ``total``.
+# The losses, in the order their terms are summed into ``total`` (and computed: SgMg's clip matching
+# first, since it picks the hypothesis the box and mask losses supervise).
 LOSS_SPECS = [
+    ("clip_match", LossSpec(clip_class_loss, on("model", "clip_queries"),
+                            lambda cfg: {"clip_class": cfg["loss"]["clip_class"]}, needs_masks=True)),
     ("boxes", LossSpec(loss_boxes, lambda cfg: True, weights_boxes)),
     ("proposals", LossSpec(loss_proposals, lambda cfg: bool(cfg["model"]["proposals"] and cfg["loss"]["proposal"]),
                            lambda cfg: {"prop_score": cfg["loss"]["proposal"],

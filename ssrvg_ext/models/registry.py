@@ -64,6 +64,8 @@ HOOKS = (
     "refine_levels",     # (fused levels [(B, d, h, w)], state) -> levels: before the mask branch (CMPC)
     "refine_queries",    # (final queries (B, Q, d), state) -> queries: before the mask head (clips: query link)
     "training_outputs",  # (state) -> {output name: tensor}: extra outputs for a loss, training only (MagNet)
+    "hypotheses",        # (decode, state) -> outputs: runs the heads (decode(offset)) once per hypothesis and
+                         # combines them (SgMg's clip queries); at most one part
 )
 
 

@@ -137,6 +137,31 @@ class SSRVG(nn.Module):
             return self.mask_head(queries, features, boxes)
         return self.mask_head(queries, features, boxes), None, features
 
+    def decode(self, st: ForwardState, memory, shapes, starts, prop, aligned, offset=None):
+        """The query decoder: the queries and the box of every layer. ``offset`` (1, 1, d): added to
+        every starting query (one hypothesis of SgMg's clip queries; None: none)."""
+        init = aligned if offset is None else (offset if aligned is None else aligned + offset)
+        return self.decoder(st.sentence, st.words, st.word_pad, memory, shapes, starts,
+                            prop["best_box"] if prop else None, prop["best_feature"] if prop else None, init)
+
+    def heads(self, st: ForwardState, features, queries, boxes) -> ModelOutputs:
+        """The mask head on the decoded queries: the box, the mask (and, in training, each earlier
+        layer's mask with ``mask_every_layer``, SgMg's coarse masks)."""
+        final = queries[-1]
+        for hook in self.hooks("refine_queries"):
+            final = hook(final, st)
+        mask_logits, coarse, st.pixels = self.masks(final, boxes[-1], features)
+        out: ModelOutputs = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
+        st.extras["box_query"] = final[:, 0]
+        if coarse is not None and self.training:
+            out["coarse_mask_logits"] = coarse
+        if self.mask_every_layer and self.training:  # SegVG, SgMg: every decoder layer also predicts the mask
+            aux = [self.masks(q, b, features) for q, b in zip(queries[:-1], boxes[:-1])]
+            out["aux_mask_logits"] = torch.stack([a[0] for a in aux])
+            if coarse is not None:  # SgMg: and its coarse mask
+                out["aux_coarse_mask_logits"] = torch.stack([a[1] for a in aux])
+        return out
+
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 image_index: torch.Tensor | None = None, masks: torch.Tensor | None = None,
                 clip_len: int | None = None) -> ModelOutputs:
@@ -165,8 +190,9 @@ class SSRVG(nn.Module):
         for hook in self.hooks("refine_memory"):
             memory = hook(memory, st)
         prop = self.proposals(memory, sentence, shapes) if self.proposals is not None else None
-        queries, boxes = self.decoder(sentence, words, st.word_pad, memory, shapes, starts,
-                                      prop["best_box"] if prop else None, prop["best_feature"] if prop else None, aligned)
+        hypotheses = self.hooks("hypotheses")  # SgMg's clip queries: the heads run once per hypothesis
+        decode = partial(self.decode, st, memory, shapes, starts, prop, aligned)
+        decoded = decode() if not hypotheses else None
         fused = [lvl.transpose(1, 2).reshape(m.shape) for lvl, m in zip(memory.split([h * w for h, w in sizes], 1), maps)]
         if late_labels and self.attr_head is not None and self.training:
             # clips: the labels (a motion among them) are read from the memory after the temporal layers
@@ -174,18 +200,10 @@ class SSRVG(nn.Module):
         for hook in self.hooks("refine_levels"):
             fused = hook(fused, st)
         features = self.mask_features(fused, f4, raw)
-        final = queries[-1]
-        for hook in self.hooks("refine_queries"):
-            final = hook(final, st)
-        mask_logits, coarse, st.pixels = self.masks(final, boxes[-1], features)
-        out: ModelOutputs = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
-        if coarse is not None and self.training:
-            out["coarse_mask_logits"] = coarse
-        if self.mask_every_layer and self.training:  # SegVG, SgMg: every decoder layer also predicts the mask
-            aux = [self.masks(q, b, features) for q, b in zip(queries[:-1], boxes[:-1])]
-            out["aux_mask_logits"] = torch.stack([a[0] for a in aux])
-            if coarse is not None:  # SgMg: and its coarse mask
-                out["aux_coarse_mask_logits"] = torch.stack([a[1] for a in aux])
+        if hypotheses:
+            out: ModelOutputs = hypotheses[0](lambda offset: self.heads(st, features, *decode(offset)), st)
+        else:
+            out = self.heads(st, features, *decoded)
         if attr_logits is not None:
             out["attr_logits"] = attr_logits
             out["attr_points"] = torch.cat([token_centres(*m.shape[-2:], m.device) for m in maps[:2]])
@@ -233,7 +251,9 @@ def postprocess(out: dict, metas: list[dict], threshold: float = 0.0) -> list[di
     xyxy = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], -1)
     masks = mask_postprocess(out["mask_logits"].float(), (size, size), [m["valid"] for m in metas],
                              [m["orig_size"] for m in metas], threshold)
-    if "proposal_scores" in out:
+    if "clip_score" in out:  # SgMg's clip queries: the chosen hypothesis' class score
+        scores = out["clip_score"].float()
+    elif "proposal_scores" in out:
         scores = torch.sigmoid(out["proposal_scores"].float().max(1).values)
     else:
         prob = torch.sigmoid(out["mask_logits"].float())
