@@ -117,3 +117,21 @@ def test_sgmg_video_preset_trains_and_predicts(preset):
     model.eval()
     preds = model.predict(b)
     assert len(preds) == 10 and all(0 < p["score"] < 1 for p in preds)
+
+
+def test_sgmg_video_preset_through_the_trainer(tmp_path):
+    import subprocess
+    import sys
+
+    from ssrvg_ext.data.synthetic.videos import generate
+
+    data = str(tmp_path / "v")
+    generate(data, clips=20, frames=8, size=64, eval_clips=4)
+    r = subprocess.run([sys.executable, "-m", "ssrvg_ext.cli.train", "--config", "configs/methods/sgmg_video.yaml",
+                        "--out", str(tmp_path / "run"), f"data.ann_dir={data}", f"data.image_dir={data}",
+                        "data.input_size=64", "data.aux_labels=[]", "train.epochs=1", "train.batch_size=2",
+                        "--max-steps", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    assert "train_clip_class" in log and "val_J&F" in log

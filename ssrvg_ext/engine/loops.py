@@ -30,6 +30,13 @@ class TrainState:
     step: int = 0
 
 
+def as_float(out):
+    """The model's floating outputs in float32 (the losses run outside autocast); nested dicts too."""
+    if isinstance(out, dict):
+        return {k: as_float(v) for k, v in out.items()}
+    return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
+
+
 def train_step(state: TrainState, batch: dict) -> dict:
     """One optimisation step on a batch already on the device; returns the loss tensors (reading
     them is left to the caller: each read is a host synchronisation on a GPU)."""
@@ -37,7 +44,7 @@ def train_step(state: TrainState, batch: dict) -> dict:
     with torch.autocast(batch["images"].device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
         out = model(batch["images"], batch["text_ids"], batch["text_mask"], batch.get("image_index"), batch.get("masks"),
                     batch.get("clip_len"))
-    out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
+    out = as_float(out)
     losses = state.crit(out, batch)
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
