@@ -135,3 +135,44 @@ def test_sgmg_video_preset_through_the_trainer(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     log = (tmp_path / "run" / "log.jsonl").read_text()
     assert "train_clip_class" in log and "val_J&F" in log
+
+
+# ---- CMPC-V (model.cmpc.video) ----
+def test_cmpc_v_temporal_graph_reads_its_own_clip_only():
+    from ssrvg_ext.models.cmpc import TemporalGraph
+
+    torch.manual_seed(0)
+    g = TemporalGraph(16)
+    m = torch.randn(6, 16, 5, 4)  # two clips of 3 frames
+    a = torch.randn(6, 16)
+    base = g(m, a, 3)
+    other = m.clone()
+    other[4] += torch.randn(16, 5, 4)  # a frame of the second clip
+    out = g(other, a, 3)
+    torch.testing.assert_close(out[:3], base[:3])  # the first clip does not see it
+    assert not torch.allclose(out[3], base[3])  # the other frames of its clip do
+    assert torch.allclose(out.norm(dim=1), torch.ones(6, 5, 4), atol=1e-5)  # L2-normalised per cell
+
+
+def test_cmpc_v_word_types_and_preset():
+    from ssrvg_ext.models.cmpc import WordTypes
+
+    wt = WordTypes(16, action=True)
+    words, pad = torch.randn(2, 7, 16), torch.zeros(2, 7, dtype=torch.bool)
+    pad[1, 5:] = True
+    p, q_ea, s, a = wt(words, pad)
+    assert p.shape == (2, 7, 5) and a.shape == (2, 16) and float(p[1, 5:].abs().sum()) == 0.0
+    assert WordTypes(16)(words, pad)[3] is None  # CMPC on images: four types, no action vector
+    cfg = load_config(os.path.join(ROOT, "configs/methods/cmpc_video.yaml"), ["data.input_size=64", "data.aux_labels=[]"])
+    assert cfg["model"]["cmpc"]["video"] and cfg["model"]["temporal"]["layers"] == 0
+    torch.manual_seed(0)
+    model, crit = build_model(cfg, vocab_size=50), build_criterion(cfg)
+    b = random_batch(10, 64, 12, 50, "cpu")
+    b["clip_len"] = 5
+    model.train()
+    terms = crit(model(b["images"], b["text_ids"], b["text_mask"], clip_len=5), b)
+    terms["total"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cmpc.temporal.parameters())
+    with pytest.raises(ValueError, match="perception"):
+        build_model(load_config(os.path.join(ROOT, "configs/tiny_video.yaml"),
+                                ["model.cmpc.video=true", "model.cmpc.exchange_rounds=1"]), vocab_size=50)

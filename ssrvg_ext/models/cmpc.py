@@ -7,6 +7,8 @@
   affinities (never materialised as HW x HW), residual graph convolutions.
 * :class:`FeatureExchange` -- TGFE: each level receives the other levels under gates from a
   sentence-attended summary of itself, for a few rounds, all levels in parallel.
+* :class:`TemporalGraph` -- CMPC-V (``video``): a node per frame of a clip pooled under the action
+  words, a graph over the frames, and every cell's temporal context from the nodes.
 
 :class:`ProgressiveComprehension` runs them on the levels at strides 8, 16, 32 and adds the result to
 them (the stride-64 level passes unchanged).
@@ -33,20 +35,23 @@ def coords(b: int, h: int, w: int, device, dtype) -> torch.Tensor:
 
 
 class WordTypes(nn.Module):
-    """p (B, T, 4) over (entity, attribute, relation, unnecessary); no direct supervision."""
+    """p (B, T, 4) over (entity, attribute, relation, unnecessary); with ``action`` (CMPC-V) p (B, T, 5)
+    over (entity, attribute, relation, action, unnecessary). No direct supervision."""
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, action: bool = False):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Linear(d // 2, 4))
+        self.types = 5 if action else 4
+        self.mlp = nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Linear(d // 2, self.types))
 
     def forward(self, words: torch.Tensor, word_pad: torch.Tensor):
-        """-> p, q_ea (B, d): entity + attribute words, s (B, d): all but the unnecessary ones (both
-        L2-normalised sums over the real words)."""
+        """-> p, q_ea (B, d): entity + attribute words, s (B, d): all but the unnecessary ones, a (B, d)
+        (CMPC-V): the action words, else None (all L2-normalised sums over the real words)."""
         real = (~word_pad)[..., None].to(words.dtype)
         p = self.mlp(words).softmax(-1) * real
         q_ea = F.normalize(((p[..., 0:1] + p[..., 1:2]) * words).sum(1), dim=-1)
-        s = F.normalize(((1 - p[..., 3:4]) * real * words).sum(1), dim=-1)
-        return p, q_ea, s
+        s = F.normalize(((1 - p[..., -1:]) * real * words).sum(1), dim=-1)
+        a = F.normalize((p[..., 3:4] * words).sum(1), dim=-1) if self.types == 5 else None
+        return p, q_ea, s, a
 
 
 class EntityPerception(nn.Module):
@@ -83,6 +88,34 @@ class RelationGraph(nn.Module):
         for norm in self.norms:
             x = F.relu(norm(to_word @ (to_node.transpose(1, 2) @ x)) + x)
         return F.normalize(self.out(x), dim=-1).transpose(1, 2).reshape(b, d, h, w)
+
+
+class TemporalGraph(nn.Module):
+    """CMPC-V's temporal reasoning on one level of the T frames of each clip (rows clip-major):
+    node V_t = attention pool of frame t's M under the action vector a (softmax over cells of
+    <M_n, W_a a> / sqrt(d)); adjacency A = row-softmax((W_q V)(W_k V)^T / sqrt(d)) (T x T); one
+    graph-conv step H = ReLU(LN(A V) + V), V' = L2norm(ReLU(LN(Linear(H)))); each cell of each frame
+    attends over its clip's nodes (softmax over frames of <M_n, V'_tau> / sqrt(d)): the temporal
+    context, L2-normalised."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.query = nn.Linear(d, d)
+        self.q, self.k = nn.Linear(d, d), nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+        self.out = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d), nn.ReLU())
+
+    def forward(self, m: torch.Tensor, a: torch.Tensor, clip_len: int) -> torch.Tensor:
+        b, d, h, w = m.shape
+        cells = m.flatten(2)  # (B, d, HW)
+        att = torch.einsum("bdn,bd->bn", cells, self.query(a)) / d ** 0.5
+        nodes = (cells * att.softmax(-1)[:, None, :]).sum(-1).reshape(b // clip_len, clip_len, d)  # (C, T, d)
+        adj = (self.q(nodes) @ self.k(nodes).transpose(1, 2) / d ** 0.5).softmax(-1)
+        nodes = F.normalize(self.out(F.relu(self.norm(adj @ nodes) + nodes)), dim=-1)
+        per_row = nodes.repeat_interleave(clip_len, 0)  # (B, T, d): each frame sees its clip's nodes
+        weights = (torch.einsum("bdn,btd->bnt", cells, per_row) / d ** 0.5).softmax(-1)
+        ctx = torch.einsum("bnt,btd->bdn", weights, per_row)
+        return F.normalize(ctx, dim=1).reshape(b, d, h, w)
 
 
 class FeatureExchange(nn.Module):
@@ -138,7 +171,7 @@ class ProgressiveComprehension(nn.Module):
     LEVELS = 3
 
     def __init__(self, d: int, perception: bool, heads: int, graph_steps: int, exchange_rounds: int,
-                 placement: str = "mask", aux_masks: bool = False):
+                 placement: str = "mask", aux_masks: bool = False, video: bool = False):
         super().__init__()
         if placement not in ("memory", "mask"):
             raise ValueError(f"model.cmpc.placement must be memory or mask; got {placement!r}")
@@ -146,11 +179,15 @@ class ProgressiveComprehension(nn.Module):
             raise ValueError("model.cmpc.graph_steps needs model.cmpc.perception (the graph's nodes are its output)")
         if not (perception or exchange_rounds):
             raise ValueError("ProgressiveComprehension with nothing on: build none (model.cmpc all off)")
-        self.words = WordTypes(d)
+        if video and not perception:
+            raise ValueError("model.cmpc.video (CMPC-V) needs model.cmpc.perception (its nodes pool the perceived frames)")
+        self.video = video
+        self.words = WordTypes(d, action=video)
+        self.temporal = nn.ModuleList(TemporalGraph(d) for _ in range(self.LEVELS)) if video else None
         self.perceive = nn.ModuleList(EntityPerception(d, heads) for _ in range(self.LEVELS)) if perception else None
         self.graphs = nn.ModuleList(RelationGraph(d, graph_steps) for _ in range(self.LEVELS)) if graph_steps else None
-        if perception:
-            c = 2 * d + (d if graph_steps else 0) + 8
+        if perception:  # CMPC-V adds the temporal context to the concatenation
+            c = 2 * d + (d if graph_steps else 0) + (d if video else 0) + 8
             self.outputs = nn.ModuleList(nn.Sequential(nn.Conv2d(c, d, 1), nn.ReLU()) for _ in range(self.LEVELS))
         self.exchange = FeatureExchange(d, self.LEVELS, exchange_rounds) if exchange_rounds else None
         self.merge = nn.ModuleList(nn.Conv2d(d, d, 1) for _ in range(self.LEVELS))
@@ -176,19 +213,22 @@ class ProgressiveComprehension(nn.Module):
     def refine_levels(self, fused: list[torch.Tensor], st) -> list[torch.Tensor]:
         """Hook (placement "mask"): the fused levels refined with the fused words; the per-level
         auxiliary masks (aux_masks) are kept for :meth:`training_outputs`."""
-        out, st.extras["cmpc_levels"] = self.levels_and_masks(fused, st.words, st.word_pad)
+        out, st.extras["cmpc_levels"] = self.levels_and_masks(fused, st.words, st.word_pad, st.clip_len)
         return out
 
     def training_outputs(self, st) -> dict:
         """Hook (aux_masks): ``cmpc_level_logits`` (3, B, h8, w8), each level's mask logits resized to stride 8."""
         return {"cmpc_level_logits": st.extras.pop("cmpc_levels")}
 
-    def forward(self, fused: list[torch.Tensor], words: torch.Tensor, word_pad: torch.Tensor) -> list[torch.Tensor]:
-        return self.levels_and_masks(fused, words, word_pad)[0]
+    def forward(self, fused: list[torch.Tensor], words: torch.Tensor, word_pad: torch.Tensor,
+                clip_len: int | None = None) -> list[torch.Tensor]:
+        return self.levels_and_masks(fused, words, word_pad, clip_len)[0]
 
-    def levels_and_masks(self, fused: list[torch.Tensor], words: torch.Tensor, word_pad: torch.Tensor):
-        """The refined levels, and (aux_masks) the per-level mask logits stacked at stride 8 (else None)."""
-        p, q_ea, s = self.words(words, word_pad)
+    def levels_and_masks(self, fused: list[torch.Tensor], words: torch.Tensor, word_pad: torch.Tensor,
+                         clip_len: int | None = None):
+        """The refined levels, and (aux_masks) the per-level mask logits stacked at stride 8 (else None).
+        ``clip_len``: rows are clips of that many frames (CMPC-V's temporal graph; None: single frames)."""
+        p, q_ea, s, a = self.words(words, word_pad)
         feats = []
         for i, x in enumerate(fused[:self.LEVELS]):
             if self.perceive is None:
@@ -197,8 +237,13 @@ class ProgressiveComprehension(nn.Module):
             b, d, h, w = x.shape
             xy = coords(b, h, w, x.device, x.dtype)
             m = self.perceive[i](x, xy, q_ea)
-            parts = [m] + ([self.graphs[i](m, words, word_pad, p[..., 2])] if self.graphs is not None else [])
-            feats.append(self.outputs[i](torch.cat(parts + [q_ea[:, :, None, None].expand(-1, -1, h, w), xy], 1)))
+            graph = [self.graphs[i](m, words, word_pad, p[..., 2])] if self.graphs is not None else []
+            if self.video:  # CMPC-V: [visual X; spatial graph; temporal context; tile(s); coords]
+                context = self.temporal[i](m, a, clip_len or 1)
+                parts = [x] + graph + [context, s[:, :, None, None].expand(-1, -1, h, w), xy]
+            else:  # CMPC (code version): [M; R; tile(q_EA); coords]
+                parts = [m] + graph + [q_ea[:, :, None, None].expand(-1, -1, h, w), xy]
+            feats.append(self.outputs[i](torch.cat(parts, 1)))
         masks = None
         if self.aux is not None:  # on F_l, before the exchange (CMPC's auxiliary heads)
             size = feats[0].shape[-2:]
