@@ -102,16 +102,21 @@ def test_class_targets_follow_visibility():
     assert up.sum(0).tolist() == [1, 1, 0, 1, 1, 1, 1, 1]
 
 
-@pytest.mark.parametrize("preset", ["methods/sgmg_video"])
-def test_sgmg_video_preset_trains_and_predicts(preset):
-    cfg = load_config(os.path.join(ROOT, f"configs/{preset}.yaml"), ["data.input_size=64", "data.aux_labels=[]"])
-    assert cfg["model"]["clip_queries"] == 5 and cfg["data"]["clip_sampling"] == "sgmg" and cfg["data"]["clip_len"] == 5
+def preset_step(preset: str):
+    """A training forward + criterion of a video method preset at 64 px on two random clips of 5 frames:
+    (cfg, model, terms)."""
+    cfg = load_config(os.path.join(ROOT, f"configs/methods/{preset}.yaml"), ["data.input_size=64", "data.aux_labels=[]"])
     torch.manual_seed(0)
     model, crit = build_model(cfg, vocab_size=50), build_criterion(cfg)
     b = random_batch(10, 64, 12, 50, "cpu")
     b["clip_len"] = 5
     model.train()
-    terms = crit(model(b["images"], b["text_ids"], b["text_mask"], clip_len=5), b)
+    return cfg, model, b, crit(model(b["images"], b["text_ids"], b["text_mask"], clip_len=5), b)
+
+
+def test_sgmg_video_preset_trains_and_predicts():
+    cfg, model, b, terms = preset_step("sgmg_video")
+    assert cfg["model"]["clip_queries"] == 5 and cfg["data"]["clip_sampling"] == "sgmg" and cfg["data"]["clip_len"] == 5
     assert {"clip_class", "mask_dice_coarse", "mask_focal_0"} <= set(terms)
     terms["total"].backward()
     model.eval()
@@ -119,7 +124,8 @@ def test_sgmg_video_preset_trains_and_predicts(preset):
     assert len(preds) == 10 and all(0 < p["score"] < 1 for p in preds)
 
 
-def test_sgmg_video_preset_through_the_trainer(tmp_path):
+@pytest.mark.parametrize("preset", ["sgmg_video", "cmpc_video"])
+def test_video_method_presets_through_the_tools(tmp_path, preset):
     import subprocess
     import sys
 
@@ -127,14 +133,21 @@ def test_sgmg_video_preset_through_the_trainer(tmp_path):
 
     data = str(tmp_path / "v")
     generate(data, clips=20, frames=8, size=64, eval_clips=4)
-    r = subprocess.run([sys.executable, "-m", "ssrvg_ext.cli.train", "--config", "configs/methods/sgmg_video.yaml",
+    r = subprocess.run([sys.executable, "-m", "ssrvg_ext.cli.train", "--config", f"configs/methods/{preset}.yaml",
                         "--out", str(tmp_path / "run"), f"data.ann_dir={data}", f"data.image_dir={data}",
                         "data.input_size=64", "data.aux_labels=[]", "train.epochs=1", "train.batch_size=2",
                         "--max-steps", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-3000:]
     log = (tmp_path / "run" / "log.jsonl").read_text()
-    assert "train_clip_class" in log and "val_J&F" in log
+    assert ("train_clip_class" if preset == "sgmg_video" else "train_cmpc_bce_8") in log and "val_J&F" in log
+    r = subprocess.run([sys.executable, "-m", "ssrvg_ext.cli.eval", "--checkpoint", str(tmp_path / "run" / "last.pth"),
+                        "--split", "testB", "--out", str(tmp_path / "ev.json")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+
+    assert json.load(open(tmp_path / "ev.json"))["metrics"]["n"] > 0
 
 
 # ---- CMPC-V (model.cmpc.video) ----
@@ -163,14 +176,8 @@ def test_cmpc_v_word_types_and_preset():
     p, q_ea, s, a = wt(words, pad)
     assert p.shape == (2, 7, 5) and a.shape == (2, 16) and float(p[1, 5:].abs().sum()) == 0.0
     assert WordTypes(16)(words, pad)[3] is None  # CMPC on images: four types, no action vector
-    cfg = load_config(os.path.join(ROOT, "configs/methods/cmpc_video.yaml"), ["data.input_size=64", "data.aux_labels=[]"])
+    cfg, model, _, terms = preset_step("cmpc_video")
     assert cfg["model"]["cmpc"]["video"] and cfg["model"]["temporal"]["layers"] == 0
-    torch.manual_seed(0)
-    model, crit = build_model(cfg, vocab_size=50), build_criterion(cfg)
-    b = random_batch(10, 64, 12, 50, "cpu")
-    b["clip_len"] = 5
-    model.train()
-    terms = crit(model(b["images"], b["text_ids"], b["text_mask"], clip_len=5), b)
     terms["total"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cmpc.temporal.parameters())
     with pytest.raises(ValueError, match="perception"):

@@ -18,8 +18,6 @@ import copy
 import glob
 import json
 import os
-import shutil
-import tempfile
 
 import torch
 
@@ -43,6 +41,7 @@ def export(checkpoint_path: str, out_dir: str, dtype: str = "fp32", ema: bool = 
 
     from . import __version__
     from .engine import checkpoint as ckpt_io
+    from .engine.checkpoint import atomic_folder
     from .engine.inference import aux_classes_of
 
     if dtype not in DTYPES:
@@ -59,10 +58,7 @@ def export(checkpoint_path: str, out_dir: str, dtype: str = "fp32", ema: bool = 
     cfg = copy.deepcopy(ckpt["config"])
     loaded = _build(cfg, ckpt["tokenizer"], aux_classes_of(ckpt), None)  # the tokenizer (and the text config) to save
 
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export_", dir=parent)
-    try:
+    with atomic_folder(out_dir) as tmp:
         save_file(weights, os.path.join(tmp, WEIGHTS), metadata={"format": "pt", "producer": f"ssrvg_ext {__version__}"})
         tok = loaded["tokenizer"]
         tok.save(os.path.join(tmp, "tokenizer.json" if ckpt["tokenizer"]["kind"] == "word" else TOKENIZER_DIR))
@@ -81,12 +77,6 @@ def export(checkpoint_path: str, out_dir: str, dtype: str = "fp32", ema: bool = 
         with open(os.path.join(tmp, CARD), "w") as f:
             f.write(model_card(meta, checkpoint_path, out_dir, command))
         _share_permissions(tmp)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -101,22 +99,15 @@ def decode_to_cache(path: str, folder: str, quality: int = 95) -> list[str]:
     hit = cached_frames(path, folder)
     if hit is not None:
         return hit
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".decode_", dir=parent)
-    try:
-        names = []
+    from ..engine.checkpoint import atomic_folder
+
+    names = []
+    with atomic_folder(folder) as tmp:
         for t, frame in enumerate(_frames(path)):
             names.append(f"{t + 1:05d}.jpg")
             Image.fromarray(frame).save(os.path.join(tmp, names[-1]), quality=quality)
         with open(os.path.join(tmp, CACHE_INFO), "w") as f:
             json.dump({**_stamp(path), "frames": names}, f)
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [os.path.join(folder, n) for n in names]
 
 

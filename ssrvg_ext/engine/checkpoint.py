@@ -5,8 +5,10 @@ scalars (RNG states included), so loading never unpickles arbitrary objects.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import tempfile
 
 import numpy as np
@@ -60,6 +62,23 @@ def save_atomic(obj, path: str, dump=torch.save) -> None:
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str):
+    """Yields a temporary folder beside ``path`` to fill; on success it replaces ``path`` (renamed into
+    place), on any error or interruption it is removed: ``path`` is never half written."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp_", dir=parent)
+    try:
+        yield tmp
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
