@@ -185,6 +185,23 @@ def test_video_model_takes_the_frames_of_a_clip(tmp_path, data):
             assert np.array_equal(mask, want["masks"][t].numpy().astype(bool))
         status, ans = s.post("/api/clip?text=x", b"".join(frames), {"X-Frame-Lengths": "1,2"})
         assert status == 400 and "does not add up" in ans["error"]
+        pytest.importorskip("av")
+        from ssrvg_ext.data.video_io import read_video, write_video
+
+        mp4 = write_video([np.array(f) for f in clip], str(tmp_path / "clip.mp4"))
+        status, ans = s.post("/api/clip?text=the+red+circle", open(mp4, "rb").read())  # a video file as it is
+        assert status == 200, ans
+        decoded = read_video(mp4)
+        want = ssrvg_ext.VideoPredictor.from_pretrained(model, device="cpu").predict(decoded, "the red circle")
+        assert len(ans["frames"]) == 3 and all("frame_jpg" in f for f in ans["frames"])
+        for t, f in enumerate(ans["frames"]):
+            mask = np.array(Image.open(io.BytesIO(__import__("base64").b64decode(f["mask_png"])))) > 127
+            assert np.array_equal(mask, want["masks"][t].numpy().astype(bool))
+        status, ans = s.post("/api/clip?text=x", b"#!/bin/sh not a video")
+        assert status == 400 and "cannot be opened" in ans["error"] and "/tmp" not in ans["error"]
+        s.app.limits.max_frames = 2
+        status, ans = s.post("/api/clip?text=x", open(mp4, "rb").read())
+        assert status == 400 and "more than 2 frames" in ans["error"]
         status, ans = s.post("/api/predict?text=x", frames[0])
         assert status == 400 and "video model" in ans["error"]
     finally:
@@ -313,6 +330,14 @@ def test_video_page_draws_every_frame(tmp_path, data):
             ys, xs = np.mgrid[: mask.shape[0], : mask.shape[1]]
             away = ~(((np.abs(xs - x0) < 3) | (np.abs(xs - x1) < 3) | (np.abs(ys - y0) < 3) | (np.abs(ys - y1) < 3)))
             assert np.array_equal(alpha[away] > 0, mask[away])
+        pytest.importorskip("av")
+        from ssrvg_ext.data.video_io import read_video, write_video
+
+        mp4 = write_video([np.array(Image.open(p)) for p in sorted(paths)], str(tmp_path / "clip.mp4"))
+        assert run_query(drv, s, mp4, ["the red circle"]) == "1", drv.find_element(By.ID, "error").text
+        want = ssrvg_ext.VideoPredictor.from_pretrained(model, device="cpu").predict(read_video(mp4), "the red circle")
+        alpha = overlay_alpha(drv)  # frame 1, drawn over the frame the server decoded
+        assert alpha.shape == want["masks"][0].shape and len(drv.find_elements(By.CSS_SELECTOR, "#results tr.result")) == 3
     finally:
         drv.quit()
         s.close()

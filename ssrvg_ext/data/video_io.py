@@ -33,8 +33,10 @@ def _av():
     return av
 
 
-def _frames(path: str):
-    """Yields the frames of ``path`` as (H, W, 3) uint8 arrays, with errors that name the file."""
+def _frames(path: str, max_frames: int | None = None, max_pixels: int | None = None):
+    """Yields the frames of ``path`` as (H, W, 3) uint8 arrays, with errors that name the file;
+    ``max_frames`` / ``max_pixels`` (per frame, checked from the stream header before decoding):
+    limits beyond which the video is refused with a ValueError."""
     av = _av()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video {path}: no such file")
@@ -48,9 +50,14 @@ def _frames(path: str):
             raise ValueError(f"{path} holds no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        w, h = stream.codec_context.width, stream.codec_context.height
+        if max_pixels is not None and w * h > max_pixels:
+            raise ValueError(f"video {path} is {w} x {h} pixels a frame; at most {max_pixels / 1e6:.1f} megapixels")
         n = 0
         try:
             for frame in container.decode(stream):
+                if max_frames is not None and n >= max_frames:
+                    raise ValueError(f"video {path} has more than {max_frames} frames; at most {max_frames}")
                 yield frame.to_ndarray(format="rgb24")
                 n += 1
         except (av.error.FFmpegError, OSError) as e:
@@ -62,9 +69,10 @@ def _frames(path: str):
             raise ValueError(f"video {path} is truncated: its header announces {expected} frames, {n} could be decoded")
 
 
-def read_video(path: str) -> np.ndarray:
-    """The frames of the video file ``path``, (T, H, W, 3) uint8 RGB."""
-    return np.stack(list(_frames(path)))
+def read_video(path: str, max_frames: int | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """The frames of the video file ``path``, (T, H, W, 3) uint8 RGB; a video over ``max_frames``
+    frames or ``max_pixels`` pixels a frame is refused (ValueError) without decoding the rest."""
+    return np.stack(list(_frames(path, max_frames, max_pixels)))
 
 
 def _stamp(path: str) -> dict:

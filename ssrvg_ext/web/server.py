@@ -6,7 +6,7 @@ Routes: ``GET /`` the page (static/index.html + app.js), ``GET /api/info`` the m
 ``GET /examples/<i>`` an example image, ``POST /api/predict?text=...&text=...`` with an image file
 as the body (one result per expression), and for a video model ``POST /api/clip?text=...`` with
 the clip's frames as the body, one after another, their byte lengths in the ``X-Frame-Lengths``
-header. Answers are JSON; an error is ``{"error": message}`` with a 4xx status, and the server goes on.
+header, or with a video file as the body (decoded with PyAV; its frames come back as JPEGs). Answers are JSON; an error is ``{"error": message}`` with a 4xx status, and the server goes on.
 
 Hostile uploads: the body's declared length is checked before anything is read (413), an image's
 pixel count and sides are checked from its header before it is decoded (a decompression bomb is
@@ -142,10 +142,39 @@ class DemoApp:
                 "results": [{"text": r["text"], "box": r["box"], "score": round(float(r["score"]), 4),
                              "mask_pixels": int(r["mask"].sum()), "mask_png": mask_png(r["mask"])} for r in results]}
 
+    def decode_video(self, body: bytes) -> list[torch.Tensor]:
+        """An uploaded video file -> its frames, checked (frame size from the header, frame count)."""
+        import tempfile
+
+        from ..data.video_io import read_video
+
+        with tempfile.NamedTemporaryFile(suffix=".video") as f:
+            f.write(body)
+            f.flush()
+            try:
+                frames = read_video(f.name, self.limits.max_frames, self.limits.max_pixels)
+            except ImportError:
+                raise UploadError("this server cannot read video files (PyAV is not installed): upload the frames") from None
+            except (ValueError, FileNotFoundError) as e:
+                raise UploadError(str(e).replace(f.name, "the upload")) from None
+        return [torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).contiguous() for x in frames]
+
     def clip(self, body: bytes, query: dict, lengths: str | None) -> dict:
+        """The frames of a clip one after another (``lengths``: their byte lengths), or one video file
+        (``lengths`` None; the answer then carries each frame as a JPEG for the page to show)."""
         if not self.video:
             raise UploadError("this is an image model: upload one image (POST /api/predict)")
         [text] = self.texts(query, 1)
+        if lengths is None:
+            if not body:
+                raise UploadError("the upload is empty: choose a video file or the frames of a clip")
+            frames = self.decode_video(body)
+            out = self.run_clip(frames, text)
+            for f, img in zip(out["frames"], frames):
+                buf = io.BytesIO()
+                Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=90)
+                f["frame_jpg"] = base64.b64encode(buf.getvalue()).decode("ascii")
+            return out
         try:
             sizes = [int(x) for x in (lengths or "").split(",") if x.strip()]
         except ValueError:
@@ -163,6 +192,9 @@ class DemoApp:
             at += s
         if any(f.shape != frames[0].shape for f in frames):
             raise UploadError("the frames of a clip must all have one size")
+        return self.run_clip(frames, text)
+
+    def run_clip(self, frames: list[torch.Tensor], text: str) -> dict:
         with self.lock:
             t0 = time.perf_counter()
             r = self.predictor.predict(frames, text)

@@ -18,7 +18,8 @@ async function loadInfo() {
   $("model").textContent = `${info.name} (${info.video ? "video: choose the frames of a clip" : "image"} model)`;
   if (info.video) {
     $("file").multiple = true;
-    $("file-label").textContent = "Frames of a clip (in name order)";
+    $("file").accept = "image/*,video/*";
+    $("file-label").textContent = "A video file, or the frames of a clip (in name order)";
   }
   info.examples.forEach((name, i) => {
     const img = document.createElement("img");
@@ -59,6 +60,7 @@ async function choose(list) {
     return;
   }
   files = list;
+  if (isVideoFile()) return;  // shown frame by frame once the server has decoded it
   try {
     await drawImage(list[0]);
   } catch (e) {
@@ -67,8 +69,7 @@ async function choose(list) {
 }
 
 async function paintMask(ctx, b64, color, w, h) {
-  const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
-  const bmp = await createImageBitmap(new Blob([bytes], {type: "image/png"}));
+  const bmp = await createImageBitmap(b64Blob(b64, "image/png"));
   const tmp = new OffscreenCanvas(w, h).getContext("2d");
   tmp.drawImage(bmp, 0, 0);
   const m = tmp.getImageData(0, 0, w, h).data;
@@ -101,8 +102,16 @@ function addRow(i, text, score, box) {
   $("results").querySelector("tbody").appendChild(tr);
 }
 
+function isVideoFile() {
+  return info && info.video && files.length === 1 && (files[0].type || "").startsWith("video/");
+}
+
+function b64Blob(b64, type) {
+  return new Blob([Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0))], {type});
+}
+
 async function drawClipFrame(t) {
-  await drawImage(files[t]);
+  await drawImage(clip.frames[t].frame_jpg ? b64Blob(clip.frames[t].frame_jpg, "image/jpeg") : files[t]);
   const f = clip.frames[t];
   const ctx = $("overlay").getContext("2d");
   await paintMask(ctx, f.mask_png, COLORS[0], clip.width, clip.height);
@@ -122,7 +131,9 @@ async function run() {
   $("stage").dataset.done = "0";
   try {
     let r;
-    if (info.video) {
+    if (isVideoFile()) {
+      r = await fetch(`/api/clip?${q}`, {method: "POST", body: files[0]});
+    } else if (info.video) {
       const sorted = [...files].sort((a, b) => (a.name || "").localeCompare(b.name || ""));
       files = sorted;
       r = await fetch(`/api/clip?${q}`, {method: "POST", body: new Blob(sorted),
