@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Sequence, Union
 
 import numpy as np
@@ -178,8 +179,6 @@ FRAME_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 def load_frames(frames) -> Sequence[ImageLike]:
     """A video file or a folder of frames (str) -> its frames; a (T, H, W, 3) array -> its T frames;
     a sequence of frames as it is."""
-    import os
-
     if isinstance(frames, str):
         if os.path.isdir(frames):
             names = sorted(n for n in os.listdir(frames) if n.lower().endswith(FRAME_EXT))
