@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import call, register_autograd, register_fake
+from ._dispatch import call, register_fake
 
 __all__ = ["ms_deform_attn"]
 
@@ -38,16 +38,5 @@ def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
     return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, grad_output):
-    value, shapes, starts, loc, attn = ctx.saved_tensors
-    g_value, g_loc, g_attn = torch.ops.ssrvg.ms_deform_attn_backward(grad_output.contiguous(), value, shapes, starts,
-                                                                     loc, attn)
-    need = ctx.needs_input_grad
-    return (g_value if need[0] else None, None, None, g_loc if need[3] else None, g_attn if need[4] else None)
-
-
-register_autograd("ms_deform_attn", _backward, _setup_context)
+# Its autograd is registered in C++ (csrc/ms_deform_attn/ms_deform_attn_autograd.cpp): at the decoder's
+# few queries a Python autograd function would cost more than the kernels.
