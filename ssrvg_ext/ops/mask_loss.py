@@ -172,20 +172,5 @@ def _(grad_loss, grad_values, stats, logits, targets, valid, terms, weights, alp
     return torch.empty_like(logits)
 
 
-def _loss_setup_context(ctx, inputs, output):
-    logits, targets, valid, terms, weights, alpha, gamma, num_masks = inputs
-    ctx.save_for_backward(logits, targets, valid, output[2])
-    ctx.args = (terms, weights, alpha, gamma, num_masks)
-    ctx.mark_non_differentiable(output[2])
-
-
-def _loss_backward(ctx, grad_loss, grad_values, _grad_stats):
-    logits, targets, valid, stats = ctx.saved_tensors
-    grad_logits = None
-    if ctx.needs_input_grad[0]:
-        grad_logits = torch.ops.ssrvg.upsampled_mask_loss_backward(grad_loss, grad_values, stats, logits, targets, valid,
-                                                                   *ctx.args)
-    return grad_logits, None, None, None, None, None, None, None
-
-
-register_autograd("upsampled_mask_loss", _loss_backward, _loss_setup_context)
+# upsampled_mask_loss's autograd is registered in C++ (csrc/mask_loss/mask_loss_autograd.cpp): the
+# loss is one op forward and one op backward, with no Python in between.
