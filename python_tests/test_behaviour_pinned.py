@@ -8,7 +8,10 @@ The file was first written by the code before the model was rebuilt from registe
 methods were made faithful (MagNet's CAM gate closed at the start, its language side, and mask
 grounding without the masked words in its visual input; SegVG's mask branch without box input under box-to-mask
 supervision, its alignment's positions before the projections and its interleaved placement; SgMg's coarse and refined masks
-at every layer; CMPC on the memory with its level masks); the default and video presets unchanged. A change that means to change behaviour rewrites it on purpose:
+at every layer; CMPC on the memory with its level masks); the default and video presets unchanged. All were
+recorded again on 2026-12-02 when the SegVG preset interleaved its text encoder (model.align.triple_text),
+the others then differing from their record in the last bits only (the mask loss became one op that
+combines its sums in double). A change that means to change behaviour rewrites it on purpose:
 
     python python_tests/test_behaviour_pinned.py --write     # record the current code's values
     python python_tests/test_behaviour_pinned.py --exact     # compare bit for bit (same machine)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ssrvg_ext.config import load_config, merge
 from ssrvg_ext.models import build_criterion, build_model
+from ssrvg_ext.testing import random_batch
 from ssrvg_ext.models.alignment_loss import alignment_loss
 from ssrvg_ext.models.criterion import LossContext
 from ssrvg_ext.models.grounding import mask_grounding_loss, mask_tokens
@@ -658,3 +659,32 @@ def test_every_switch_builds_on_a_refcoco_preset():
     assert model.backbone.stage_names == ["layers_0", "layers_1", "layers_2", "layers_3"] and model.backbone.nhwc
     assert model.align.cam["32"].full.vis[0].in_channels == 768 and model.cmpc is not None
     assert model.multigranularity and model.grounding.head[-1].out_features == 30522
+
+
+def test_segvg_interleaves_the_text_encoder_with_the_alignment():
+    """model.align.triple_text: fusion layer i, then the text encoder's chunk i, then triple alignment i
+    on the text encoder's hidden states (their width, not d_model); layer by layer = the whole encoder."""
+    cfg = load_config("configs/methods/segvg.yaml", ["data.input_size=64", "model.text.hidden=48",
+                                                     "model.text.layers=4", "model.text.heads=2"])
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=60)
+    fa = model.fusion_align
+    assert fa.chunks == [(0, 2), (2, 4)] and fa.layers[0].norms[1].normalized_shape == (48,)
+    order = []
+    for i, layer in enumerate(model.fusion.layers):
+        layer.register_forward_hook(lambda *a, i=i: order.append(f"fusion{i}"))
+    for j, layer in enumerate(model.text.bert.encoder.layer):
+        layer.register_forward_hook(lambda *a, j=j: order.append(f"text{j}"))
+    for i, layer in enumerate(fa.layers):
+        layer.register_forward_hook(lambda *a, i=i: order.append(f"align{i}"))
+    b = random_batch(2, 64, 12, 60, "cpu")
+    model.eval()
+    with torch.no_grad():
+        model(b["images"], b["text_ids"], b["text_mask"])
+    assert order == ["fusion0", "text0", "text1", "align0", "fusion1", "text2", "text3", "align1"]
+    ids, mask = b["text_ids"], b["text_mask"]
+    hidden, m = model.text.embed(ids, mask)
+    words, _ = model.text.finish(model.text.run_layers(model.text.run_layers(hidden, m, 0, 2), m, 2, 4), mask)
+    torch.testing.assert_close(words[mask], model.text(ids, mask)[0][mask])
+    with pytest.raises(ValueError, match="triple_fusion"):
+        build_model(load_config("configs/tiny_synthetic.yaml", ["model.align.triple_text=true"]), vocab_size=60)

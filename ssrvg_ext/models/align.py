@@ -108,12 +108,15 @@ class TripleAlignment(nn.Module):
     added to the normalised tokens before the Q and K projections (the queries' learned positions,
     the pixels' C-wide sine positions); the values carry no position."""
 
-    def __init__(self, d: int, c: int, heads: int, pos_before_proj: bool = True):
+    def __init__(self, d: int, c: int, heads: int, pos_before_proj: bool = True, t: int | None = None):
+        """``d``: queries (and the attention) width; ``c``: the pixels'; ``t``: the words' (default d;
+        the text encoder's hidden size when the words are its hidden states, as in SegVG)."""
         super().__init__()
+        t = t or d
         self.heads, self.pos_before_proj = heads, pos_before_proj
-        self.norms = nn.ModuleList([nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(c)])
-        self.qkv = nn.ModuleList([nn.Linear(d, 3 * d), nn.Linear(d, 3 * d), nn.Linear(c, 3 * d)])
-        self.out = nn.ModuleList([nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, c)])
+        self.norms = nn.ModuleList([nn.LayerNorm(d), nn.LayerNorm(t), nn.LayerNorm(c)])
+        self.qkv = nn.ModuleList([nn.Linear(d, 3 * d), nn.Linear(t, 3 * d), nn.Linear(c, 3 * d)])
+        self.out = nn.ModuleList([nn.Linear(d, d), nn.Linear(d, t), nn.Linear(d, c)])
 
     def forward(self, queries, query_pos, words, word_pad, pixels, pixel_pos):
         """queries (B, Q, d), query_pos (Q, d), words (B, T, d), pixels (B, N, C), pixel_pos (N, C)
@@ -221,9 +224,16 @@ class FusionTripleAlignment(nn.Module):
     level (``level``: stride 32 by default, SegVG's visual tokens) together; the queries start from
     learned embeddings and, projected, are added to the decoder's starting queries."""
 
-    def __init__(self, d: int, heads: int, layers: int, num_queries: int, level: int = 2):
+    def __init__(self, d: int, heads: int, layers: int, num_queries: int, level: int = 2, text=None):
+        """``text``: the model's TextEncoder when SegVG's text interleaving is on (model.align.triple_text):
+        its layers then run in chunks between the alignment steps, which align its hidden states."""
         super().__init__()
-        self.layers = nn.ModuleList(TripleAlignment(d, d, heads) for _ in range(layers))
+        width = text.bert.config.hidden_size if text is not None else d
+        self.layers = nn.ModuleList(TripleAlignment(d, d, heads, t=width) for _ in range(layers))
+        object.__setattr__(self, "_text", text)  # a reference, not a submodule (it is the model's ``text``)
+        if text is not None:
+            n = len(text.bert.encoder.layer)
+            self.chunks = [(round(i * n / layers), round((i + 1) * n / layers)) for i in range(layers)]
         self.query_embed = nn.Embedding(num_queries, d)
         self.query_pos = nn.Embedding(num_queries, d)
         self.query_proj = nn.Linear(d, d)
@@ -231,15 +241,23 @@ class FusionTripleAlignment(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: dict, ctx) -> "FusionTripleAlignment | None":
-        """model.align.triple_fusion (SegVG's interleaved placement); as many layers as the fusion encoder."""
+        """model.align.triple_fusion (SegVG's interleaved placement); as many layers as the fusion encoder;
+        model.align.triple_text: the text encoder's layers interleaved too (SegVG's full placement)."""
         m = cfg["model"]
+        if m["align"]["triple_text"] and not m["align"]["triple_fusion"]:
+            raise ValueError("model.align.triple_text interleaves the text encoder with the fusion layers' triple "
+                             "alignment: it needs model.align.triple_fusion")
         if not m["align"]["triple_fusion"]:
             return None
         if m["align"]["triple"]:
             raise ValueError("model.align.triple (after backbone stages) and model.align.triple_fusion (interleaved "
                              "with the fusion encoder) both start the decoder's queries: choose one")
+        if m["align"]["triple_text"] and (m["align"]["cam"] or m["align"]["triple"]):
+            raise ValueError("model.align.triple_text runs the text encoder's layers between the fusion layers: it "
+                             "cannot also feed language into the backbone (model.align.cam / model.align.triple)")
+        text = ctx.parts["text"] if m["align"]["triple_text"] else None
         return cls(m["d_model"], m["fusion"]["heads"], m["fusion"]["layers"], ctx.parts["decoder"].num_queries,
-                   level=min(2, m["levels"] - 1))
+                   level=min(2, m["levels"] - 1), text=text)
 
     def fusion_layer(self, i: int, pixels: torch.Tensor, words: torch.Tensor, st):
         """Hook (after fusion layer i): returns the pixels with the level's tokens aligned, and the words."""
@@ -248,8 +266,19 @@ class FusionTripleAlignment(nn.Module):
             q = self.query_embed.weight[None].expand(pixels.shape[0], -1, -1)
         start = sum(h * w for h, w in st.sizes[:self.level])
         n = st.sizes[self.level][0] * st.sizes[self.level][1]
-        q, words, tokens = self.layers[i](q, self.query_pos.weight, words, st.word_pad, pixels[:, start:start + n],
-                                          st.pos[start:start + n])
+        text = self._text
+        if text is not None and "text_hidden" in st.extras:  # SegVG: the text encoder's next layers, then align
+            hidden, mask4 = st.extras["text_hidden"]
+            hidden = text.run_layers(hidden, mask4, *self.chunks[i])
+            q, hidden, tokens = self.layers[i](q, self.query_pos.weight, hidden, st.word_pad,
+                                               pixels[:, start:start + n], st.pos[start:start + n])
+            st.extras["text_hidden"] = (hidden, mask4)
+            words, sentence = text.finish(hidden, ~st.word_pad)
+            if i + 1 == len(self.layers):
+                st.sentence = sentence
+        else:
+            q, words, tokens = self.layers[i](q, self.query_pos.weight, words, st.word_pad, pixels[:, start:start + n],
+                                              st.pos[start:start + n])
         if i + 1 < len(self.layers):
             st.extras["triple_queries"] = q
         else:

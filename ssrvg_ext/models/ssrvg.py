@@ -90,10 +90,12 @@ class SSRVG(nn.Module):
             return pixels, words
         return after
 
-    def encode(self, images, text_ids, text_mask, image_index=None, labels: bool = True):
+    def encode(self, images, text_ids, text_mask, image_index=None, labels: bool = True, st: ForwardState | None = None):
         """Backbone and text encoder: the stride-4 map, the levels, the words, the sentence, the
         aligned queries (None without triple alignment), the object-label logits (training, when
-        ``labels``) and the raw backbone features at strides 4 and 8 (SgMg's optimiser; else None)."""
+        ``labels``) and the raw backbone features at strides 4 and 8 (SgMg's optimiser; else None).
+        With SegVG's text interleaving (``st`` given, model.align.triple_text) the text encoder stops
+        after its embeddings: its layers run between the fusion layers (``st.extras["text_hidden"]``)."""
         words = sentence = queries = rewrite = None
         if self.align is not None:  # language enters the backbone: the text goes first
             if image_index is not None:
@@ -110,7 +112,11 @@ class SSRVG(nn.Module):
         if image_index is not None:
             f4, maps = (f4[image_index] if f4 is not None else None), [m[image_index] for m in maps]
             raw = [r[image_index] for r in raw] if raw else raw
-        if words is None:
+        if words is None and st is not None and getattr(getattr(self, "fusion_align", None), "_text", None) is not None:
+            hidden, layer_mask = self.text.embed(text_ids, text_mask)
+            st.extras["text_hidden"] = (hidden, layer_mask)
+            words, sentence = self.text.finish(hidden, text_mask)
+        elif words is None:
             words, sentence = self.text(text_ids, text_mask)
         return f4, maps, words, sentence, queries, attr_logits, raw
 
@@ -176,7 +182,7 @@ class SSRVG(nn.Module):
         # clips with parts on the memory (the temporal layers): the object labels are read after them
         late_labels = bool(clip_len) and bool(self.hook_parts["refine_memory"])
         f4, maps, words, sentence, aligned, attr_logits, raw = self.encode(images, text_ids, text_mask, image_index,
-                                                                           labels=not late_labels)
+                                                                           labels=not late_labels, st=st)
         st.reencode = partial(self.reencode, images, text_mask, image_index, maps)
         d = maps[0].shape[1]
         pos = torch.cat([sine_position(*m.shape[-2:], d, m.device, m.dtype) + self.level_embed[i]
@@ -189,7 +195,7 @@ class SSRVG(nn.Module):
             aligned = st.init_queries
         for hook in self.hooks("refine_memory"):
             memory = hook(memory, st)
-        prop = self.proposals(memory, sentence, shapes) if self.proposals is not None else None
+        prop = self.proposals(memory, st.sentence, shapes) if self.proposals is not None else None
         hypotheses = self.hooks("hypotheses")  # SgMg's clip queries: the heads run once per hypothesis
         decode = partial(self.decode, st, memory, shapes, starts, prop, aligned)
         decoded = decode() if not hypotheses else None

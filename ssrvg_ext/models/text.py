@@ -56,6 +56,27 @@ class TextEncoder(nn.Module):
         """model.text; the vocabulary size is the tokenizer's (``ctx.vocab_size``)."""
         return cls(cfg["model"]["d_model"], vocab_size=ctx.vocab_size, max_len=cfg["data"]["max_len"], **cfg["model"]["text"])
 
+    # -- layer by layer (SegVG's interleaving, model.align.triple_text) ----------------------------
+    def embed(self, ids: torch.Tensor, mask: torch.Tensor):
+        """The embedding layer's output (B, T, hidden) and the attention mask the layers take."""
+        hidden = self.bert.embeddings(input_ids=ids)
+        if self.mask_4d:
+            return hidden, mask[:, None, None, :].expand(-1, 1, mask.shape[1], -1)
+        return hidden, self.bert.get_extended_attention_mask(mask.long(), tuple(mask.shape))
+
+    def run_layers(self, hidden: torch.Tensor, layer_mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The text encoder's layers [start, stop) on ``hidden``."""
+        for layer in self.bert.encoder.layer[start:stop]:
+            out = layer(hidden, attention_mask=layer_mask)
+            hidden = out[0] if isinstance(out, tuple) else out  # (transformers < 5 returns a tuple)
+        return hidden
+
+    def finish(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states -> words (B, T, d_model) and the sentence (their mean over the real tokens)."""
+        words = self.proj(hidden)
+        m = mask.unsqueeze(-1).to(words.dtype)
+        return words, (words * m).sum(1) / m.sum(1).clamp_min(1)
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids, mask (B, T) (mask True = token) -> words (B, T, d_model), sentence (B, d_model)."""
         att = mask[:, None, None, :].expand(-1, 1, mask.shape[1], -1) if self.mask_4d else mask.long()
