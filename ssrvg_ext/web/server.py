@@ -25,7 +25,6 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -68,9 +67,9 @@ def decode_image(data: bytes, limits: Limits) -> torch.Tensor:
             im = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own guard, before ours
         n = re.search(r"\((\d+) pixels\)", str(e))
-        raise UploadError(f"the image declares {int(n.group(1)) / 1e6:.0f} megapixels" if n else "the image declares an "
-                          f"enormous size" + f"; this demo takes at most {limits.max_pixels / 1e6:.1f} megapixels "
-                          "(refused before decoding: a decompression bomb)", 413) from None
+        declared = f"{int(n.group(1)) / 1e6:.0f} megapixels" if n else "an enormous size"
+        raise UploadError(f"the image declares {declared}; this demo takes at most {limits.max_pixels / 1e6:.1f} "
+                          "megapixels (refused before decoding: a decompression bomb)", 413) from None
     except (UnidentifiedImageError, OSError, SyntaxError):
         raise UploadError("that file is not an image this demo reads (JPEG, PNG, BMP, GIF or WebP), "
                           "or its header is corrupt or declares an enormous size") from None
