@@ -42,6 +42,7 @@ def export(checkpoint_path: str, out_dir: str, dtype: str = "fp32", ema: bool = 
     from . import __version__
     from .engine import checkpoint as ckpt_io
     from .engine.checkpoint import atomic_folder
+    from .engine.data import make_tokenizer
     from .engine.inference import aux_classes_of
 
     if dtype not in DTYPES:
@@ -56,15 +57,16 @@ def export(checkpoint_path: str, out_dir: str, dtype: str = "fp32", ema: bool = 
     # clones: safetensors refuses tensors that share storage; the model ties them again when it loads
     weights = {k: (v.to(cast) if v.is_floating_point() else v).detach().clone().contiguous() for k, v in state.items()}
     cfg = copy.deepcopy(ckpt["config"])
-    loaded = _build(cfg, ckpt["tokenizer"], aux_classes_of(ckpt), None)  # the tokenizer (and the text config) to save
+    tok = make_tokenizer(cfg, state=ckpt["tokenizer"])  # its files go into the folder
 
     with atomic_folder(out_dir) as tmp:
         save_file(weights, os.path.join(tmp, WEIGHTS), metadata={"format": "pt", "producer": f"ssrvg_ext {__version__}"})
-        tok = loaded["tokenizer"]
         tok.save(os.path.join(tmp, "tokenizer.json" if ckpt["tokenizer"]["kind"] == "word" else TOKENIZER_DIR))
         text_folder = cfg["model"]["text"].get("name_or_path")
         if text_folder:  # the receiver needs the architecture, not the original folder
-            loaded["model"].text.bert.config.save_pretrained(os.path.join(tmp, TEXT_DIR))
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(text_folder, local_files_only=True).save_pretrained(os.path.join(tmp, TEXT_DIR))
         meta = {"format": FORMAT, "ssrvg_ext_version": __version__, "dtype": dtype, "ema": bool(ema),
                 "config": cfg, "aux_classes": aux_classes_of(ckpt),
                 "tokenizer": {"kind": ckpt["tokenizer"]["kind"], "max_len": ckpt["tokenizer"]["max_len"]},
