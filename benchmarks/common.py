@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: timing with warm-up and synchronisation, inputs."""
 
+import math
 import statistics
 import time
 
@@ -21,21 +22,29 @@ def timeit(fn, repeat=5, warmup=1, device=None):
     return statistics.median(times)
 
 
-def alternating(fns, repeat=5, warmup=1, device=None):
-    """{name: median seconds} of each fn(), the variants taking turns within every round (a drift in
-    the machine's speed reaches all of them alike); CUDA synchronised around each call."""
+def alternating(fns, repeat=5, warmup=1, device=None, min_sample=0.0):
+    """{name: median seconds per call} of each fn(), the variants taking turns within every round (a
+    drift in the machine's speed reaches all of them alike); CUDA synchronised around each sample.
+    min_sample: a sample times as many back-to-back calls as last about this many seconds (calibrated
+    on the warm-up), so that calls of tens of microseconds are not lost in timer and scheduler noise."""
     sync = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" else (lambda: None)
-    for fn in fns.values():
-        for _ in range(warmup):
+    number = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        for _ in range(max(1, warmup)):
             fn()
+        sync()
+        per_call = (time.perf_counter() - t0) / max(1, warmup)
+        number[name] = max(1, math.ceil(min_sample / max(per_call, 1e-9))) if min_sample > 0 else 1
     times = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             sync()
             t0 = time.perf_counter()
-            fn()
+            for _ in range(number[name]):
+                fn()
             sync()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append((time.perf_counter() - t0) / number[name])
     return {name: statistics.median(t) for name, t in times.items()}
 
 

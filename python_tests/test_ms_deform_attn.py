@@ -1,5 +1,7 @@
 """Multi-scale deformable attention: op vs the grid_sample reference, gradients, determinism, module."""
 
+import sys
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from ssrvg_ext.models import MSDeformAttn
 from ssrvg_ext.ops import ms_deform_attn, reference
 from conftest import requires_cuda
 
-D_VALUES = [1, 3, 30, 32, 64, 71, 256]
+D_VALUES = [1, 3, 8, 16, 30, 32, 64, 71, 256]  # 8, 16, 32, 64: the register kernels
 
 
 def levels(rng, n_levels, max_side=12):
@@ -131,6 +133,52 @@ def test_half_precision_cpu(rng):
         assert out.dtype == dt
         tol = 1e-2 if dt == torch.float16 else 5e-2
         torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("d", [8, 16, 32, 64, 24])
+def test_bfloat16_value_forward_and_backward(rng, d):
+    """bfloat16 value, read as stored (the register kernels for D = 8/16/32/64, any D otherwise):
+    output and every gradient equal the float64 reference on the same bfloat16-rounded inputs, to
+    float32 accuracy before the final rounding; both the copied and the in-place paths."""
+    for lq in (3, 300):
+        v, sh, st, loc, attn = make(rng, 2, lq, 3, d, 3, 2)
+        v16, attn16 = v.bfloat16(), attn.bfloat16()
+        grad = torch.randn(2, lq, 3 * d, generator=rng)
+        out, grads = run(ms_deform_attn, v16, sh, st, loc, attn16, grad.bfloat16())
+        ref_out, ref_grads = run(reference.ms_deform_attn, v16.double(), sh, st, loc.double(), attn16.double(),
+                                 grad.bfloat16().double())
+        assert out.dtype == torch.bfloat16 and grads[0].dtype == torch.bfloat16
+        torch.testing.assert_close(out.double(), ref_out, rtol=1e-2, atol=1e-2)
+        assert_grads_close(grads, ref_grads, loc, sh, rtol=2e-2, atol_scale=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_value_gradient_reused_blocks(rng, dtype):
+    """A value gradient of >= 32 MiB comes from a kept block (cpu_alloc.h): a second backward while
+    the first gradient is alive gets other memory, and one after it was freed gets the freed block,
+    cleared: every gradient equals the reference, zero where no query reads."""
+    shapes, starts = torch.tensor([[256, 256]]), torch.tensor([0])
+    value = torch.randn(1, 256 * 256, 4, 32, generator=rng).to(dtype)  # 32 MiB of float32
+    ref_value = value.double()
+    results, freed = [], set()
+    for k in range(3):
+        loc = torch.rand(1, 4, 4, 1, 2, 2, generator=rng)
+        attn = torch.rand(1, 4, 4, 1, 2, generator=rng)
+        grad = torch.randn(1, 4, 128, generator=rng)
+        _, grads = run(ms_deform_attn, value, shapes, starts, loc, attn, grad.to(dtype))
+        _, ref_grads = run(reference.ms_deform_attn, ref_value, shapes, starts, loc.double(), attn.double(),
+                           grad.to(dtype).double())
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(grads[0].double(), ref_grads[0], **tol)
+        assert int((grads[0] != 0).sum()) <= 4 * 4 * 2 * 4 * 32  # only the sampled rows
+        if k == 2 and sys.platform == "linux" and dtype == torch.float32:  # (bfloat16: the float32 buffer)
+            assert grads[0].data_ptr() in freed  # a kept block, which held non-zero gradients
+        results.append(grads[0])
+        if k == 1:
+            assert results[1].data_ptr() != results[0].data_ptr()  # both alive: different memory
+            freed = {r.data_ptr() for r in results}
+            del grads
+            results.clear()
 
 
 def assert_bitwise_repeatable(args, grad):

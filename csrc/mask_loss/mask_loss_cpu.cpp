@@ -115,7 +115,7 @@ struct XTaps {
 
 // z of output row Y: vertical interpolation of the two low-res rows, then horizontal.
 template <typename T>
-inline void upsample_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>& tx, T* __restrict__ r,
+SSRVG_INLINE void upsample_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>& tx, T* __restrict__ r,
                          T* __restrict__ z) {
   const T* a = v + ly.i0 * w;
   const T* b = v + ly.i1 * w;
@@ -129,12 +129,12 @@ inline void upsample_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T
 }
 
 template <typename T>
-inline void load_row(const uint8_t* src, int64_t W, T* dst) {
+SSRVG_INLINE void load_row(const uint8_t* src, int64_t W, T* dst) {
   for (int64_t X = 0; X < W; ++X) dst[X] = src[X] ? T(1) : T(0);
 }
 
 template <int G, typename T>
-inline void row_terms_impl(const T* __restrict__ z, const T* __restrict__ t, const T* __restrict__ v, int64_t W, T alpha,
+SSRVG_INLINE void row_terms_impl(const T* __restrict__ z, const T* __restrict__ t, const T* __restrict__ v, int64_t W, T alpha,
                            T gamma, T* __restrict__ pt, T* __restrict__ p, T* __restrict__ tt, T* __restrict__ bce,
                            T* __restrict__ fo) {
   for (int64_t X = 0; X < W; ++X) {
@@ -148,13 +148,13 @@ inline void row_terms_impl(const T* __restrict__ z, const T* __restrict__ t, con
 }
 
 template <int G, typename T>
-inline void row_terms(const T* z, const T* t, const T* v, int64_t W, T alpha, T gamma, RowScratch<T>& s) {
+SSRVG_INLINE void row_terms(const T* z, const T* t, const T* v, int64_t W, T alpha, T gamma, RowScratch<T>& s) {
   row_terms_impl<G>(z, t, v, W, alpha, gamma, s.out[0].data(), s.out[1].data(), s.out[2].data(), s.out[3].data(),
                     s.out[4].data());
 }
 
 template <int G, typename T>
-inline void row_grad(const T* __restrict__ z, const T* __restrict__ t, const T* __restrict__ v, int64_t W,
+SSRVG_INLINE void row_grad(const T* __restrict__ z, const T* __restrict__ t, const T* __restrict__ v, int64_t W,
                      const T* __restrict__ g, T alpha, T gamma, T* __restrict__ gz) {
   for (int64_t X = 0; X < W; ++X) gz[X] = Pixel<G, FastMath, T>(z[X], t[X]).dz(t[X], g, alpha, gamma) * v[X];
 }
@@ -162,7 +162,7 @@ inline void row_grad(const T* __restrict__ z, const T* __restrict__ t, const T* 
 // One output row, forward: its five sums and its number of valid pixels (kStats). Backward: dL/dz of
 // its pixels into gz.
 template <int G, typename T>
-inline void forward_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>& tx, const uint8_t* trow,
+SSRVG_INLINE void forward_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>& tx, const uint8_t* trow,
                         const uint8_t* vrow, T alpha, T gamma, RowScratch<T>& sc, double* sums) {
   const int64_t W = tx.size();
   upsample_row(v, w, ly, tx, sc.r.data(), sc.z.data());
@@ -174,7 +174,7 @@ inline void forward_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>
 }
 
 template <int G, typename T>
-inline void backward_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>& tx, const uint8_t* trow,
+SSRVG_INLINE void backward_row(const T* v, int64_t w, const Lerp<T>& ly, const XTaps<T>& tx, const uint8_t* trow,
                          const uint8_t* vrow, const T* g, T alpha, T gamma, RowScratch<T>& sc, T* gz) {
   const int64_t W = tx.size();
   upsample_row(v, w, ly, tx, sc.r.data(), sc.z.data());

@@ -8,8 +8,10 @@
 // few queries (the decoder: 32 queries on maps of thousands of pixels) the copy would cost more than
 // the sampling, so the task reads value and writes grad_value in place, rows M*D apart. Both orders
 // of arithmetic are the same: the results are bit-identical either way.
-// The sampling math is done once per (query, head, level, point) and shared by the D channels,
-// whose loops are contiguous and vectorise. float16/bfloat16 inputs are computed in float32.
+// The sampling math is done once per (query, head, level, point) and shared by the D channels.
+// For D = 8, 16, 32 or 64 (float math) a query's channels stay in registers (Acc / GradRow below);
+// other D loop over memory. float16/bfloat16 inputs are computed in float32. Small calls run on
+// one thread (grain), and a large value gradient comes from cpu_alloc.h's kept blocks.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -18,8 +20,11 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <type_traits>
 #include <vector>
 
+#include "cpu_alloc.h"
 #include "cpu_simd.h"
 #include "ms_deform_attn.h"
 
@@ -38,7 +43,7 @@ Dims dims_of(const at::Tensor& value, const at::Tensor& loc) {
 // value[n, :, m, :] into a contiguous (S, D) buffer: the samples of one (batch, head) then hit a
 // compact working set instead of rows M*D apart.
 template <typename V>
-void copy_slice(const V* value, const Dims& d, int64_t n, int64_t m, V* out) {
+SSRVG_INLINE void copy_slice(const V* value, const Dims& d, int64_t n, int64_t m, V* out) {
   for (int64_t r = 0; r < d.S; ++r) {
     const V* src = value + ((n * d.S + r) * d.M + m) * d.D;
     std::copy(src, src + d.D, out + r * d.D);
@@ -52,7 +57,7 @@ bool copies_slice(const Dims& d) { return 4 * d.Lq * d.L * d.P >= d.S; }
 // read is a cache miss: before a query is computed, the rows of the next one are requested
 // (software prefetch of every corner row), so that its misses overlap this query's work.
 template <typename T, typename V>
-inline void prefetch_query(const V* rows, int64_t rs, const T* loc, const std::vector<int64_t>& lv, const Dims& d,
+SSRVG_INLINE void prefetch_query(const V* rows, int64_t rs, const T* loc, const std::vector<int64_t>& lv, const Dims& d,
                            int64_t qm) {
 #if defined(__GNUC__)
   for (int64_t l = 0; l < d.L; ++l) {
@@ -71,145 +76,287 @@ inline void prefetch_query(const V* rows, int64_t rs, const T* loc, const std::v
 #endif
 }
 
-// T: the math type (float, double); V: value's storage (T, or bfloat16 / half read as they are and
-// widened sample by sample: no float copy of the whole value).
-template <typename T, typename V = T>
-void forward_kernel(const V* value, const T* loc, const T* attn, const std::vector<int64_t>& lv, const Dims& d, T* out) {
+// The sampling locations and weights of a query a few ahead: a task reads them M queries apart
+// (one (query, head) row per query), a stride the hardware prefetcher follows late, and the loads
+// stalled the encoder's forward (perf: a quarter of its time on the first location load).
+template <typename T>
+SSRVG_INLINE void prefetch_samples(const T* loc, const T* attn, const Dims& d, int64_t qm) {
+#if defined(__GNUC__)
+  const int64_t n = d.L * d.P;
+  for (int64_t b = 0; b < 2 * n * static_cast<int64_t>(sizeof(T)); b += 64)
+    __builtin_prefetch(reinterpret_cast<const char*>(loc + 2 * qm * n) + b);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(T)); b += 64)
+    __builtin_prefetch(reinterpret_cast<const char*>(attn + qm * n) + b);
+#endif
+}
+constexpr int64_t kSampleLead = 4;  // queries ahead
+
+// The D channels of one query: an accumulator of sampled rows (forward) and its output gradient
+// (backward). Any D: loops over memory. D a multiple of 8 known at compile time (float math): the
+// channels stay in registers (f8 vectors). Both compute each channel in the same order.
+template <typename T, int DC, typename = void>
+struct Acc {
+  T* __restrict__ a;
+  int64_t D;
+  SSRVG_INLINE Acc(T* buf, int64_t d) : a(buf), D(d) { std::fill(a, a + D, T(0)); }
+  template <typename V>
+  SSRVG_INLINE void add(T w, const V* __restrict__ v) {
+    for (int64_t ch = 0; ch < D; ++ch) a[ch] += w * static_cast<T>(v[ch]);
+  }
+  template <typename V>
+  SSRVG_INLINE void add_if(bool in, T w, const V* v) {
+    if (in) add(w, v);
+  }
+  SSRVG_INLINE void store(T* out) const { std::copy(a, a + D, out); }
+};
+
+template <typename T, int DC, typename = void>
+struct GradRow {
+  const T* __restrict__ g;
+  int64_t D;
+  SSRVG_INLINE GradRow(const T* grad, int64_t d) : g(grad), D(d) {}
+  template <typename V>
+  SSRVG_INLINE T dot(const V* v) const { return dot8(v, g, D); }
+  SSRVG_INLINE void axpy(T w, T* __restrict__ gv) const {
+    for (int64_t ch = 0; ch < D; ++ch) gv[ch] += w * g[ch];
+  }
+};
+
+#if SSRVG_VEC8
+using ::ssrvg::load8;
+SSRVG_INLINE f8 load8(const c10::BFloat16* p) {  // bfloat16 -> float is a 16-bit shift
+  typedef uint16_t u16x8 __attribute__((vector_size(16)));
+  typedef uint32_t u32x8 __attribute__((vector_size(32)));
+  u16x8 h;
+  __builtin_memcpy(&h, p, sizeof h);
+  const u32x8 w = __builtin_convertvector(h, u32x8) << 16;
+  f8 r;
+  __builtin_memcpy(&r, &w, sizeof r);
+  return r;
+}
+
+template <int DC>
+struct Acc<float, DC, std::enable_if_t<(DC > 0)>> {
+  f8 a[DC / 8];
+  SSRVG_INLINE Acc(float*, int64_t) {
+    for (int j = 0; j < DC / 8; ++j) a[j] = f8{};
+  }
+  template <typename V>
+  SSRVG_INLINE void add(float w, const V* v) {
+    const f8 wv = splat8(w);
+    for (int j = 0; j < DC / 8; ++j) a[j] += wv * load8(v + 8 * j);
+  }
+  // Without a branch (corners at a level's border are unpredictable on small maps): v is a valid
+  // row either way, and a corner outside adds +0 (masked, so an inf or NaN in v cannot leak).
+  template <typename V>
+  SSRVG_INLINE void add_if(bool in, float w, const V* v) {
+    const i8 keep = i8{} - static_cast<int32_t>(in);  // all ones or all zeros
+    const f8 wv = splat8(w);
+    for (int j = 0; j < DC / 8; ++j) a[j] += reinterpret_cast<f8>(reinterpret_cast<i8>(wv * load8(v + 8 * j)) & keep);
+  }
+  SSRVG_INLINE void store(float* out) const {
+    for (int j = 0; j < DC / 8; ++j) store8(out + 8 * j, a[j]);
+  }
+};
+
+template <int DC>
+struct GradRow<float, DC, std::enable_if_t<(DC > 0)>> {
+  f8 g[DC / 8];
+  SSRVG_INLINE GradRow(const float* grad, int64_t) {
+    for (int j = 0; j < DC / 8; ++j) g[j] = load8(grad + 8 * j);
+  }
+  template <typename V>
+  SSRVG_INLINE float dot(const V* v) const {  // the lanes of dot8's eight partial sums
+    f8 s = load8(v) * g[0];
+    for (int j = 1; j < DC / 8; ++j) s += load8(v + 8 * j) * g[j];
+    return hsum8(s);
+  }
+  SSRVG_INLINE void axpy(float w, float* gv) const {
+    const f8 wv = splat8(w);
+    for (int j = 0; j < DC / 8; ++j) store8(gv + 8 * j, load8(gv + 8 * j) + wv * g[j]);
+  }
+};
+// The channel counts with register kernels (float math, value float32 or bfloat16); others: any D.
+#define SSRVG_MSDA_SWITCH_D(D, CALL) \
+  switch (D) {                       \
+    case 8: CALL(8); break;          \
+    case 16: CALL(16); break;        \
+    case 32: CALL(32); break;        \
+    case 64: CALL(64); break;        \
+    default: CALL(0);                \
+  }
+#else
+#define SSRVG_MSDA_SWITCH_D(D, CALL) CALL(0)
+#endif
+
+// Tasks [s, e) of the forward. T: the math type (float, double); V: value's storage (T, or
+// bfloat16 / half read as they are and widened sample by sample: no float copy of the whole value);
+// DC: D when known at compile time, else 0.
+template <typename T, typename V, int DC>
+SSRVG_INLINE void forward_tasks(int64_t s, int64_t e, const V* value, const T* loc, const T* attn,
+                                const std::vector<int64_t>& lv, const Dims& d, T* out) {
   const bool copy = copies_slice(d);
   const int64_t rs = copy ? d.D : d.M * d.D;  // distance between the rows the task reads
-  at::parallel_for(0, d.N * d.M, 1, [&](int64_t s, int64_t e) {
-    std::vector<T> acc(d.D);
-    std::vector<V> slice(copy ? d.S * d.D : 0);
-    for (int64_t task = s; task < e; ++task) {
-      const int64_t n = task / d.M, m = task % d.M;
-      const V* rows = value + (n * d.S * d.M + m) * d.D;  // row r of value[n, :, m, :] at rows + r * M * D
-      if (copy) {
-        copy_slice(value, d, n, m, slice.data());
-        rows = slice.data();
-      }
-      if (!copy && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
-      for (int64_t q = 0; q < d.Lq; ++q) {
-        std::fill(acc.begin(), acc.end(), T(0));
-        const int64_t qm = (n * d.Lq + q) * d.M + m;  // index of (n, q, m)
-        if (!copy && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
-        for (int64_t l = 0; l < d.L; ++l) {
-          const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
-          const V* vbase = rows + start * rs;
-          for (int64_t p = 0; p < d.P; ++p) {
-            const int64_t sidx = (qm * d.L + l) * d.P + p;
-            const T a = attn[sidx];
-            const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
-            for (int k = 0; k < 4; ++k) {
-              if (!c.inside(k, H, W)) continue;
-              const T wgt = a * c.weight(k);
-              const V* v = vbase + c.offset(k, W) * rs;
-              T* __restrict__ o = acc.data();
-              for (int64_t ch = 0; ch < d.D; ++ch) o[ch] += wgt * static_cast<T>(v[ch]);
-            }
+  std::vector<T> scratch(DC > 0 ? 0 : d.D);
+  std::vector<V> slice(copy ? d.S * d.D : 0);
+  for (int64_t task = s; task < e; ++task) {
+    const int64_t n = task / d.M, m = task % d.M;
+    const V* rows = value + (n * d.S * d.M + m) * d.D;  // row r of value[n, :, m, :] at rows + r * M * D
+    if (copy) {
+      copy_slice(value, d, n, m, slice.data());
+      rows = slice.data();
+    }
+    if (!copy && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
+    for (int64_t q = 0; q < d.Lq; ++q) {
+      Acc<T, DC> acc(scratch.data(), d.D);
+      const int64_t qm = (n * d.Lq + q) * d.M + m;  // index of (n, q, m)
+      if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
+      if (!copy && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+      for (int64_t l = 0; l < d.L; ++l) {
+        const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
+        const V* vbase = rows + start * rs;
+        for (int64_t p = 0; p < d.P; ++p) {
+          const int64_t sidx = (qm * d.L + l) * d.P + p;
+          const T a = attn[sidx];
+          const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
+          for (int k = 0; k < 4; ++k) {
+            const bool in = c.inside(k, H, W);
+            acc.add_if(in, a * c.weight(k), vbase + (in ? c.offset(k, W) : 0) * rs);
           }
         }
-        std::copy(acc.begin(), acc.end(), out + qm * d.D);
       }
+      acc.store(out + qm * d.D);
     }
-  });
+  }
 }
 
-template <typename T, typename V = T>  // as forward_kernel; the value gradient is accumulated in T
-void backward_kernel(const V* value, const T* loc, const T* attn, const T* grad_out, const std::vector<int64_t>& lv,
-                     const Dims& d, T* grad_value, T* grad_loc, T* grad_attn) {
+// Tasks [s, e) of the backward; as forward_tasks. The value gradient is accumulated in T.
+template <typename T, typename V, int DC>
+SSRVG_INLINE void backward_tasks(int64_t s, int64_t e, const V* value, const T* loc, const T* attn, const T* grad_out,
+                                 const std::vector<int64_t>& lv, const Dims& d, T* grad_value, T* grad_loc,
+                                 T* grad_attn) {
   const bool copy = copies_slice(d);
   const int64_t rs = copy ? d.D : d.M * d.D;
-  at::parallel_for(0, d.N * d.M, 1, [&](int64_t s, int64_t e) {
-    std::vector<V> slice(copy ? d.S * d.D : 0);
-    std::vector<T> gslice(copy ? d.S * d.D : 0);
-    for (int64_t task = s; task < e; ++task) {
-      const int64_t n = task / d.M, m = task % d.M;
-      const V* rows = value + (n * d.S * d.M + m) * d.D;
-      T* grows = grad_value + (n * d.S * d.M + m) * d.D;  // zero-filled by the caller
-      if (copy) {
-        copy_slice(value, d, n, m, slice.data());
-        std::fill(gslice.begin(), gslice.end(), T(0));
-        rows = slice.data();
-        grows = gslice.data();
-      }
-      if (!copy && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
-      for (int64_t q = 0; q < d.Lq; ++q) {
-        const int64_t qm = (n * d.Lq + q) * d.M + m;
-        const T* g = grad_out + qm * d.D;
-        if (!copy && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
-        for (int64_t l = 0; l < d.L; ++l) {
-          const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
-          const int64_t base = start * rs;
-          for (int64_t p = 0; p < d.P; ++p) {
-            const int64_t sidx = (qm * d.L + l) * d.P + p;
-            const T a = attn[sidx];
-            const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
-            T g_attn = 0, g_x = 0, g_y = 0;
-            for (int k = 0; k < 4; ++k) {
-              if (!c.inside(k, H, W)) continue;
-              const int64_t off = base + c.offset(k, W) * rs;
-              const V* __restrict__ v = rows + off;
-              T* __restrict__ gv = grows + off;
-              const T wa = a * c.weight(k);
-              const T dot = dot8(v, g, d.D);
-              for (int64_t ch = 0; ch < d.D; ++ch) gv[ch] += wa * g[ch];
-              g_attn += c.weight(k) * dot;
-              g_x += c.dweight_dx(k) * dot;
-              g_y += c.dweight_dy(k) * dot;
-            }
-            grad_attn[sidx] = g_attn;
-            grad_loc[2 * sidx] = a * g_x * static_cast<T>(W);
-            grad_loc[2 * sidx + 1] = a * g_y * static_cast<T>(H);
+  std::vector<V> slice(copy ? d.S * d.D : 0);
+  std::vector<T> gslice(copy ? d.S * d.D : 0);
+  for (int64_t task = s; task < e; ++task) {
+    const int64_t n = task / d.M, m = task % d.M;
+    const V* rows = value + (n * d.S * d.M + m) * d.D;
+    T* grows = grad_value + (n * d.S * d.M + m) * d.D;  // zero-filled by the caller
+    if (copy) {
+      copy_slice(value, d, n, m, slice.data());
+      std::fill(gslice.begin(), gslice.end(), T(0));
+      rows = slice.data();
+      grows = gslice.data();
+    }
+    if (!copy && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
+    for (int64_t q = 0; q < d.Lq; ++q) {
+      const int64_t qm = (n * d.Lq + q) * d.M + m;
+      const GradRow<T, DC> g(grad_out + qm * d.D, d.D);
+      if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
+      if (!copy && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+      for (int64_t l = 0; l < d.L; ++l) {
+        const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
+        const int64_t base = start * rs;
+        for (int64_t p = 0; p < d.P; ++p) {
+          const int64_t sidx = (qm * d.L + l) * d.P + p;
+          const T a = attn[sidx];
+          const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
+          T g_attn = 0, g_x = 0, g_y = 0;
+          for (int k = 0; k < 4; ++k) {
+            if (!c.inside(k, H, W)) continue;
+            const int64_t off = base + c.offset(k, W) * rs;
+            const T dot = g.dot(rows + off);
+            g.axpy(a * c.weight(k), grows + off);
+            g_attn += c.weight(k) * dot;
+            g_x += c.dweight_dx(k) * dot;
+            g_y += c.dweight_dy(k) * dot;
           }
+          grad_attn[sidx] = g_attn;
+          grad_loc[2 * sidx] = a * g_x * static_cast<T>(W);
+          grad_loc[2 * sidx + 1] = a * g_y * static_cast<T>(H);
         }
       }
-      if (copy)  // this task owns grad_value[n, :, m, :]
-        for (int64_t r = 0; r < d.S; ++r)
-          std::copy(gslice.data() + r * d.D, gslice.data() + (r + 1) * d.D, grad_value + ((n * d.S + r) * d.M + m) * d.D);
     }
+    if (copy)  // this task owns grad_value[n, :, m, :]
+      for (int64_t r = 0; r < d.S; ++r)
+        std::copy(gslice.data() + r * d.D, gslice.data() + (r + 1) * d.D, grad_value + ((n * d.S + r) * d.M + m) * d.D);
+  }
+}
+
+// Non-template entry points, one per storage type, each running tasks [s, e): the float ones get
+// AVX2 clones, with the loops inside them (cpu_simd.h); double (gradcheck) stays generic.
+#define SSRVG_MSDA_FWD(DC) forward_tasks<float, V, DC>(s, e, value, loc, attn, lv, d, out)
+#define SSRVG_MSDA_BWD(DC) backward_tasks<float, V, DC>(s, e, value, loc, attn, g, lv, d, gv, gl, ga)
+SSRVG_CLONES void forward_f32(int64_t s, int64_t e, const float* value, const float* loc, const float* attn,
+                              const std::vector<int64_t>& lv, const Dims& d, float* out) {
+  using V = float;
+  SSRVG_MSDA_SWITCH_D(d.D, SSRVG_MSDA_FWD)
+}
+SSRVG_CLONES void forward_bf16(int64_t s, int64_t e, const c10::BFloat16* value, const float* loc, const float* attn,
+                               const std::vector<int64_t>& lv, const Dims& d, float* out) {
+  using V = c10::BFloat16;
+  SSRVG_MSDA_SWITCH_D(d.D, SSRVG_MSDA_FWD)
+}
+SSRVG_CLONES void forward_f16(int64_t s, int64_t e, const c10::Half* value, const float* loc, const float* attn,
+                              const std::vector<int64_t>& lv, const Dims& d, float* out) {
+  forward_tasks<float, c10::Half, 0>(s, e, value, loc, attn, lv, d, out);
+}
+void forward_f64(int64_t s, int64_t e, const double* value, const double* loc, const double* attn,
+                 const std::vector<int64_t>& lv, const Dims& d, double* out) {
+  forward_tasks<double, double, 0>(s, e, value, loc, attn, lv, d, out);
+}
+SSRVG_CLONES void backward_f32(int64_t s, int64_t e, const float* value, const float* loc, const float* attn,
+                               const float* g, const std::vector<int64_t>& lv, const Dims& d, float* gv, float* gl,
+                               float* ga) {
+  using V = float;
+  SSRVG_MSDA_SWITCH_D(d.D, SSRVG_MSDA_BWD)
+}
+SSRVG_CLONES void backward_bf16(int64_t s, int64_t e, const c10::BFloat16* value, const float* loc, const float* attn,
+                                const float* g, const std::vector<int64_t>& lv, const Dims& d, float* gv, float* gl,
+                                float* ga) {
+  using V = c10::BFloat16;
+  SSRVG_MSDA_SWITCH_D(d.D, SSRVG_MSDA_BWD)
+}
+// (no clone: its half -> float widening does not vectorise; the test of the clones would say so)
+void backward_f16(int64_t s, int64_t e, const c10::Half* value, const float* loc, const float* attn,
+                               const float* g, const std::vector<int64_t>& lv, const Dims& d, float* gv, float* gl,
+                               float* ga) {
+  backward_tasks<float, c10::Half, 0>(s, e, value, loc, attn, g, lv, d, gv, gl, ga);
+}
+void backward_f64(int64_t s, int64_t e, const double* value, const double* loc, const double* attn, const double* g,
+                  const std::vector<int64_t>& lv, const Dims& d, double* gv, double* gl, double* ga) {
+  backward_tasks<double, double, 0>(s, e, value, loc, attn, g, lv, d, gv, gl, ga);
+}
+#undef SSRVG_MSDA_FWD
+#undef SSRVG_MSDA_BWD
+
+// One task per (batch, head) pair; a call too small to repay waking a second thread runs on one:
+// tasks are grouped until a group holds ~64K channel multiply-adds.
+int64_t grain(const Dims& d) {
+  const int64_t work = d.Lq * d.L * d.P * 4 * d.D + (copies_slice(d) ? d.S * d.D : 0);
+  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(work, 1));
+}
+
+template <typename T, typename V>
+void forward_kernel(const V* value, const T* loc, const T* attn, const std::vector<int64_t>& lv, const Dims& d, T* out) {
+  at::parallel_for(0, d.N * d.M, grain(d), [&](int64_t s, int64_t e) {
+    if constexpr (std::is_same_v<V, c10::BFloat16>) forward_bf16(s, e, value, loc, attn, lv, d, out);
+    else if constexpr (std::is_same_v<V, c10::Half>) forward_f16(s, e, value, loc, attn, lv, d, out);
+    else if constexpr (std::is_same_v<T, double>) forward_f64(s, e, value, loc, attn, lv, d, out);
+    else forward_f32(s, e, value, loc, attn, lv, d, out);
   });
 }
 
-// Non-template entry points: float gets AVX2 clones; double (gradcheck) stays generic.
-SSRVG_CLONES void forward_f32(const float* value, const float* loc, const float* attn, const std::vector<int64_t>& lv,
-                              const Dims& d, float* out) {
-  forward_kernel<float>(value, loc, attn, lv, d, out);
-}
-void forward_any(const float* v, const float* l, const float* a, const std::vector<int64_t>& lv, const Dims& d,
-                 float* o) {
-  forward_f32(v, l, a, lv, d, o);
-}
-void forward_any(const double* v, const double* l, const double* a, const std::vector<int64_t>& lv, const Dims& d,
-                 double* o) {
-  forward_kernel<double>(v, l, a, lv, d, o);
-}
-SSRVG_CLONES void forward_bf16(const c10::BFloat16* value, const float* loc, const float* attn,
-                               const std::vector<int64_t>& lv, const Dims& d, float* out) {
-  forward_kernel<float, c10::BFloat16>(value, loc, attn, lv, d, out);
-}
-SSRVG_CLONES void forward_f16(const c10::Half* value, const float* loc, const float* attn,
-                              const std::vector<int64_t>& lv, const Dims& d, float* out) {
-  forward_kernel<float, c10::Half>(value, loc, attn, lv, d, out);
-}
-SSRVG_CLONES void backward_f32(const float* value, const float* loc, const float* attn, const float* grad_out,
-                               const std::vector<int64_t>& lv, const Dims& d, float* gv, float* gl, float* ga) {
-  backward_kernel<float>(value, loc, attn, grad_out, lv, d, gv, gl, ga);
-}
-void backward_any(const float* v, const float* l, const float* a, const float* g, const std::vector<int64_t>& lv,
-                  const Dims& d, float* gv, float* gl, float* ga) {
-  backward_f32(v, l, a, g, lv, d, gv, gl, ga);
-}
-void backward_any(const double* v, const double* l, const double* a, const double* g, const std::vector<int64_t>& lv,
-                  const Dims& d, double* gv, double* gl, double* ga) {
-  backward_kernel<double>(v, l, a, g, lv, d, gv, gl, ga);
-}
-SSRVG_CLONES void backward_bf16(const c10::BFloat16* v, const float* l, const float* a, const float* g,
-                                const std::vector<int64_t>& lv, const Dims& d, float* gv, float* gl, float* ga) {
-  backward_kernel<float, c10::BFloat16>(v, l, a, g, lv, d, gv, gl, ga);
-}
-SSRVG_CLONES void backward_f16(const c10::Half* v, const float* l, const float* a, const float* g,
-                               const std::vector<int64_t>& lv, const Dims& d, float* gv, float* gl, float* ga) {
-  backward_kernel<float, c10::Half>(v, l, a, g, lv, d, gv, gl, ga);
+template <typename T, typename V>
+void backward_kernel(const V* value, const T* loc, const T* attn, const T* g, const std::vector<int64_t>& lv,
+                     const Dims& d, T* gv, T* gl, T* ga) {
+  at::parallel_for(0, d.N * d.M, grain(d), [&](int64_t s, int64_t e) {
+    if constexpr (std::is_same_v<V, c10::BFloat16>) backward_bf16(s, e, value, loc, attn, g, lv, d, gv, gl, ga);
+    else if constexpr (std::is_same_v<V, c10::Half>) backward_f16(s, e, value, loc, attn, g, lv, d, gv, gl, ga);
+    else if constexpr (std::is_same_v<T, double>) backward_f64(s, e, value, loc, attn, g, lv, d, gv, gl, ga);
+    else backward_f32(s, e, value, loc, attn, g, lv, d, gv, gl, ga);
+  });
 }
 
 at::ScalarType math_type(const at::Tensor& value) {
@@ -227,18 +374,18 @@ at::Tensor forward_cpu(const at::Tensor& value_in, const at::Tensor& shapes, con
     const at::Tensor value = value_in.contiguous();
     at::Tensor out = at::empty({d.N, d.Lq, d.M * d.D}, loc.options());
     if (vt == at::kBFloat16)
-      forward_bf16(value.data_ptr<c10::BFloat16>(), loc.data_ptr<float>(), attn.data_ptr<float>(), lv, d,
-                   out.data_ptr<float>());
+      forward_kernel(value.data_ptr<c10::BFloat16>(), loc.data_ptr<float>(), attn.data_ptr<float>(), lv, d,
+                     out.data_ptr<float>());
     else
-      forward_f16(value.data_ptr<c10::Half>(), loc.data_ptr<float>(), attn.data_ptr<float>(), lv, d,
-                  out.data_ptr<float>());
+      forward_kernel(value.data_ptr<c10::Half>(), loc.data_ptr<float>(), attn.data_ptr<float>(), lv, d,
+                     out.data_ptr<float>());
     return out.to(vt);
   }
   const at::Tensor value = value_in.to(mt).contiguous();
   at::Tensor out = at::empty({d.N, d.Lq, d.M * d.D}, value.options());
   AT_DISPATCH_FLOATING_TYPES(mt, "ms_deform_attn_forward_cpu", [&] {
-    forward_any(value.data_ptr<scalar_t>(), loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), lv, d,
-                             out.data_ptr<scalar_t>());
+    forward_kernel(value.data_ptr<scalar_t>(), loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), lv, d,
+                   out.data_ptr<scalar_t>());
   });
   return out.to(value_in.scalar_type());
 }
@@ -255,25 +402,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
   const auto mt = math_type(value_in);
   const at::Tensor loc = loc_in.to(mt).contiguous(), attn = attn_in.to(mt).contiguous(),
                    grad_out = grad_out_in.to(mt).contiguous();
-  at::Tensor grad_value = at::zeros(value_in.sizes(), loc.options());
+  at::Tensor grad_value = zeros_large(value_in.sizes(), loc.options());  // cpu_alloc.h
   at::Tensor grad_loc = at::empty(loc.sizes(), loc.options());
   at::Tensor grad_attn = at::empty(attn.sizes(), attn.options());
   const auto vt = value_in.scalar_type();
   if (vt == at::kBFloat16 || vt == at::kHalf) {  // value read as stored; every gradient in float32
     const at::Tensor value = value_in.contiguous();
     if (vt == at::kBFloat16)
-      backward_bf16(value.data_ptr<c10::BFloat16>(), loc.data_ptr<float>(), attn.data_ptr<float>(),
+      backward_kernel(value.data_ptr<c10::BFloat16>(), loc.data_ptr<float>(), attn.data_ptr<float>(),
                     grad_out.data_ptr<float>(), lv, d, grad_value.data_ptr<float>(), grad_loc.data_ptr<float>(),
                     grad_attn.data_ptr<float>());
     else
-      backward_f16(value.data_ptr<c10::Half>(), loc.data_ptr<float>(), attn.data_ptr<float>(),
+      backward_kernel(value.data_ptr<c10::Half>(), loc.data_ptr<float>(), attn.data_ptr<float>(),
                    grad_out.data_ptr<float>(), lv, d, grad_value.data_ptr<float>(), grad_loc.data_ptr<float>(),
                    grad_attn.data_ptr<float>());
-    return {grad_value.to(vt), grad_loc.to(loc_in.scalar_type()), grad_attn.to(attn_in.scalar_type())};
+    at::Tensor grad_value_out = empty_large(grad_value.sizes(), grad_value.options().dtype(vt));
+    grad_value_out.copy_(grad_value);
+    return {grad_value_out, grad_loc.to(loc_in.scalar_type()), grad_attn.to(attn_in.scalar_type())};
   }
   const at::Tensor value = value_in.to(mt).contiguous();
   AT_DISPATCH_FLOATING_TYPES(mt, "ms_deform_attn_backward_cpu", [&] {
-    backward_any(value.data_ptr<scalar_t>(), loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(),
+    backward_kernel(value.data_ptr<scalar_t>(), loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(),
                               grad_out.data_ptr<scalar_t>(), lv, d, grad_value.data_ptr<scalar_t>(),
                               grad_loc.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>());
   });
