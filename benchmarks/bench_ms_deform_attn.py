@@ -110,7 +110,7 @@ def main():
     p.add_argument("--batch", nargs="*", type=int, default=[1, 8])
     p.add_argument("--dtypes", nargs="*", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--min-sample", type=float, default=0.01,
+    p.add_argument("--min-sample", type=float, default=0.02,
                    help="seconds of back-to-back calls per timed sample (small cases run many calls per sample)")
     p.add_argument("--reference", action="store_true", help="also time the grid_sample reference (slow on a CPU)")
     p.add_argument("--compile-cases", nargs="*", default=[],
@@ -156,8 +156,8 @@ def main():
                         fn(*xs).sum().backward()
 
                     fwd[impl], fwd_bwd[impl] = f, fb
-                t_f = alternating(fwd, repeat=args.repeat, warmup=3, device=dev, min_sample=args.min_sample)
-                t_fb = alternating(fwd_bwd, repeat=args.repeat, warmup=3, device=dev, min_sample=args.min_sample)
+                t_f = alternating(fwd, repeat=args.repeat, warmup=3, device=dev, min_sample=args.min_sample, warmup_s=0.3)
+                t_fb = alternating(fwd_bwd, repeat=args.repeat, warmup=3, device=dev, min_sample=args.min_sample, warmup_s=0.3)
                 for impl in impls:
                     rf, rfb = t_f[impl] / t_f["ours"], t_fb[impl] / t_fb["ours"]
                     print(f"{name:10s} {b:2d} {dt:5s} {impl:22s} {t_f[impl] * 1e3:9.3f} {t_fb[impl] * 1e3:11.3f} "

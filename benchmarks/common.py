@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: timing with warm-up and synchronisation, inputs."""
 
+import gc
 import math
 import statistics
 import time
@@ -22,29 +23,43 @@ def timeit(fn, repeat=5, warmup=1, device=None):
     return statistics.median(times)
 
 
-def alternating(fns, repeat=5, warmup=1, device=None, min_sample=0.0):
+def alternating(fns, repeat=5, warmup=1, device=None, min_sample=0.0, warmup_s=0.0):
     """{name: median seconds per call} of each fn(), the variants taking turns within every round (a
     drift in the machine's speed reaches all of them alike); CUDA synchronised around each sample.
     min_sample: a sample times as many back-to-back calls as last about this many seconds (calibrated
-    on the warm-up), so that calls of tens of microseconds are not lost in timer and scheduler noise."""
+    on the warm-up), so that calls of tens of microseconds are not lost in timer and scheduler noise.
+    warmup_s: each variant also runs for at least this long first (on the 2-core CPU machine a loop
+    of 100-microsecond calls takes seconds to reach its steady speed)."""
     sync = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" else (lambda: None)
     number = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
-        for _ in range(max(1, warmup)):
+        calls = 0
+        while calls < max(1, warmup) or time.perf_counter() - t0 < warmup_s:
             fn()
+            calls += 1
         sync()
-        per_call = (time.perf_counter() - t0) / max(1, warmup)
+        per_call = (time.perf_counter() - t0) / calls
         number[name] = max(1, math.ceil(min_sample / max(per_call, 1e-9))) if min_sample > 0 else 1
     times = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(number[name]):
-                fn()
-            sync()
-            times[name].append((time.perf_counter() - t0) / number[name])
+    gc_was_on = gc.isenabled()
+    try:
+        for _ in range(repeat):
+            for name, fn in fns.items():
+                gc.collect()
+                gc.disable()  # as timeit: a collection inside a sample charges one variant for all
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(number[name]):
+                    fn()
+                sync()
+                times[name].append((time.perf_counter() - t0) / number[name])
+                gc.enable()
+    finally:
+        if gc_was_on:
+            gc.enable()
+        else:
+            gc.disable()
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -42,8 +42,8 @@ Dims dims_of(const at::Tensor& value, const at::Tensor& loc) {
 
 // value[n, :, m, :] into a contiguous (S, D) buffer: the samples of one (batch, head) then hit a
 // compact working set instead of rows M*D apart.
-template <typename V>
-SSRVG_INLINE void copy_slice(const V* value, const Dims& d, int64_t n, int64_t m, V* out) {
+template <typename V, typename O>  // (O: V, or a wider type: bfloat16 / half widened once here)
+SSRVG_INLINE void copy_slice(const V* value, const Dims& d, int64_t n, int64_t m, O* out) {
   for (int64_t r = 0; r < d.S; ++r) {
     const V* src = value + ((n * d.S + r) * d.M + m) * d.D;
     std::copy(src, src + d.D, out + r * d.D);
@@ -189,98 +189,115 @@ struct GradRow<float, DC, std::enable_if_t<(DC > 0)>> {
 #define SSRVG_MSDA_SWITCH_D(D, CALL) CALL(0)
 #endif
 
+// The queries of one task (batch n, head m), forward. R: the storage of the rows read (value's, or
+// T for a slice copied and widened), rs: the distance between them; in place, each query's rows
+// are prefetched one query ahead. DC: D when known at compile time, else 0.
+template <typename T, typename R, int DC>
+SSRVG_INLINE void forward_queries(const R* rows, int64_t rs, bool in_place, int64_t n, int64_t m, const T* loc,
+                                  const T* attn, const std::vector<int64_t>& lv, const Dims& d, T* scratch, T* out) {
+  if (in_place && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
+  for (int64_t q = 0; q < d.Lq; ++q) {
+    Acc<T, DC> acc(scratch, d.D);
+    const int64_t qm = (n * d.Lq + q) * d.M + m;  // index of (n, q, m)
+    if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
+    if (in_place && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+    for (int64_t l = 0; l < d.L; ++l) {
+      const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
+      const R* vbase = rows + start * rs;
+      for (int64_t p = 0; p < d.P; ++p) {
+        const int64_t sidx = (qm * d.L + l) * d.P + p;
+        const T a = attn[sidx];
+        const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
+        for (int k = 0; k < 4; ++k) {
+          const bool in = c.inside(k, H, W);
+          acc.add_if(in, a * c.weight(k), vbase + (in ? c.offset(k, W) : 0) * rs);
+        }
+      }
+    }
+    acc.store(out + qm * d.D);
+  }
+}
+
 // Tasks [s, e) of the forward. T: the math type (float, double); V: value's storage (T, or
-// bfloat16 / half read as they are and widened sample by sample: no float copy of the whole value);
-// DC: D when known at compile time, else 0.
+// bfloat16 / half: read as stored and widened sample by sample in place; a copied slice is
+// widened once, as it is copied).
 template <typename T, typename V, int DC>
 SSRVG_INLINE void forward_tasks(int64_t s, int64_t e, const V* value, const T* loc, const T* attn,
                                 const std::vector<int64_t>& lv, const Dims& d, T* out) {
   const bool copy = copies_slice(d);
-  const int64_t rs = copy ? d.D : d.M * d.D;  // distance between the rows the task reads
   std::vector<T> scratch(DC > 0 ? 0 : d.D);
-  std::vector<V> slice(copy ? d.S * d.D : 0);
+  std::vector<T> slice(copy ? d.S * d.D : 0);
   for (int64_t task = s; task < e; ++task) {
     const int64_t n = task / d.M, m = task % d.M;
-    const V* rows = value + (n * d.S * d.M + m) * d.D;  // row r of value[n, :, m, :] at rows + r * M * D
     if (copy) {
       copy_slice(value, d, n, m, slice.data());
-      rows = slice.data();
-    }
-    if (!copy && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
-    for (int64_t q = 0; q < d.Lq; ++q) {
-      Acc<T, DC> acc(scratch.data(), d.D);
-      const int64_t qm = (n * d.Lq + q) * d.M + m;  // index of (n, q, m)
-      if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
-      if (!copy && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
-      for (int64_t l = 0; l < d.L; ++l) {
-        const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
-        const V* vbase = rows + start * rs;
-        for (int64_t p = 0; p < d.P; ++p) {
-          const int64_t sidx = (qm * d.L + l) * d.P + p;
-          const T a = attn[sidx];
-          const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
-          for (int k = 0; k < 4; ++k) {
-            const bool in = c.inside(k, H, W);
-            acc.add_if(in, a * c.weight(k), vbase + (in ? c.offset(k, W) : 0) * rs);
-          }
-        }
-      }
-      acc.store(out + qm * d.D);
+      forward_queries<T, T, DC>(slice.data(), d.D, false, n, m, loc, attn, lv, d, scratch.data(), out);
+    } else {  // row r of value[n, :, m, :] at rows + r * M * D
+      forward_queries<T, V, DC>(value + (n * d.S * d.M + m) * d.D, d.M * d.D, true, n, m, loc, attn, lv, d,
+                                scratch.data(), out);
     }
   }
 }
 
-// Tasks [s, e) of the backward; as forward_tasks. The value gradient is accumulated in T.
+// The queries of one task, backward; as forward_queries. grows: the task's value-gradient rows
+// (rs apart), accumulated in T.
+template <typename T, typename R, int DC>
+SSRVG_INLINE void backward_queries(const R* rows, T* grows, int64_t rs, bool in_place, int64_t n, int64_t m,
+                                   const T* loc, const T* attn, const T* grad_out, const std::vector<int64_t>& lv,
+                                   const Dims& d, T* grad_loc, T* grad_attn) {
+  if (in_place && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
+  for (int64_t q = 0; q < d.Lq; ++q) {
+    const int64_t qm = (n * d.Lq + q) * d.M + m;
+    const GradRow<T, DC> g(grad_out + qm * d.D, d.D);
+    if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
+    if (in_place && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+    for (int64_t l = 0; l < d.L; ++l) {
+      const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
+      const int64_t base = start * rs;
+      for (int64_t p = 0; p < d.P; ++p) {
+        const int64_t sidx = (qm * d.L + l) * d.P + p;
+        const T a = attn[sidx];
+        const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
+        T g_attn = 0, g_x = 0, g_y = 0;
+        for (int k = 0; k < 4; ++k) {
+          if (!c.inside(k, H, W)) continue;
+          const int64_t off = base + c.offset(k, W) * rs;
+          const T dot = g.dot(rows + off);
+          g.axpy(a * c.weight(k), grows + off);
+          g_attn += c.weight(k) * dot;
+          g_x += c.dweight_dx(k) * dot;
+          g_y += c.dweight_dy(k) * dot;
+        }
+        grad_attn[sidx] = g_attn;
+        grad_loc[2 * sidx] = a * g_x * static_cast<T>(W);
+        grad_loc[2 * sidx + 1] = a * g_y * static_cast<T>(H);
+      }
+    }
+  }
+}
+
+// Tasks [s, e) of the backward; as forward_tasks.
 template <typename T, typename V, int DC>
 SSRVG_INLINE void backward_tasks(int64_t s, int64_t e, const V* value, const T* loc, const T* attn, const T* grad_out,
                                  const std::vector<int64_t>& lv, const Dims& d, T* grad_value, T* grad_loc,
                                  T* grad_attn) {
   const bool copy = copies_slice(d);
-  const int64_t rs = copy ? d.D : d.M * d.D;
-  std::vector<V> slice(copy ? d.S * d.D : 0);
+  std::vector<T> slice(copy ? d.S * d.D : 0);
   std::vector<T> gslice(copy ? d.S * d.D : 0);
   for (int64_t task = s; task < e; ++task) {
     const int64_t n = task / d.M, m = task % d.M;
-    const V* rows = value + (n * d.S * d.M + m) * d.D;
-    T* grows = grad_value + (n * d.S * d.M + m) * d.D;  // zero-filled by the caller
     if (copy) {
       copy_slice(value, d, n, m, slice.data());
       std::fill(gslice.begin(), gslice.end(), T(0));
-      rows = slice.data();
-      grows = gslice.data();
-    }
-    if (!copy && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
-    for (int64_t q = 0; q < d.Lq; ++q) {
-      const int64_t qm = (n * d.Lq + q) * d.M + m;
-      const GradRow<T, DC> g(grad_out + qm * d.D, d.D);
-      if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
-      if (!copy && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
-      for (int64_t l = 0; l < d.L; ++l) {
-        const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
-        const int64_t base = start * rs;
-        for (int64_t p = 0; p < d.P; ++p) {
-          const int64_t sidx = (qm * d.L + l) * d.P + p;
-          const T a = attn[sidx];
-          const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
-          T g_attn = 0, g_x = 0, g_y = 0;
-          for (int k = 0; k < 4; ++k) {
-            if (!c.inside(k, H, W)) continue;
-            const int64_t off = base + c.offset(k, W) * rs;
-            const T dot = g.dot(rows + off);
-            g.axpy(a * c.weight(k), grows + off);
-            g_attn += c.weight(k) * dot;
-            g_x += c.dweight_dx(k) * dot;
-            g_y += c.dweight_dy(k) * dot;
-          }
-          grad_attn[sidx] = g_attn;
-          grad_loc[2 * sidx] = a * g_x * static_cast<T>(W);
-          grad_loc[2 * sidx + 1] = a * g_y * static_cast<T>(H);
-        }
-      }
-    }
-    if (copy)  // this task owns grad_value[n, :, m, :]
-      for (int64_t r = 0; r < d.S; ++r)
+      backward_queries<T, T, DC>(slice.data(), gslice.data(), d.D, false, n, m, loc, attn, grad_out, lv, d, grad_loc,
+                                 grad_attn);
+      for (int64_t r = 0; r < d.S; ++r)  // this task owns grad_value[n, :, m, :]
         std::copy(gslice.data() + r * d.D, gslice.data() + (r + 1) * d.D, grad_value + ((n * d.S + r) * d.M + m) * d.D);
+    } else {  // grad_value zero-filled by the caller
+      const int64_t first = (n * d.S * d.M + m) * d.D;
+      backward_queries<T, V, DC>(value + first, grad_value + first, d.M * d.D, true, n, m, loc, attn, grad_out, lv, d,
+                                 grad_loc, grad_attn);
+    }
   }
 }
 
