@@ -46,7 +46,6 @@ def alternating(fns, repeat=5, warmup=1, device=None, min_sample=0.0, warmup_s=0
     try:
         for _ in range(repeat):
             for name, fn in fns.items():
-                gc.collect()
                 gc.disable()  # as timeit: a collection inside a sample charges one variant for all
                 sync()
                 t0 = time.perf_counter()

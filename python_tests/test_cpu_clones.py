@@ -27,11 +27,21 @@ pytestmark = [
 EXPECTED = {"ssrvg::msda::": 5, "ssrvg::mask_loss::": 2}
 
 
-def clone_ymm_counts():
+# Per-element helpers that must be inlined into the kernels' loops: compiled as functions of their
+# own, a clone calls them once per pixel or sample (the mask loss's AVX2 clone did so with Pixel on
+# 2026-12-02 and ran 6x slower than the generic code).
+PER_ELEMENT = ("ssrvg::mask_loss::Pixel<", "FastMath::exp", "FastMath::log1p", "ssrvg::msda::Corners<")
+
+
+def disassembly():
     from ssrvg_ext import _C
 
-    text = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", _C.__file__], check=True,
+    return subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", _C.__file__], check=True,
                           capture_output=True, text=True).stdout
+
+
+def clone_ymm_counts(text=None):
+    text = disassembly() if text is None else text
     counts, name = {}, None
     for line in text.splitlines():
         head = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
@@ -46,9 +56,13 @@ def clone_ymm_counts():
 
 
 def test_every_avx2_clone_uses_vector_registers():
-    counts = clone_ymm_counts()
+    text = disassembly()
+    counts = clone_ymm_counts(text)
     for family, least in EXPECTED.items():
         found = {n: c for n, c in counts.items() if n.startswith(family)}
         assert len(found) >= least, f"{family}: {len(found)} AVX2 clones, expected {least}: {sorted(found)}"
     empty = [n for n, c in counts.items() if c < 16]
     assert not empty, f"AVX2 clones without vector code (their loops are compiled elsewhere): {empty}"
+    functions = re.findall(r"^[0-9a-f]+ <(.*)>:$", text, flags=re.M)
+    outlined = sorted({f for f in functions if any(p in f for p in PER_ELEMENT)})
+    assert not outlined, f"per-element helpers compiled as functions (called per element): {outlined}"

@@ -15,6 +15,14 @@
 
 #include <cmath>
 
+// The per-pixel math is always inlined on the host: the CPU kernels' AVX2 clones (cpu_simd.h) only
+// vectorise what is inlined into them.
+#if defined(__CUDACC__) || !defined(__GNUC__)
+#define SSRVG_PIXEL_INLINE C10_HOST_DEVICE inline
+#else
+#define SSRVG_PIXEL_INLINE C10_HOST_DEVICE __attribute__((always_inline)) inline
+#endif
+
 namespace ssrvg {
 namespace mask_loss {
 
@@ -112,7 +120,7 @@ inline GammaKind gamma_kind(double gamma) {
 }
 
 template <int G, typename M, typename T>
-C10_HOST_DEVICE inline T pow_gamma(T q, T gamma) {
+SSRVG_PIXEL_INLINE T pow_gamma(T q, T gamma) {
   if (G == kGammaZero) return T(1);
   if (G == kGammaTwo) return q * q;
   return M::pow(q, gamma);
@@ -120,14 +128,14 @@ C10_HOST_DEVICE inline T pow_gamma(T q, T gamma) {
 
 // d/dq of q^gamma.
 template <int G, typename M, typename T>
-C10_HOST_DEVICE inline T dpow_gamma(T q, T gamma) {
+SSRVG_PIXEL_INLINE T dpow_gamma(T q, T gamma) {
   if (G == kGammaZero) return T(0);
   if (G == kGammaTwo) return T(2) * q;
   return q > T(0) ? gamma * M::pow(q, gamma - T(1)) : T(0);
 }
 
 template <typename T>
-C10_HOST_DEVICE inline T alpha_t(T t, T alpha) {
+SSRVG_PIXEL_INLINE T alpha_t(T t, T alpha) {
   return alpha >= 0 ? alpha * t + (T(1) - alpha) * (T(1) - t) : T(1);
 }
 
@@ -136,16 +144,16 @@ C10_HOST_DEVICE inline T alpha_t(T t, T alpha) {
 template <int G, typename M, typename T>
 struct Pixel {
   T p, bce, q;  // q = 1 - p_t
-  C10_HOST_DEVICE Pixel(T z, T t) {
+  SSRVG_PIXEL_INLINE Pixel(T z, T t) {
     const T e = M::exp(-(z < T(0) ? -z : z));
     const T inv = T(1) / (T(1) + e);
     p = z >= T(0) ? inv : e * inv;
     bce = (z > T(0) ? z : T(0)) - z * t + M::log1p(e);
     q = T(1) - (p * t + (T(1) - p) * (T(1) - t));
   }
-  C10_HOST_DEVICE T focal(T t, T alpha, T gamma) const { return alpha_t(t, alpha) * bce * pow_gamma<G, M>(q, gamma); }
+  SSRVG_PIXEL_INLINE T focal(T t, T alpha, T gamma) const { return alpha_t(t, alpha) * bce * pow_gamma<G, M>(q, gamma); }
   // d/dz of the five sums weighted by g[0..4] (sum t does not depend on z).
-  C10_HOST_DEVICE T dz(T t, const T* g, T alpha, T gamma) const {
+  SSRVG_PIXEL_INLINE T dz(T t, const T* g, T alpha, T gamma) const {
     const T dp = p * (T(1) - p);
     T d = (g[0] * t + g[1]) * dp + g[3] * (p - t);
     if (G != kNoFocal) {

@@ -29,7 +29,7 @@ namespace {
 // Vectorisable float exp (x <= 0) and log1p (0 <= x <= 1): branch-free polynomials with relative
 // error below 2e-7, so that GCC turns the row loops below into SIMD code. double uses libm.
 struct FastMath {
-  static inline float exp(float x) {
+  SSRVG_INLINE static float exp(float x) {
     x = x < -87.0f ? -87.0f : x;
     const float n = static_cast<float>(static_cast<int>(x * 1.44269504f - 0.5f));  // round, x <= 0
     const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
@@ -45,7 +45,7 @@ struct FastMath {
     std::memcpy(&scale, &bits, sizeof(scale));
     return p * scale;
   }
-  static inline float log1p(float x) {  // 2 atanh(s), s = x / (2 + x) in [0, 1/3]
+  SSRVG_INLINE static float log1p(float x) {  // 2 atanh(s), s = x / (2 + x) in [0, 1/3]
     const float s = x / (2.0f + x), s2 = s * s;
     float p = 1.0f / 13;
     p = p * s2 + 1.0f / 11;
