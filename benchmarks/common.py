@@ -43,22 +43,19 @@ def alternating(fns, repeat=5, warmup=1, device=None, min_sample=0.0, warmup_s=0
         number[name] = max(1, math.ceil(min_sample / max(per_call, 1e-9))) if min_sample > 0 else 1
     times = {name: [] for name in fns}
     gc_was_on = gc.isenabled()
+    gc.disable()  # as timeit: a collection inside a sample would charge one variant for all
     try:
         for _ in range(repeat):
             for name, fn in fns.items():
-                gc.disable()  # as timeit: a collection inside a sample charges one variant for all
                 sync()
                 t0 = time.perf_counter()
                 for _ in range(number[name]):
                     fn()
                 sync()
                 times[name].append((time.perf_counter() - t0) / number[name])
-                gc.enable()
     finally:
         if gc_was_on:
             gc.enable()
-        else:
-            gc.disable()
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -8,7 +8,6 @@
 #include <c10/util/accumulate.h>
 
 #include <cstdint>
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -92,8 +91,6 @@ char* fresh(size_t len) {
   return p;
 }
 
-}  // namespace
-
 // A block of at least `bytes`: a kept one (*reused = true, contents stale) or a fresh one (zero).
 at::Tensor large(at::IntArrayRef sizes, const at::TensorOptions& options, bool* reused) {
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
@@ -110,18 +107,13 @@ at::Tensor large(at::IntArrayRef sizes, const at::TensorOptions& options, bool* 
   return at::from_blob(p, sizes, [len](void* q) { release(q, len); }, options);
 }
 
+}  // namespace
+
 at::Tensor zeros_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
   bool reused = false;
   at::Tensor t = large(sizes, options, &reused);
   if (!t.defined()) return at::zeros(sizes, options);
-  if (reused) {
-    char* p = static_cast<char*>(t.data_ptr());
-    const size_t bytes = t.nbytes();
-    at::parallel_for(0, static_cast<int64_t>((bytes + kHuge - 1) / kHuge), 1, [&](int64_t b, int64_t e) {
-      const size_t lo = static_cast<size_t>(b) * kHuge, hi = std::min(bytes, static_cast<size_t>(e) * kHuge);
-      std::memset(p + lo, 0, hi - lo);
-    });
-  }
+  if (reused) t.zero_();  // (ATen's fill: parallel and vectorised)
   return t;
 }
 
