@@ -268,6 +268,41 @@ def test_instance_labels_follow_every_transform(synth):
         load_instance_labels(out, ["center"])  # a continuous attribute is not a class label
 
 
+def test_instance_labels_from_boxes_read_no_mask(synth, tmp_path):
+    """data.aux_shapes=boxes: every object's region is its box's filled rectangle (smaller objects drawn
+    last), and nothing of the masks is read: the same labels load from a copy whose segmentations are garbage."""
+    out, _ = synth
+    with open(os.path.join(out, "instances.json")) as f:
+        inst = json.load(f)
+    anns = {a["id"]: a for a in inst["annotations"]}
+    for a in inst["annotations"]:
+        a["segmentation"] = "not a mask"
+    with open(tmp_path / "instances.json", "w") as f:
+        json.dump(inst, f)
+    with pytest.raises(ValueError):
+        load_instance_labels(str(tmp_path), ["color"])  # the masks are read by default
+    with pytest.raises(ValueError, match="aux_shapes"):
+        load_instance_labels(out, ["color"], shapes="polygons")
+    boxes = load_instance_labels(str(tmp_path), ["color"], shapes="boxes")
+    masks = load_instance_labels(out, ["color"])
+    assert boxes.classes == masks.classes and set(boxes.per_image) == set(masks.per_image)
+    differ = 0
+    for image_id, (rles, labels) in list(boxes.per_image.items())[:30]:
+        mrles, mlabels = masks.per_image[image_id]
+        assert sorted(map(tuple, labels)) == sorted(map(tuple, mlabels))
+        areas = [cocomask.area(r) for r in rles]
+        assert areas == sorted(areas, reverse=True)  # larger first: smaller ones overwrite them
+        for r in rles:
+            m = cocomask.decode(r).astype(bool)
+            ys, xs = np.nonzero(m)
+            match = [a for a in anns.values() if a["image_id"] == image_id
+                     and abs(a["bbox"][0] - xs.min()) <= 1 and abs(a["bbox"][1] - ys.min()) <= 1]
+            assert match, "a region that is no object's box"
+            assert m[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # a filled rectangle
+        differ += sum(cocomask.area(r) != cocomask.area(q) for r, q in zip(rles, mrles))
+    assert differ  # the synthetic shapes are not all rectangles
+
+
 def test_crop_keeps_boxes_that_span_the_image():
     img = torch.zeros(3, 20, 30, dtype=torch.uint8)
     for box in ([0.0, 0.0, 30.0, 20.0], [[2.0, 3.0, 8.0, 9.0], [20.0, 0.0, 30.0, 20.0]]):

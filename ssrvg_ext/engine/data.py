@@ -44,7 +44,7 @@ class ImageTask:
         if d["format"] != "refer" or d["extra_train"]:
             raise ValueError("data.aux_labels and data.crop=objects read every object from instances.json: they need "
                              "data.format=refer and no data.extra_train")
-        return load_instance_labels(d["ann_dir"], d["aux_labels"] or [], {r.image_id for r in records})
+        return load_instance_labels(d["ann_dir"], d["aux_labels"] or [], {r.image_id for r in records}, d["aux_shapes"])
 
     def dataset(self, records, train: bool, instances=None):
         return RefDataset(records, make_transform(self.cfg, train), cache_images=self.cfg["data"]["cache_images"],
@@ -81,6 +81,8 @@ class VideoTask(ImageTask):
         d = self.cfg["data"]
         if d["crop"] == "objects":
             raise ValueError("data.crop=objects is image-only: set data.crop=false for videos")
+        if d["aux_shapes"] != "masks":
+            raise ValueError("data.aux_shapes=boxes is image-only: the video label maps are the masks' (set masks)")
         return load_video_labels(d["ann_dir"], d["train_split"], d["aux_labels"], {r.video for r in records})
 
     def dataset(self, records, train: bool, instances=None):

@@ -176,11 +176,15 @@ class InstanceLabels:
     per_image: dict = field(repr=False)
 
 
-def load_instance_labels(ann_dir: str, names, image_ids=None) -> InstanceLabels:
+def load_instance_labels(ann_dir: str, names, image_ids=None, shapes: str = "masks") -> InstanceLabels:
     """Labels ``names`` of all objects in ``ann_dir``/instances.json: "category" (the COCO category
     name) or any key of an annotation's ``attributes`` dict with categorical (str / int) values
     (the synthetic set has "color" and "size"). The classes come from every annotation; the
-    per-image objects only for ``image_ids`` (all images when None)."""
+    per-image objects only for ``image_ids`` (all images when None). ``shapes``: each object's
+    region is its mask ("masks") or its box's filled rectangle ("boxes": nothing of the masks is
+    read, for training as if the dataset had boxes only)."""
+    if shapes not in ("masks", "boxes"):
+        raise ValueError(f"data.aux_shapes must be 'masks' or 'boxes', got {shapes!r}")
     inst_path = os.path.join(ann_dir, "instances.json")
     if not os.path.isfile(inst_path):
         raise FileNotFoundError(f"missing {inst_path}")
@@ -203,11 +207,19 @@ def load_instance_labels(ann_dir: str, names, image_ids=None) -> InstanceLabels:
     index = {n: {v: i + 1 for i, v in enumerate(vs)} for n, vs in classes.items()}
     per_image = {}
     wanted = None if image_ids is None else set(image_ids)
-    for a in sorted(anns, key=lambda a: -float(a.get("area", 0))):
+    def extent(a):  # larger objects first: smaller ones are drawn over them
+        return a["bbox"][2] * a["bbox"][3] if shapes == "boxes" else float(a.get("area", 0))
+
+    for a in sorted(anns, key=lambda a: -extent(a)):
         if wanted is not None and a["image_id"] not in wanted:
             continue
         h, w = images[a["image_id"]]
-        rle = segmentation_to_rle(a["segmentation"], h, w, f"annotation {a['id']}")
+        if shapes == "boxes":
+            x, y, bw, bh = (float(v) for v in a["bbox"])
+            seg = [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]
+        else:
+            seg = a["segmentation"]
+        rle = segmentation_to_rle(seg, h, w, f"annotation {a['id']}")
         labels = [index[n].get(value(a, n), -100) for n in names]
         per_image.setdefault(a["image_id"], ([], []))
         per_image[a["image_id"]][0].append(rle)
