@@ -1,0 +1,53 @@
+"""benchmarks/ablate.py: the table it prints (per run, per variant, paired differences) and its
+argument checks; the training it drives is the CLI's, tested elsewhere."""
+
+import importlib.util
+import os
+import statistics
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def ablate():
+    spec = importlib.util.spec_from_file_location("ablate", os.path.join(ROOT, "benchmarks", "ablate.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def row(variant, seed, acc, miou=None):
+    val = {"Acc@0.5": acc / 100, **({"mIoU": miou / 100} if miou is not None else {})}
+    return {"variant": variant, "seed": seed, "val": val, "testB": {"Acc@0.5": acc / 200},
+            "s_per_epoch": 100.0 + seed, "params_M": 1.0}
+
+
+def test_table_paired_differences(ablate):
+    base, meth = [70.0, 74.0, 72.0], [75.0, 76.0, 80.0]
+    rows = [r for s in range(3) for r in (row("base", s, base[s], 50.0), row("meth", s, meth[s]))]
+    lines = ablate.table(rows, "base").splitlines()
+    assert len(lines) == 2 + 6 + 2 + 1
+    mean_row = next(x for x in lines if x.startswith("| **meth**"))
+    cells = [c.strip() for c in mean_row.split("|")[1:-1]]
+    assert cells[1] == "3 seeds"
+    assert cells[2] == f"{statistics.mean(meth):.2f} ± {statistics.stdev(meth):.2f}"
+    assert cells[3] == "-"  # meth has no mIoU
+    diff = [m - b for m, b in zip(meth, base)]
+    paired = [c.strip() for c in lines[-1].split("|")[1:-1]]
+    assert paired[0] == "meth - base, paired, mean ± std"
+    assert paired[2] == f"{statistics.mean(diff):+.2f} ± {statistics.stdev(diff):.2f}"
+    assert paired[3] == "-"
+    # two seeds: half-range; a seed the baseline lacks is left out of the paired row
+    two = ablate.table(rows[:4] + [row("meth", 7, 99.0)], "base").splitlines()
+    assert "± 1.50" in two[-1] and "2 seeds" in two[-1]  # (75 - 70, 76 - 74): +3.50 ± 1.50
+
+
+@pytest.mark.parametrize("args", [["--jobs", "0"], ["--paired", "c.yaml"]])
+def test_bad_arguments(ablate, monkeypatch, args):
+    monkeypatch.setattr(sys, "argv", ["ablate.py", "--variants", "a.yaml", "b.yaml", *args])
+    with pytest.raises(SystemExit) as e:
+        ablate.main()
+    assert e.value.code == 2
