@@ -9,8 +9,9 @@ A variant is a preset, optionally followed by config overrides after commas
 one run at a time, then is evaluated on val and testB (ssrvg-train / ssrvg-eval, as a user would).
 Prints one markdown table: per variant and seed, then mean ± standard deviation over the seeds
 (sample std; half-range for 2 seeds): val and testB Acc@0.5 / mIoU / oIoU, Prec@0.9, and Acc@0.5 on
-the relational and ordinal expressions (the embedded set names each expression's form), seconds per
-epoch, parameters. --paired VARIANT adds, per other variant, the mean ± std of its per-seed
+the relational and ordinal expressions (the embedded set names each expression's form), the same on
+val + testA + testB together ("all": ~1200 held-out expressions, a smaller evaluation noise), seconds
+per epoch, parameters. --paired VARIANT adds, per other variant, the mean ± std of its per-seed
 difference from VARIANT (the same seed: the same data order and initial draws where the presets
 share parts). Runs already finished (their eval JSONs exist) are not repeated; an interrupted run
 resumes from its last checkpoint. --jobs N trains N runs side by side, each on cpu_count / N threads
@@ -26,9 +27,24 @@ import statistics
 import subprocess
 import sys
 
+SPLITS = ("val", "testA", "testB")
 COLS = [("val", "Acc@0.5"), ("val", "mIoU"), ("val", "oIoU"), ("val", "Prec@0.9"), ("val", "Acc@0.5[rel]"),
         ("val", "Acc@0.5[ordinal]"), ("testB", "Acc@0.5"), ("testB", "mIoU"), ("testB", "oIoU"),
-        ("testB", "Acc@0.5[rel]"), ("testB", "Acc@0.5[ordinal]")]
+        ("testB", "Acc@0.5[rel]"), ("testB", "Acc@0.5[ordinal]"),
+        ("all", "Acc@0.5"), ("all", "mIoU"), ("all", "Prec@0.9"), ("all", "Acc@0.5[rel]"), ("all", "Acc@0.5[ordinal]")]
+
+
+def pooled(res: dict) -> dict:
+    """The metrics of val, testA and testB together (the held-out expressions, ~1200 on the embedded
+    set: a third of one split's binomial variance): each a mean over expressions, so the splits' values
+    weighted by their counts (n, or n[form] for a form's)."""
+    out = {}
+    for m in ("Acc@0.5", "mIoU", "Prec@0.9", "Acc@0.5[rel]", "Acc@0.5[ordinal]"):
+        n_key = "n" + m[m.index("["):] if "[" in m else "n"
+        parts = [(res[s][m], res[s][n_key]) for s in SPLITS if m in res[s] and res[s].get(n_key)]
+        if parts:  # a split without such expressions adds none
+            out[m] = sum(v * n for v, n in parts) / sum(n for _, n in parts)
+    return out
 
 
 def spread(xs: list[float]) -> tuple[float, float, str]:
@@ -39,7 +55,7 @@ def spread(xs: list[float]) -> tuple[float, float, str]:
 
 
 def cell(r: dict, split: str, metric: str) -> float | None:
-    v = r[split].get(metric)
+    v = r.get(split, {}).get(metric)
     return None if v is None else 100 * v
 
 
@@ -61,16 +77,19 @@ def one(spec: str, seed: int, a) -> dict:
     name = "+".join([os.path.splitext(os.path.basename(variant))[0]] + sets)
     out = os.path.join(a.out, f"{name}_s{seed}".replace("=", "-"))
     data = [f"data.ann_dir={a.data}", f"data.image_dir={os.path.join(a.data, 'images')}"]
+    log, threads = (None, None) if a.jobs == 1 else (out + ".log", max(1, (os.cpu_count() or 1) // a.jobs))
     if not os.path.isfile(os.path.join(out, "eval_testB.json")):
-        log, threads = (None, None) if a.jobs == 1 else (out + ".log", max(1, (os.cpu_count() or 1) // a.jobs))
         run([sys.executable, "-m", "ssrvg_ext.cli.train", "--config", variant, "--out", out, "--resume", "auto",
              f"train.epochs={a.epochs}", f"train.seed={seed}", *data, *sets], log, threads)
+    missing = [s for s in SPLITS if not os.path.isfile(os.path.join(out, f"eval_{s}.json"))]
+    if missing:  # a run made before testA was evaluated gets only that
         run([sys.executable, "-m", "ssrvg_ext.cli.eval", "--checkpoint", os.path.join(out, "last.pth"),
-             "--split", "val", "testB", "--out-dir", out], log, threads)
+             "--split", *missing, "--out-dir", out], log, threads)
     res = {"variant": name, "seed": seed}
-    for split in ("val", "testB"):
+    for split in SPLITS:
         with open(os.path.join(out, f"eval_{split}.json")) as f:
             res[split] = json.load(f)["metrics"]
+    res["all"] = pooled(res)
     with open(os.path.join(out, "log.jsonl")) as f:
         epochs = [json.loads(line) for line in f if '"time_s"' in line]
     res["s_per_epoch"] = epochs[-1]["time_s"] / len(epochs)

@@ -45,6 +45,17 @@ def test_table_paired_differences(ablate):
     assert "± 1.50" in two[-1] and "2 seeds" in two[-1]  # (75 - 70, 76 - 74): +3.50 ± 1.50
 
 
+def test_pooled_weighs_splits_by_their_counts(ablate):
+    res = {"val": {"n": 400, "Acc@0.5": 0.80, "mIoU": 0.5, "n[rel]": 100, "Acc@0.5[rel]": 0.5},
+           "testA": {"n": 400, "Acc@0.5": 0.90, "mIoU": 0.6, "n[rel]": 300, "Acc@0.5[rel]": 1.0},
+           "testB": {"n": 200, "Acc@0.5": 0.70, "mIoU": 0.7, "n[rel]": 0}}
+    got = ablate.pooled(res)
+    assert got["Acc@0.5"] == pytest.approx((320 + 360 + 140) / 1000)
+    assert got["mIoU"] == pytest.approx((200 + 240 + 140) / 1000)
+    assert got["Acc@0.5[rel]"] == pytest.approx((50 + 300) / 400)  # testB has no relational expression
+    assert "Prec@0.9" not in got
+
+
 @pytest.mark.parametrize("args", [["--jobs", "0"], ["--paired", "c.yaml"]])
 def test_bad_arguments(ablate, monkeypatch, args):
     monkeypatch.setattr(sys, "argv", ["ablate.py", "--variants", "a.yaml", "b.yaml", *args])
