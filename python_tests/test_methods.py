@@ -200,9 +200,9 @@ def test_stage_alignment_on_other_timm_backbones(backbone, kwargs):
         h4, again, _ = copy_bb(images, lambda i, x: copy_align.stage(state, i, x))
         copy_align.end(state)
     assert queries.shape == (2, 3, 16) and new_words.shape == words.shape and not torch.equal(new_words, words)
-    for a, b in zip([g4] + aligned, [f4] + plain):
+    for a, b in zip(g4 + aligned, f4 + plain):
         assert a.shape == b.shape and not torch.allclose(a, b)
-    for a, b in zip([g4] + aligned, [h4] + again):
+    for a, b in zip(g4 + aligned, h4 + again):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with torch.no_grad():  # the hooks do nothing outside an aligned forward
         torch.testing.assert_close(bb(images)[1][-1], plain[-1], rtol=0, atol=0)

@@ -42,6 +42,7 @@ SWITCHES = {
     "mask_every_layer": {"model": {"decoder": {"mask_every_layer": True}}},
     "object_labels": {},
     "object_labels_weight_0": {"loss": {"attr": 0.0}},
+    "mask_stride_2": {"model": {"mask_stride": 2}},
 }
 # object-label classes come from the data (the trainer passes them; checkpoints keep them)
 AUX = {"object_labels": {"category": ["a", "b"], "color": ["x", "y", "z"]},
@@ -57,7 +58,8 @@ def test_forward_backward_every_switch(name):
     batch = batch_for(cfg, with_labels=aux is not None)
     out = model(batch["images"], batch["text_ids"], batch["text_mask"])
     s = cfg["data"]["input_size"]
-    assert out["boxes"].shape == (4, 4) and out["mask_logits"].shape == (4, s // 4, s // 4)
+    r = s // cfg["model"]["mask_stride"]
+    assert out["boxes"].shape == (4, 4) and out["mask_logits"].shape == (4, r, r)
     assert out["aux_boxes"].shape == (cfg["model"]["decoder"]["layers"] - 1, 4, 4)
     losses = crit(out, batch)
     assert torch.isfinite(losses["total"])
@@ -366,3 +368,27 @@ def test_switches_off_are_todays_model():
     assert set(oa) == set(ob)
     for k in oa:
         assert torch.equal(oa[k], ob[k]), k
+
+
+def test_mask_stride_2_reads_the_stride_2_map():
+    """model.mask_stride=2: masks at half the input's resolution that depend on the backbone's stride-2
+    projection; backbones without a stride-2 map, or SgMg's head, are refused clearly."""
+    cfg = merge(load_config(TINY), {"model": {"mask_stride": 2}})
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=40).eval()
+    batch = batch_for(cfg)
+    args = (batch["images"], batch["text_ids"], batch["text_mask"])
+    bb = model.backbone
+    with torch.no_grad():
+        base = model(*args)["mask_logits"]
+        ref_proj2 = bb.proj2[0].weight.clone()
+        bb.proj2[0].weight.add_(0.5)  # only the stride-2 projection changes
+        moved = model(*args)["mask_logits"]
+        bb.proj2[0].weight.copy_(ref_proj2)
+    assert base.shape[-1] == cfg["data"]["input_size"] // 2 and not torch.allclose(base, moved)
+    with pytest.raises(ValueError, match="stride-2 feature map"):
+        build_model(merge(cfg, {"model": {"backbone": {"name": "swin_tiny_patch4_window7_224"}}}), vocab_size=40)
+    with pytest.raises(ValueError, match="segment_optimizer"):
+        build_model(merge(cfg, {"model": {"segment_optimizer": True}}), vocab_size=40)
+    with pytest.raises(ValueError, match="4 or 2"):
+        build_model(merge(cfg, {"model": {"mask_stride": 8}}), vocab_size=40)

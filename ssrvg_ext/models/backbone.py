@@ -1,7 +1,8 @@
 """Visual backbone: any timm model with ``features_only``, projected to d_model.
 
-Returns the stride-4 map (for the mask decoder, ``mask_dim`` channels) and the multi-scale maps at
-strides 8/16/32 plus one extra stride-64 level (``d_model`` channels) for the fusion encoder.
+Returns the stride-4 map (for the mask decoder, ``mask_dim`` channels; with ``mask_stride=2`` the
+stride-2 map too) and the multi-scale maps at strides 8/16/32 plus one extra stride-64 level
+(``d_model`` channels) for the fusion encoder.
 Pretrained weights come only from a local timm checkpoint file (``checkpoint``: ``.pth``, ``.pt``,
 ``.bin`` or ``.safetensors``, as timm saves them for the full model); nothing is ever downloaded.
 ``pretrained=True`` without such a file is an error, so a preset that expects pretrained weights
@@ -39,7 +40,7 @@ def check_weights_file(path: str | None, name: str) -> None:
 
 class Backbone(nn.Module):
     def __init__(self, name: str, d_model: int, mask_dim: int | None, pretrained: bool, checkpoint: str | None,
-                 timm_kwargs: dict | None, stage_hooks: bool = False):
+                 timm_kwargs: dict | None, stage_hooks: bool = False, mask_stride: int = 4):
         super().__init__()
         kwargs = dict(timm_kwargs or {})
         if pretrained:
@@ -54,11 +55,22 @@ class Backbone(nn.Module):
         missing = [s for s, i in want.items() if i is None]
         if missing:
             raise ValueError(f"timm model {name!r} has no feature maps at strides {missing} (it has {red})")
+        if mask_stride not in (2, 4):
+            raise ValueError(f"model.mask_stride must be 4 or 2, got {mask_stride}")
+        if mask_stride == 2 and 2 not in red:
+            raise ValueError(f"model.mask_stride=2 needs a stride-2 feature map; timm model {name!r} has strides {red} "
+                             "(CNNs such as ResNets and MobileNets have one, Swin does not)")
+        if mask_stride == 2 and not mask_dim:
+            raise ValueError("model.mask_stride=2 refines the pixel decoder's map: SgMg's head (model.segment_optimizer) "
+                             "has no pixel decoder")
         self.index = [want[s] for s in (4, 8, 16, 32)]
+        self.index2 = red.index(2) if mask_stride == 2 else None
         self.nhwc = "NHWC" in str(getattr(self.body, "output_fmt", "NCHW"))  # e.g. timm's Swin
         c4, c8, c16, c32 = (ch[i] for i in self.index)
         # mask_dim None: no stride-4 projection (SgMg's mask head reads the raw stride-4 features)
         self.proj4 = nn.Sequential(nn.Conv2d(c4, mask_dim, 1), nn.GroupNorm(8, mask_dim)) if mask_dim else None
+        self.proj2 = nn.Sequential(nn.Conv2d(ch[self.index2], mask_dim, 1), nn.GroupNorm(8, mask_dim)) \
+            if self.index2 is not None else None
         self.proj = nn.ModuleList(nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(8, d_model)) for c in (c8, c16, c32))
         self.extra = nn.Sequential(nn.Conv2d(c32, d_model, 3, stride=2, padding=1), nn.GroupNorm(8, d_model))
         self.stage_channels = [c4, c8, c16, c32]
@@ -79,11 +91,13 @@ class Backbone(nn.Module):
         m = cfg["model"]
         b, a = m["backbone"], m["align"]
         return cls(b["name"], m["d_model"], None if m["segment_optimizer"] else m["mask_dim"], pretrained=b["pretrained"],
-                   checkpoint=b["checkpoint"], timm_kwargs=b["kwargs"], stage_hooks=bool(a["triple"] or a["cam"]))
+                   checkpoint=b["checkpoint"], timm_kwargs=b["kwargs"], stage_hooks=bool(a["triple"] or a["cam"]),
+                   mask_stride=m["mask_stride"])
 
     def forward(self, images: torch.Tensor, rewrite=None, raw: bool = False):
-        """-> the stride-4 map (mask_dim channels; None without), the levels at strides 8..64 (d_model), and the
-        unprojected stage features at strides 4 and 8 when ``raw`` (else None). ``rewrite(i, x) -> (next, feature)``:
+        """-> the fine maps for the pixel decoder (mask_dim channels: [stride 4] or [stride 4, stride 2]; None
+        without), the levels at strides 8..64 (d_model), and the unprojected stage features at strides 4
+        and 8 when ``raw`` (else None). ``rewrite(i, x) -> (next, feature)``:
         called with stage i's output x (B, C, H, W); the next stage reads ``next``, the model ``feature``
         (needs stage_hooks)."""
         if rewrite is not None and not self.stage_names:
@@ -103,7 +117,8 @@ class Backbone(nn.Module):
             feats[self.index[i]] = f
         f4, f8, f16, f32 = (feats[i] for i in self.index)
         levels = [p(f) for p, f in zip(self.proj, (f8, f16, f32))] + [self.extra(f32)]
-        return self.proj4(f4) if self.proj4 is not None else None, levels, ([f4, f8] if raw else None)
+        fine = None if self.proj4 is None else [self.proj4(f4)] + ([self.proj2(feats[self.index2])] if self.proj2 else [])
+        return fine, levels, ([f4, f8] if raw else None)
 
 
 def _stage_hook(module, args, out):

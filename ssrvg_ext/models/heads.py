@@ -10,13 +10,16 @@ from .attention import MLP
 
 
 class PixelDecoder(nn.Module):
-    """Top-down FPN over the fused levels (strides 8..64) plus the backbone's stride-4 map."""
+    """Top-down FPN over the fused levels (strides 8..64) plus the backbone's stride-4 map and, with
+    ``stride=2`` (model.mask_stride), its stride-2 map: masks at half the input's resolution."""
 
-    def __init__(self, d: int, mask_dim: int, levels: int):
+    def __init__(self, d: int, mask_dim: int, levels: int, stride: int = 4):
         super().__init__()
         self.mask_dim = mask_dim
         self.lateral = nn.ModuleList(nn.Conv2d(d, mask_dim, 1) for _ in range(levels))
         self.smooth = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU())
+        self.smooth4 = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU()) \
+            if stride == 2 else None
         self.out = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU(),
                                  nn.Conv2d(mask_dim, mask_dim, 1))
 
@@ -24,14 +27,18 @@ class PixelDecoder(nn.Module):
     def from_config(cls, cfg: dict, ctx=None) -> "PixelDecoder | None":
         """None with SgMg's head (model.segment_optimizer), which reads the memory directly."""
         m = cfg["model"]
-        return None if m["segment_optimizer"] else cls(m["d_model"], m["mask_dim"], m["levels"])
+        return None if m["segment_optimizer"] else cls(m["d_model"], m["mask_dim"], m["levels"], m["mask_stride"])
 
-    def forward(self, fused: list[torch.Tensor], f4: torch.Tensor) -> torch.Tensor:
+    def forward(self, fused: list[torch.Tensor], fine: list[torch.Tensor]) -> torch.Tensor:
+        """fine: the backbone's projected maps, [stride 4] or [stride 4, stride 2]."""
+        if len(fine) != (2 if self.smooth4 is not None else 1):
+            raise ValueError(f"the pixel decoder was built for {2 if self.smooth4 is not None else 1} fine map(s), "
+                             f"got {len(fine)}")
         x = self.lateral[-1](fused[-1])
         for lat, f in zip(list(self.lateral)[-2::-1], fused[-2::-1]):
             x = lat(f) + F.interpolate(x, size=f.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.smooth(x)
-        x = f4 + F.interpolate(x, size=f4.shape[-2:], mode="bilinear", align_corners=False)
+        for smooth, f in zip([self.smooth, self.smooth4], fine):
+            x = f + F.interpolate(smooth(x), size=f.shape[-2:], mode="bilinear", align_corners=False)
         return self.out(x)
 
 

@@ -103,14 +103,14 @@ class SSRVG(nn.Module):
             words, sentence = self.text(text_ids, text_mask)
             state = self.align.begin(words, ~text_mask)  # the words and queries the stages update
             rewrite = partial(self.align.stage, state)  # the backbone calls rewrite(i, stage i's output)
-        f4, maps, raw = self.backbone(images, rewrite, raw=self.multigranularity)
+        fine, maps, raw = self.backbone(images, rewrite, raw=self.multigranularity)
         if self.align is not None:
             words, queries = self.align.end(state)
         attr_logits = None
         if self.attr_head is not None and self.training and labels:
             attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in maps[:2]], 2).transpose(1, 2)
         if image_index is not None:
-            f4, maps = (f4[image_index] if f4 is not None else None), [m[image_index] for m in maps]
+            fine, maps = (None if fine is None else [f[image_index] for f in fine]), [m[image_index] for m in maps]
             raw = [r[image_index] for r in raw] if raw else raw
         if words is None and st is not None and getattr(getattr(self, "fusion_align", None), "_text", None) is not None:
             hidden, layer_mask = self.text.embed(text_ids, text_mask)
@@ -118,7 +118,7 @@ class SSRVG(nn.Module):
             words, sentence = self.text.finish(hidden, text_mask)
         elif words is None:
             words, sentence = self.text(text_ids, text_mask)
-        return f4, maps, words, sentence, queries, attr_logits, raw
+        return fine, maps, words, sentence, queries, attr_logits, raw
 
     def reencode(self, images, text_mask, image_index, maps, ids):
         """The levels and words of the images read with the expression ``ids`` instead: without language
@@ -129,12 +129,12 @@ class SSRVG(nn.Module):
         _, levels, words, *_ = self.encode(images, ids, text_mask, image_index, labels=False)
         return levels, words
 
-    def mask_features(self, fused, f4, raw):
+    def mask_features(self, fused, fine, raw):
         """What every decoder layer's mask is read from, computed once per forward: the pixel
         decoder's map, or SgMg's memory sum and raw backbone maps."""
         if self.multigranularity:
             return self.mask_head.features(fused, raw[1], raw[0])
-        return self.pixel_decoder(fused, f4)
+        return self.pixel_decoder(fused, fine)
 
     def masks(self, queries, boxes, features):
         """One layer's mask logits, the coarse ones (SgMg; else None) and the pixel features they
@@ -181,7 +181,7 @@ class SSRVG(nn.Module):
         st = ForwardState(text_ids, text_mask, ~text_mask, clip_len, masks if self.training else None)
         # clips with parts on the memory (the temporal layers): the object labels are read after them
         late_labels = bool(clip_len) and bool(self.hook_parts["refine_memory"])
-        f4, maps, words, sentence, aligned, attr_logits, raw = self.encode(images, text_ids, text_mask, image_index,
+        fine, maps, words, sentence, aligned, attr_logits, raw = self.encode(images, text_ids, text_mask, image_index,
                                                                            labels=not late_labels, st=st)
         st.reencode = partial(self.reencode, images, text_mask, image_index, maps)
         d = maps[0].shape[1]
@@ -205,7 +205,7 @@ class SSRVG(nn.Module):
             attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in fused[:2]], 2).transpose(1, 2)
         for hook in self.hooks("refine_levels"):
             fused = hook(fused, st)
-        features = self.mask_features(fused, f4, raw)
+        features = self.mask_features(fused, fine, raw)
         if hypotheses:
             out: ModelOutputs = hypotheses[0](lambda offset: self.heads(st, features, *decode(offset)), st)
         else:
