@@ -172,8 +172,9 @@ def test_shared_backbone_equals_repeated_images():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_predict_maps_back_to_original_size():
-    cfg = load_config(TINY)
+@pytest.mark.parametrize("mask_stride", [4, 2])
+def test_predict_maps_back_to_original_size(mask_stride):
+    cfg = load_config(TINY, [f"model.mask_stride={mask_stride}"])
     model = build_model(cfg, vocab_size=40).eval()
     batch = batch_for(cfg)
     batch["meta"] = [dict(m, scale=(0.5, 0.5), orig_size=(2 * m["valid"][0], 2 * m["valid"][1])) for m in batch["meta"]]
