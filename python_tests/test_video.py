@@ -170,7 +170,8 @@ def test_clip_model_trains_and_absent_frames_have_no_box_loss(data):
 
 @pytest.mark.parametrize("switches", [["model.fusion.spectrum=true", "model.segment_optimizer=true"],
                                       ["model.cmpc.perception=true", "model.cmpc.graph_steps=1",
-                                       "model.cmpc.exchange_rounds=1"]], ids=["sgmg", "cmpc"])
+                                       "model.cmpc.exchange_rounds=1"], ["model.mask_stride=2"]],
+                         ids=["sgmg", "cmpc", "mask_stride_2"])
 def test_per_frame_method_components_run_on_clips(data, switches):
     cfg = small_cfg(data, *switches)
     torch.manual_seed(0)
