@@ -106,9 +106,9 @@ def compare(got, want, path="", rtol=1e-4, atol=1e-5, scale=0.0) -> list[str]:
     if isinstance(want, list):
         if len(got) != len(want):
             return [f"{path}: {got} != {want}"]
-        if len(want) >= 2 and all(isinstance(w, float) for w in want[-2:]):
-            scale = abs(want[-1])
-        return [d for i, (g, w) in enumerate(zip(got, want)) for d in compare(g, w, f"{path}[{i}]", rtol, atol, scale)]
+        summary = len(want) >= 2 and all(isinstance(w, float) for w in want[-2:])
+        sc = abs(want[-1]) if summary else 0.0  # a shape inside a summary is compared on its own
+        return [d for i, (g, w) in enumerate(zip(got, want)) for d in compare(g, w, f"{path}[{i}]", rtol, atol, sc)]
     if abs(got - want) > atol + rtol * max(abs(want), scale):
         return [f"{path}: {got!r} != {want!r}"]
     return []

@@ -207,6 +207,7 @@ def load_instance_labels(ann_dir: str, names, image_ids=None, shapes: str = "mas
     index = {n: {v: i + 1 for i, v in enumerate(vs)} for n, vs in classes.items()}
     per_image = {}
     wanted = None if image_ids is None else set(image_ids)
+
     def extent(a):  # larger objects first: smaller ones are drawn over them
         return a["bbox"][2] * a["bbox"][3] if shapes == "boxes" else float(a.get("area", 0))
 
