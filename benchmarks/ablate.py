@@ -61,7 +61,8 @@ def cell(r: dict, split: str, metric: str) -> float | None:
 
 def run(cmd: list[str], log: str | None = None, threads: int | None = None) -> None:
     """Runs cmd (its output to the file log when given, on that many threads when given)."""
-    print("$", " ".join(cmd), flush=True)
+    sys.stdout.write("$ " + " ".join(cmd) + "\n")  # one write: side-by-side runs print whole lines
+    sys.stdout.flush()
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if log is None:
         subprocess.run(cmd, check=True, env=env)
@@ -115,6 +116,7 @@ def main():
         p.error("--paired must name one of --variants")
     if not os.path.isfile(os.path.join(a.data, "instances.json")):
         run([sys.executable, "-m", "ssrvg_ext.cli.make_synthetic", "--out", a.data])
+    os.makedirs(a.out, exist_ok=True)  # the side-by-side runs' logs go beside their run folders
     jobs = [(v, s) for s in a.seeds for v in a.variants]  # seeds outermost: variants alternate
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
         rows = list(pool.map(lambda j: one(j[0], j[1], a), jobs))
