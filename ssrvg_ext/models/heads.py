@@ -11,17 +11,20 @@ from .attention import MLP
 
 class PixelDecoder(nn.Module):
     """Top-down FPN over the fused levels (strides 8..64) plus the backbone's stride-4 map and, with
-    ``stride=2`` (model.mask_stride), its stride-2 map: masks at half the input's resolution."""
+    ``stride=2`` (model.mask_stride), its stride-2 map: masks at half the input's resolution. The
+    stride-2 map joins after the stride-4 output (added to it upsampled, then a ReLU): the detail of
+    the finer map at the cost of a few per-pixel operations, no convolution at stride 2 (a 1x1 one
+    would be redundant: the mask head's dynamic kernel is a 1x1 convolution already)."""
 
     def __init__(self, d: int, mask_dim: int, levels: int, stride: int = 4):
         super().__init__()
         self.mask_dim = mask_dim
         self.lateral = nn.ModuleList(nn.Conv2d(d, mask_dim, 1) for _ in range(levels))
         self.smooth = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU())
-        self.smooth4 = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU()) \
-            if stride == 2 else None
         self.out = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU(),
                                  nn.Conv2d(mask_dim, mask_dim, 1))
+        # no 1x1 convolution after the stride-2 sum: the mask head's dynamic kernel is one already
+        self.out2 = nn.ReLU() if stride == 2 else None
 
     @classmethod
     def from_config(cls, cfg: dict, ctx=None) -> "PixelDecoder | None":
@@ -31,15 +34,16 @@ class PixelDecoder(nn.Module):
 
     def forward(self, fused: list[torch.Tensor], fine: list[torch.Tensor]) -> torch.Tensor:
         """fine: the backbone's projected maps, [stride 4] or [stride 4, stride 2]."""
-        if len(fine) != (2 if self.smooth4 is not None else 1):
-            raise ValueError(f"the pixel decoder was built for {2 if self.smooth4 is not None else 1} fine map(s), "
+        if len(fine) != (2 if self.out2 is not None else 1):
+            raise ValueError(f"the pixel decoder was built for {2 if self.out2 is not None else 1} fine map(s), "
                              f"got {len(fine)}")
         x = self.lateral[-1](fused[-1])
         for lat, f in zip(list(self.lateral)[-2::-1], fused[-2::-1]):
             x = lat(f) + F.interpolate(x, size=f.shape[-2:], mode="bilinear", align_corners=False)
-        for smooth, f in zip([self.smooth, self.smooth4], fine):
-            x = f + F.interpolate(smooth(x), size=f.shape[-2:], mode="bilinear", align_corners=False)
-        return self.out(x)
+        x = self.out(fine[0] + F.interpolate(self.smooth(x), size=fine[0].shape[-2:], mode="bilinear", align_corners=False))
+        if self.out2 is None:
+            return x
+        return self.out2(fine[1] + F.interpolate(x, size=fine[1].shape[-2:], mode="bilinear", align_corners=False))
 
 
 def box_coords(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
