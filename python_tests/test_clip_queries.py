@@ -174,7 +174,7 @@ def test_cmpc_v_word_types_and_preset():
     words, pad = torch.randn(2, 7, 16), torch.zeros(2, 7, dtype=torch.bool)
     pad[1, 5:] = True
     p, q_ea, s, a = wt(words, pad)
-    assert p.shape == (2, 7, 5) and a.shape == (2, 16) and float(p[1, 5:].abs().sum()) == 0.0
+    assert p.shape == (2, 7, 5) and a.shape == (2, 16) and float(p[1, 5:].detach().abs().sum()) == 0.0
     assert WordTypes(16)(words, pad)[3] is None  # CMPC on images: four types, no action vector
     cfg, model, _, terms = preset_step("cmpc_video")
     assert cfg["model"]["cmpc"]["video"] and cfg["model"]["temporal"]["layers"] == 0
