@@ -61,6 +61,21 @@ def test_force_reference_switch():
     assert extension.use_compiled("rle_encode", "cpu")
 
 
+def test_force_reference_reaches_ops_called_before(monkeypatch):
+    """An op's call path caches the compiled kernel it found: the switch must still take it away."""
+    if not extension.AVAILABLE:
+        pytest.skip("compiled ops not built")
+    from ssrvg_ext.ops import _dispatch, reference
+
+    counts, offsets = torch.tensor([2, 3, 1]), torch.tensor([0, 3])
+    assert int(_dispatch.call("rle_area", torch.device("cpu"), counts, offsets)[0]) == 3  # compiled, now cached
+    assert ("rle_area", "cpu") in _dispatch._COMPILED
+    monkeypatch.setattr(reference, "rle_area", lambda *a: "reference")
+    with extension.force_reference():
+        assert _dispatch.call("rle_area", "cpu", counts, offsets) == "reference"
+    assert int(_dispatch.call("rle_area", "cpu", counts, offsets)[0]) == 3
+
+
 def test_info_lists_kernels(capsys):
     if not extension.AVAILABLE:
         pytest.skip("compiled ops not built")
