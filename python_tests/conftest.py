@@ -44,3 +44,19 @@ def pytest_runtest_makereport(item, call):
 def rng():
     """A generator seeded by :func:`test_seed` (fixed by default: reproducible runs)."""
     return torch.Generator().manual_seed(test_seed())
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """load_benchmark(name) -> benchmarks/<name>.py as a module (the folder is not a package)."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, "benchmarks", f"{name}.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -1,22 +1,15 @@
 """benchmarks/ablate.py: the table it prints (per run, per variant, paired differences) and its
 argument checks; the training it drives is the CLI's, tested elsewhere."""
 
-import importlib.util
-import os
 import statistics
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
-def ablate():
-    spec = importlib.util.spec_from_file_location("ablate", os.path.join(ROOT, "benchmarks", "ablate.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def ablate(load_benchmark):
+    return load_benchmark("ablate")
 
 
 def row(variant, seed, acc, miou=None):

@@ -1,21 +1,14 @@
 """benchmarks/grad_families.py: how it groups the weighted loss terms and what its table says; the
 model and losses it differentiates are tested elsewhere."""
 
-import importlib.util
-import os
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
-def gf():
-    spec = importlib.util.spec_from_file_location("grad_families", os.path.join(ROOT, "benchmarks", "grad_families.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def gf(load_benchmark):
+    return load_benchmark("grad_families")
 
 
 def test_families_sum_weighted_terms(gf):
