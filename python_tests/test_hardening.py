@@ -33,6 +33,7 @@ def test_malicious_checkpoint_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch's own, on the file we forge
 def test_plain_pickle_disguised_as_checkpoint_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
