@@ -23,7 +23,6 @@ class PixelDecoder(nn.Module):
         self.smooth = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU())
         self.out = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU(),
                                  nn.Conv2d(mask_dim, mask_dim, 1))
-        # no 1x1 convolution after the stride-2 sum: the mask head's dynamic kernel is one already
         self.out2 = nn.ReLU() if stride == 2 else None
 
     @classmethod

@@ -16,16 +16,13 @@ _COMPILED: dict[tuple[str, str], object] = {}
 def call(op: str, device: torch.device | str, *args):
     """Runs ``torch.ops.ssrvg.<op>(*args)``, or ``reference.<op>(*args)`` when the compiled library
     has no kernel for ``device`` (or :func:`ssrvg_ext.extension.force_reference` is active)."""
-    if not extension._force_reference:
-        fn = _COMPILED.get((op, device.type if isinstance(device, torch.device) else torch.device(device).type))
-        if fn is not None:
-            return fn(*args)
-    if extension.use_compiled(op, device):
-        fn = getattr(torch.ops.ssrvg, op).default
-        if not extension._force_reference:
-            _COMPILED[(op, torch.device(device).type)] = fn
-        return fn(*args)
-    return getattr(reference, op)(*args)
+    key = (op, device.type if isinstance(device, torch.device) else torch.device(device).type)
+    fn = None if extension._force_reference else _COMPILED.get(key)
+    if fn is None:
+        if not extension.use_compiled(op, device):
+            return getattr(reference, op)(*args)
+        fn = _COMPILED[key] = getattr(torch.ops.ssrvg, op).default
+    return fn(*args)
 
 
 def register_fake(op: str):
