@@ -1,10 +1,9 @@
-// zeros_large: see cpu_alloc.h.
+// empty_large: see cpu_alloc.h.
 #include "cpu_alloc.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/accumulate.h>
 
 #include <cstdint>
@@ -91,15 +90,14 @@ char* fresh(size_t len) {
   return p;
 }
 
-// A block of at least `bytes`: a kept one (*reused = true, contents stale) or a fresh one (zero).
-at::Tensor large(at::IntArrayRef sizes, const at::TensorOptions& options, bool* reused) {
+// A block of at least `bytes` (a kept one, contents stale, or a fresh one), or undefined when the
+// tensor is small, not on the CPU, or no memory could be mapped.
+at::Tensor large(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
-  *reused = false;
   if (!options.device().is_cpu() || bytes < kMin) return at::Tensor();
   const size_t need = (bytes + kHuge - 1) / kHuge * kHuge;
   size_t len = 0;
   char* p = take(need, &len);
-  *reused = p != nullptr;
   if (!p) {
     len = need;
     if (!(p = fresh(len))) return at::Tensor();
@@ -109,23 +107,13 @@ at::Tensor large(at::IntArrayRef sizes, const at::TensorOptions& options, bool* 
 
 }  // namespace
 
-at::Tensor zeros_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  bool reused = false;
-  at::Tensor t = large(sizes, options, &reused);
-  if (!t.defined()) return at::zeros(sizes, options);
-  if (reused) t.zero_();  // (ATen's fill: parallel and vectorised)
-  return t;
-}
-
 at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  bool reused = false;
-  at::Tensor t = large(sizes, options, &reused);
+  at::Tensor t = large(sizes, options);
   return t.defined() ? t : at::empty(sizes, options);
 }
 
 #else
 
-at::Tensor zeros_large(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::zeros(sizes, options); }
 at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
 
 #endif

@@ -292,7 +292,7 @@ SSRVG_INLINE void backward_tasks(int64_t s, int64_t e, const V* value, const T* 
                                  grad_attn);
       for (int64_t r = 0; r < d.S; ++r)  // this task owns grad_value[n, :, m, :]
         std::copy(gslice.data() + r * d.D, gslice.data() + (r + 1) * d.D, grad_value + ((n * d.S + r) * d.M + m) * d.D);
-    } else {  // grad_value zero-filled by the caller
+    } else {  // grad_value zero-filled by the caller (zero_value_grad)
       const int64_t first = (n * d.S * d.M + m) * d.D;
       backward_queries<T, V, DC>(value + first, grad_value + first, d.M * d.D, true, n, m, loc, attn, grad_out, lv, d,
                                  grad_loc, grad_attn);
@@ -366,9 +366,26 @@ void forward_kernel(const V* value, const T* loc, const T* attn, const std::vect
   });
 }
 
+// The value gradient's zeros, where the tasks do not write it whole (they accumulate in place): one
+// contiguous fill (a task zeroing its own strided slice read the memory several times over), on
+// the calling thread below 1 MiB -- a parallel fill of a small gradient woke the sleeping second
+// thread, ~0.1 ms per call when the kernel itself ran on one.
+template <typename T>
+void zero_value_grad(T* gv, const Dims& d) {
+  if (copies_slice(d)) return;
+  const int64_t n = d.N * d.S * d.M * d.D;
+  constexpr int64_t kSerial = (int64_t(1) << 20) / sizeof(T);
+  if (n <= kSerial) {
+    std::fill_n(gv, n, T(0));
+    return;
+  }
+  at::parallel_for(0, n, kSerial, [&](int64_t b, int64_t e) { std::fill(gv + b, gv + e, T(0)); });
+}
+
 template <typename T, typename V>
 void backward_kernel(const V* value, const T* loc, const T* attn, const T* g, const std::vector<int64_t>& lv,
                      const Dims& d, T* gv, T* gl, T* ga) {
+  zero_value_grad(gv, d);
   at::parallel_for(0, d.N * d.M, grain(d), [&](int64_t s, int64_t e) {
     if constexpr (std::is_same_v<V, c10::BFloat16>) backward_bf16(s, e, value, loc, attn, g, lv, d, gv, gl, ga);
     else if constexpr (std::is_same_v<V, c10::Half>) backward_f16(s, e, value, loc, attn, g, lv, d, gv, gl, ga);
@@ -420,7 +437,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
   const auto mt = math_type(value_in);
   const at::Tensor loc = loc_in.to(mt).contiguous(), attn = attn_in.to(mt).contiguous(),
                    grad_out = grad_out_in.to(mt).contiguous();
-  at::Tensor grad_value = zeros_large(value_in.sizes(), loc.options());  // cpu_alloc.h
+  at::Tensor grad_value = empty_large(value_in.sizes(), loc.options());  // cpu_alloc.h; zeroed by backward_kernel
   at::Tensor grad_loc = at::empty(loc.sizes(), loc.options());
   at::Tensor grad_attn = at::empty(attn.sizes(), attn.options());
   const auto vt = value_in.scalar_type();
