@@ -5,7 +5,7 @@
 
 A variant is a preset, optionally followed by config overrides after commas
 (``configs/methods/segvg.yaml,loss.box_to_mask=false``). Every variant trains with every seed
-(train.seed; the same data and the same number of epochs),
+(train.seed; the same data and, with --epochs, the same number of epochs; else each preset's own),
 one run at a time, then is evaluated on val and testB (ssrvg-train / ssrvg-eval, as a user would).
 Prints one markdown table: per variant and seed, then mean ± standard deviation over the seeds
 (sample std; half-range for 2 seeds): val and testB Acc@0.5 / mIoU / oIoU, Prec@0.9, and Acc@0.5 on
@@ -17,6 +17,11 @@ share parts). Runs already finished (their eval JSONs exist) are not repeated; a
 resumes from its last checkpoint. --jobs N trains N runs side by side, each on cpu_count / N threads
 (on 2 cores, two one-thread runs finish ~1.5x sooner than one two-thread run after another; seconds
 per epoch are then those of a shared machine), each run's output in <out>/<run>.log.
+
+--video ablates video presets on the embedded video set (data/synthetic_video, generated when
+missing): J&F, J, F and J&F on the motion and the appearance expressions, on valid, testB and the two
+together ("all", 256 expressions), each run's last.pth evaluated (not best.pth, which `make
+train-video` picks on valid: a selection on the split it reports).
 """
 
 import argparse
@@ -28,20 +33,26 @@ import subprocess
 import sys
 
 SPLITS = ("val", "testA", "testB")
+POOLED = ("Acc@0.5", "mIoU", "Prec@0.9", "Acc@0.5[rel]", "Acc@0.5[ordinal]")
 COLS = [("val", "Acc@0.5"), ("val", "mIoU"), ("val", "oIoU"), ("val", "Prec@0.9"), ("val", "Acc@0.5[rel]"),
         ("val", "Acc@0.5[ordinal]"), ("testB", "Acc@0.5"), ("testB", "mIoU"), ("testB", "oIoU"),
         ("testB", "Acc@0.5[rel]"), ("testB", "Acc@0.5[ordinal]"),
         ("all", "Acc@0.5"), ("all", "mIoU"), ("all", "Prec@0.9"), ("all", "Acc@0.5[rel]"), ("all", "Acc@0.5[ordinal]")]
+# --video: the embedded video set's splits and J&F (motion / appearance: the expressions' kinds)
+VIDEO_SPLITS = ("valid", "testB")
+VIDEO_POOLED = ("J&F", "J", "F", "J&F[motion]", "J&F[appearance]")
+VIDEO_COLS = [("valid", m) for m in VIDEO_POOLED] + [("testB", m) for m in ("J&F", "J&F[motion]", "J&F[appearance]")] \
+    + [("all", m) for m in VIDEO_POOLED]
 
 
-def pooled(res: dict) -> dict:
-    """The metrics of val, testA and testB together (the held-out expressions, ~1200 on the embedded
-    set: a third of one split's binomial variance): each a mean over expressions, so the splits' values
-    weighted by their counts (n, or n[form] for a form's)."""
+def pooled(res: dict, splits=SPLITS, metrics=POOLED) -> dict:
+    """The metrics of the held-out splits together (val, testA and testB: ~1200 expressions on the
+    embedded set, a third of one split's binomial variance): each a mean over expressions, so the
+    splits' values weighted by their counts (n, or n[form] for a form's)."""
     out = {}
-    for m in ("Acc@0.5", "mIoU", "Prec@0.9", "Acc@0.5[rel]", "Acc@0.5[ordinal]"):
+    for m in metrics:
         n_key = "n" + m[m.index("["):] if "[" in m else "n"
-        parts = [(res[s][m], res[s][n_key]) for s in SPLITS if m in res[s] and res[s].get(n_key)]
+        parts = [(res[s][m], res[s][n_key]) for s in splits if m in res[s] and res[s].get(n_key)]
         if parts:  # a split without such expressions adds none
             out[m] = sum(v * n for v, n in parts) / sum(n for _, n in parts)
     return out
@@ -77,20 +88,21 @@ def one(spec: str, seed: int, a) -> dict:
     variant, *sets = spec.split(",")
     name = "+".join([os.path.splitext(os.path.basename(variant))[0]] + sets)
     out = os.path.join(a.out, f"{name}_s{seed}".replace("=", "-"))
-    data = [f"data.ann_dir={a.data}", f"data.image_dir={os.path.join(a.data, 'images')}"]
+    splits = VIDEO_SPLITS if a.video else SPLITS
+    data = [f"data.ann_dir={a.data}", f"data.image_dir={a.data if a.video else os.path.join(a.data, 'images')}"]
     log, threads = (None, None) if a.jobs == 1 else (out + ".log", max(1, (os.cpu_count() or 1) // a.jobs))
     if not os.path.isfile(os.path.join(out, "eval_testB.json")):
         run([sys.executable, "-m", "ssrvg_ext.cli.train", "--config", variant, "--out", out, "--resume", "auto",
-             f"train.epochs={a.epochs}", f"train.seed={seed}", *data, *sets], log, threads)
-    missing = [s for s in SPLITS if not os.path.isfile(os.path.join(out, f"eval_{s}.json"))]
+             *([f"train.epochs={a.epochs}"] if a.epochs else []), f"train.seed={seed}", *data, *sets], log, threads)
+    missing = [s for s in splits if not os.path.isfile(os.path.join(out, f"eval_{s}.json"))]
     if missing:  # a run made before testA was evaluated gets only that
         run([sys.executable, "-m", "ssrvg_ext.cli.eval", "--checkpoint", os.path.join(out, "last.pth"),
              "--split", *missing, "--out-dir", out], log, threads)
     res = {"variant": name, "seed": seed}
-    for split in SPLITS:
+    for split in splits:
         with open(os.path.join(out, f"eval_{split}.json")) as f:
             res[split] = json.load(f)["metrics"]
-    res["all"] = pooled(res)
+    res["all"] = pooled(res, splits, VIDEO_POOLED if a.video else POOLED)
     with open(os.path.join(out, "log.jsonl")) as f:
         epochs = [json.loads(line) for line in f if '"time_s"' in line]
     res["s_per_epoch"] = epochs[-1]["time_s"] / len(epochs)
@@ -104,8 +116,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", required=True)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--epochs", type=int, default=None, help="train.epochs of every run (default: each preset's own)")
+    p.add_argument("--data", default=None, help="the embedded set's folder (default data/synthetic, "
+                   "with --video data/synthetic_video); generated when missing")
+    p.add_argument("--video", action="store_true", help="video presets on the embedded video set: J&F")
     p.add_argument("--out", default="runs/ablate")
     p.add_argument("--paired", default=None, help="the baseline variant (as given in --variants) for paired differences")
     p.add_argument("--jobs", type=int, default=1, help="runs trained side by side (each on cpu_count / jobs threads)")
@@ -114,30 +128,32 @@ def main():
         p.error("--jobs must be at least 1")
     if a.paired is not None and a.paired not in a.variants:
         p.error("--paired must name one of --variants")
-    if not os.path.isfile(os.path.join(a.data, "instances.json")):
-        run([sys.executable, "-m", "ssrvg_ext.cli.make_synthetic", "--out", a.data])
+    a.data = a.data or ("data/synthetic_video" if a.video else "data/synthetic")
+    marker = "meta_expressions/train/meta_expressions.json" if a.video else "instances.json"
+    if not os.path.isfile(os.path.join(a.data, marker)):
+        run([sys.executable, "-m", "ssrvg_ext.cli.make_synthetic" + ("_video" if a.video else ""), "--out", a.data])
     os.makedirs(a.out, exist_ok=True)  # the side-by-side runs' logs go beside their run folders
     jobs = [(v, s) for s in a.seeds for v in a.variants]  # seeds outermost: variants alternate
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
         rows = list(pool.map(lambda j: one(j[0], j[1], a), jobs))
     paired = None if a.paired is None else rows[a.variants.index(a.paired)]["variant"]
-    print(table(rows, paired))
+    print(table(rows, paired, VIDEO_COLS if a.video else COLS))
 
 
-def table(rows: list[dict], paired: str | None = None) -> str:
+def table(rows: list[dict], paired: str | None = None, cols=COLS) -> str:
     """The markdown table of the runs: one row per run, mean ± spread per variant and, against the
     variant named paired, the mean ± spread of the per-seed differences."""
-    lines = ["| variant | seed | " + " | ".join(f"{s} {m}" for s, m in COLS) + " | s / epoch | params (M) |",
-             "|" + "---|" * (len(COLS) + 4)]
+    lines = ["| variant | seed | " + " | ".join(f"{s} {m}" for s, m in cols) + " | s / epoch | params (M) |",
+             "|" + "---|" * (len(cols) + 4)]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['seed']} | " + " | ".join(
-            "-" if cell(r, s, m) is None else f"{cell(r, s, m):.2f}" for s, m in COLS)
+            "-" if cell(r, s, m) is None else f"{cell(r, s, m):.2f}" for s, m in cols)
             + f" | {r['s_per_epoch']:.0f} | {r['params_M']:.3f} |")
     names = list(dict.fromkeys(r["variant"] for r in rows))
     for v in names:
         rs = [r for r in rows if r["variant"] == v]
         cells, kind = [], "half-range"
-        for s, m in COLS:
+        for s, m in cols:
             xs = [cell(r, s, m) for r in rs if cell(r, s, m) is not None]
             if not xs:
                 cells.append("-")
@@ -154,7 +170,7 @@ def table(rows: list[dict], paired: str | None = None) -> str:
                 continue
             rs = [r for r in rows if r["variant"] == v and r["seed"] in base]
             cells, kind = [], "half-range"
-            for s, m in COLS:
+            for s, m in cols:
                 xs = [cell(r, s, m) - cell(base[r["seed"]], s, m) for r in rs
                       if cell(r, s, m) is not None and cell(base[r["seed"]], s, m) is not None]
                 if not xs:

@@ -55,3 +55,21 @@ def test_bad_arguments(ablate, monkeypatch, args):
     with pytest.raises(SystemExit) as e:
         ablate.main()
     assert e.value.code == 2
+
+
+def test_video_pooled_and_columns(ablate):
+    """--video: valid and testB pooled by their counts (a kind by its own count); the table's columns
+    are J&F's, and a run without a kind's expressions shows '-' there."""
+    res = {"valid": {"n": 100, "J&F": 0.7, "J": 0.6, "F": 0.8, "J&F[motion]": 0.9, "n[motion]": 60},
+           "testB": {"n": 300, "J&F": 0.5, "J": 0.4, "F": 0.6, "J&F[motion]": 0.3, "n[motion]": 20}}
+    got = ablate.pooled(res, ablate.VIDEO_SPLITS, ablate.VIDEO_POOLED)
+    assert got["J&F"] == pytest.approx((70 + 150) / 400)
+    assert got["J"] == pytest.approx((60 + 120) / 400)
+    assert got["J&F[motion]"] == pytest.approx((54 + 6) / 80)
+    assert "J&F[appearance]" not in got
+    rows = [{"variant": "v", "seed": 0, **res, "all": got, "s_per_epoch": 1.0, "params_M": 1.0}]
+    header, _, line, *_ = ablate.table(rows, cols=ablate.VIDEO_COLS).splitlines()
+    names = [c.strip() for c in header.split("|")[1:-1]]
+    cells = dict(zip(names, (c.strip() for c in line.split("|")[1:-1])))
+    assert cells["valid J&F"] == "70.00" and cells["all J&F"] == "55.00" and cells["valid J&F[appearance]"] == "-"
+    assert not any(n.startswith("val ") for n in names)
