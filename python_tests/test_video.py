@@ -168,10 +168,10 @@ def test_clip_model_trains_and_absent_frames_have_no_box_loss(data):
                                     for k, v in out.items()}, changed)["l1"], losses["l1"].detach())
 
 
-@pytest.mark.parametrize("switches", [["model.fusion.spectrum=true", "model.segment_optimizer=true"],
+@pytest.mark.parametrize("switches", [["model.fusion.spectrum=true", "model.segment_optimizer=true", "model.mask_stride=4"],
                                       ["model.cmpc.perception=true", "model.cmpc.graph_steps=1",
-                                       "model.cmpc.exchange_rounds=1"], ["model.mask_stride=2"]],
-                         ids=["sgmg", "cmpc", "mask_stride_2"])
+                                       "model.cmpc.exchange_rounds=1"], ["model.mask_stride=4"]],
+                         ids=["sgmg", "cmpc", "mask_stride_4"])
 def test_per_frame_method_components_run_on_clips(data, switches):
     cfg = small_cfg(data, *switches)
     torch.manual_seed(0)
@@ -306,3 +306,19 @@ def test_object_labels_per_frame_and_flipped_motions(data):
     b = ClipCollate(WordTokenizer.train([r.text for r in recs]))([plain[0], plain[i]])
     assert b["instances"].shape == (8, 64, 64) and b["inst_labels"].shape[0] == 8
     assert torch.equal(b["inst_labels"][4, :plain[i]["inst_labels"].shape[0]], plain[i]["inst_labels"])
+
+
+def test_bench_video_step_times_each_variant(data, load_benchmark, monkeypatch, capsys):
+    """benchmarks/bench_video_step.py: one line per variant, the first at 1.000x, the others timed."""
+    bench = load_benchmark("bench_video_step")
+    small = ",".join(SMALL)
+    monkeypatch.setattr(sys, "argv", ["bench_video_step.py", "--data", data, "--reps", "1", "--batches", "1",
+                                      "--variants", small, small + ",model.mask_stride=4"])
+    bench.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "1 alternated rounds of 1 steps" in lines[0]
+    assert lines[1].endswith("1.000x") and "model.mask_stride=4" in lines[2]
+    assert float(lines[2].split()[-3]) > 0  # its seconds per step
+    monkeypatch.setattr(sys, "argv", ["bench_video_step.py", "--reps", "0"])
+    with pytest.raises(SystemExit):
+        bench.main()

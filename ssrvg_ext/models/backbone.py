@@ -62,7 +62,7 @@ class Backbone(nn.Module):
                              "(CNNs such as ResNets and MobileNets have one, Swin does not)")
         if mask_stride == 2 and not mask_dim:
             raise ValueError("model.mask_stride=2 refines the pixel decoder's map: SgMg's head (model.segment_optimizer) "
-                             "has no pixel decoder")
+                             "has no pixel decoder; set model.mask_stride=4 with it (configs/tiny_video.yaml sets 2)")
         self.index = [want[s] for s in (4, 8, 16, 32)]
         self.index2 = red.index(2) if mask_stride == 2 else None
         self.nhwc = "NHWC" in str(getattr(self.body, "output_fmt", "NCHW"))  # e.g. timm's Swin
