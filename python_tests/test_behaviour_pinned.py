@@ -13,9 +13,11 @@ recorded again on 2026-12-02 when the SegVG preset interleaved its text encoder 
 the others then differing from their record in the last bits only (the mask loss became one op that
 combines its sums in double). The all-on preset was recorded again when it took SgMg's mask-loss weights
 (focal 2 + Dice 5) and CMPC's auxiliary weight against them, instead of SegVG's box-only focal 1 + dice 1.
+The video preset was recorded again when its masks moved to stride 2 (model.mask_stride).
 A change that means to change behaviour rewrites it on purpose:
 
     python python_tests/test_behaviour_pinned.py --write     # record the current code's values
+    python python_tests/test_behaviour_pinned.py --write tiny_video   # only these presets' (the others kept)
     python python_tests/test_behaviour_pinned.py --exact     # compare bit for bit (same machine)
 
 The test compares with a relative tolerance of 1e-4, since float32 sums differ in their last bits
@@ -124,7 +126,15 @@ def test_preset_behaviour_unchanged(preset):
 
 if __name__ == "__main__":
     if "--write" in sys.argv:
-        values = {p: record(p) for p in PRESETS}  # all computed before the file is opened
+        names = [a for a in sys.argv[1:] if not a.startswith("--")] or PRESETS
+        unknown = sorted(set(names) - set(PRESETS))
+        if unknown:
+            sys.exit(f"unknown presets {unknown}; the pinned ones: {PRESETS}")
+        values = {}
+        if os.path.isfile(FILE):
+            with open(FILE) as f:
+                values = json.load(f)
+        values.update({p: record(p) for p in names})  # all computed before the file is opened
         with open(FILE, "w") as f:
             json.dump(values, f, indent=0, sort_keys=True)
         print(f"wrote {FILE}")
