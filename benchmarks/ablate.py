@@ -126,6 +126,8 @@ def main():
     a = p.parse_args()
     if a.jobs < 1:
         p.error("--jobs must be at least 1")
+    if a.epochs is not None and a.epochs < 1:
+        p.error("--epochs must be at least 1")
     if a.paired is not None and a.paired not in a.variants:
         p.error("--paired must name one of --variants")
     a.data = a.data or ("data/synthetic_video" if a.video else "data/synthetic")

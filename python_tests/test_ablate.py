@@ -49,7 +49,7 @@ def test_pooled_weighs_splits_by_their_counts(ablate):
     assert "Prec@0.9" not in got
 
 
-@pytest.mark.parametrize("args", [["--jobs", "0"], ["--paired", "c.yaml"]])
+@pytest.mark.parametrize("args", [["--jobs", "0"], ["--paired", "c.yaml"], ["--epochs", "0"]])
 def test_bad_arguments(ablate, monkeypatch, args):
     monkeypatch.setattr(sys, "argv", ["ablate.py", "--variants", "a.yaml", "b.yaml", *args])
     with pytest.raises(SystemExit) as e:
