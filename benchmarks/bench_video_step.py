@@ -41,16 +41,19 @@ def main():
 
     if not os.path.isfile(os.path.join(a.data, "meta_expressions", "train", "meta_expressions.json")):
         subprocess.run([sys.executable, "-m", "ssrvg_ext.cli.make_synthetic_video", "--out", a.data], check=True)
-    cpu, states, batches = torch.device("cpu"), {}, None
+    cpu, states, batches, data_cfg = torch.device("cpu"), {}, None, None
     for v in a.variants:
         cfg = load_config(a.config, [f"data.ann_dir={a.data}", f"data.image_dir={a.data}"] + [x for x in v.split(",") if x])
+        data_cfg = data_cfg or cfg["data"]
+        if cfg["data"] != data_cfg:  # every variant trains on the first one's batches
+            p.error(f"variant {v!r} changes data.*: the variants must share the batches (vary the model or the loss)")
         trainer.seed_all(cfg["train"]["seed"])
         recs = load_records(cfg, cfg["data"]["train_split"])
         inst = load_train_instances(cfg, recs)
         classes = label_classes(inst)
         tok = make_tokenizer(cfg, [r.text for r in recs], None)
         model = build_model(cfg, vocab_size=tok.vocab_size, aux_classes=classes, mask_token_id=tok.mask_id).train()
-        if batches is None:  # the first variant's batches for all (same clip length and size assumed)
+        if batches is None:  # the first variant's batches for all
             loader, _ = make_loader(cfg, make_dataset(cfg, recs, train=True, instances=inst), tok, train=True, epoch_seed=0)
             batches = [to_device(b, cpu) for b in itertools.islice(loader, a.batches)]
         states[v] = trainer._train_state(cfg, model, build_criterion(cfg, classes), len(batches), cpu)

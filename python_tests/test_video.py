@@ -319,6 +319,9 @@ def test_bench_video_step_times_each_variant(data, load_benchmark, monkeypatch, 
     assert len(lines) == 3 and "1 alternated rounds of 1 steps" in lines[0]
     assert lines[1].endswith("1.000x") and "model.mask_stride=4" in lines[2]
     assert float(lines[2].split()[-3]) > 0  # its seconds per step
-    monkeypatch.setattr(sys, "argv", ["bench_video_step.py", "--reps", "0"])
-    with pytest.raises(SystemExit):
-        bench.main()
+    for bad, says in ((["--reps", "0"], "--reps"), (["--data", data, "--variants", small, small + ",data.clip_len=3"],
+                                                     "changes data")):
+        monkeypatch.setattr(sys, "argv", ["bench_video_step.py", *bad])
+        with pytest.raises(SystemExit) as e:
+            bench.main()
+        assert e.value.code == 2 and says in capsys.readouterr().err
