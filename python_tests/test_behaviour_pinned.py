@@ -134,7 +134,7 @@ if __name__ == "__main__":
         if os.path.isfile(FILE):
             with open(FILE) as f:
                 values = json.load(f)
-        values.update({p: record(p) for p in names})  # all computed before the file is opened
+        values.update({p: record(p) for p in names})  # all computed before the file is rewritten
         with open(FILE, "w") as f:
             json.dump(values, f, indent=0, sort_keys=True)
         print(f"wrote {FILE}")
