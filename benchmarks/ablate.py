@@ -105,7 +105,9 @@ def one(spec: str, seed: int, a) -> dict:
     res["all"] = pooled(res, splits, VIDEO_POOLED if a.video else POOLED)
     with open(os.path.join(out, "log.jsonl")) as f:
         epochs = [json.loads(line) for line in f if '"time_s"' in line]
-    res["s_per_epoch"] = epochs[-1]["time_s"] / len(epochs)
+    # time_s: the training time so far (a resumed run's included); an epoch logged twice (killed between its
+    # record and its checkpoint) counts once
+    res["s_per_epoch"] = epochs[-1]["time_s"] / len({e["epoch"] for e in epochs})
     from ssrvg_ext.engine import checkpoint
 
     res["params_M"] = sum(v.numel() for v in checkpoint.load(os.path.join(out, "last.pth"))["model"].values()) / 1e6

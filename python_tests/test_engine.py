@@ -207,11 +207,21 @@ def test_kill_and_resume_matches_uninterrupted(data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.load(os.path.join(killed, "last.pth"))["epoch"] < 2, "the run finished before it was killed"
+    saved = checkpoint.load(os.path.join(killed, "last.pth"))
+    t0 = time.time()
     r = run_tool(args + ["--out", killed, "--resume", "auto"], timeout=900)
+    resumed_wall = time.time() - t0
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _params(os.path.join(full, "last.pth")), _params(os.path.join(killed, "last.pth"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+    # time_s counts on from the checkpoint: the resumed epochs add at most the resumed process' wall time
+    with open(os.path.join(killed, "log.jsonl")) as f:
+        times = {rec["epoch"]: rec["time_s"] for rec in map(json.loads, f) if "time_s" in rec}
+    assert times[saved["epoch"]] == saved["time_s"] > 0
+    last = max(times)
+    assert last > saved["epoch"] and saved["time_s"] < times[last] <= saved["time_s"] + resumed_wall + 0.1
+    assert checkpoint.load(os.path.join(killed, "last.pth"))["time_s"] == times[last]
 
 
 def _free_port() -> int:

@@ -69,7 +69,9 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
     val_ds = make_dataset(cfg, val_recs, train=False)
     val_loader, _ = make_loader(cfg, val_ds, tok, train=False)
     evaluator = task.evaluator(val_ds)
-    metrics, t_start = {}, time.time()
+    # time_s in the log and checkpoints: the run's training time so far, a resumed run's included (checkpoints
+    # written before the key: counted from the resume)
+    metrics, t_start = {}, time.time() - (ckpt.get("time_s", 0.0) if ckpt else 0.0)
     for epoch in range(start_epoch, t["epochs"]):
         task.start_epoch(train_ds, epoch)
         loader, sampler = make_loader(cfg, train_ds, tok, train=True, epoch_seed=epoch)
@@ -90,7 +92,8 @@ def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | N
                      "scaler": state.scaler.state_dict() if state.scaler is not None else None,
                      "ema": state.ema.state_dict() if state.ema is not None else None, "epoch": epoch, "step": state.step,
                      "rng": rngs[0], "rng_per_rank": rngs, "config": cfg, "tokenizer": tokenizer_state(tok),
-                     "aux_classes": aux_classes, "best": best, "metrics": evaluated, "command": command}
+                     "aux_classes": aux_classes, "best": best, "metrics": evaluated, "command": command,
+                     "time_s": rec["time_s"]}
             if evaluated and score(evaluated) > best:
                 best = saved["best"] = score(evaluated)
                 checkpoint.save_atomic(saved, os.path.join(out_dir, "best.pth"))
