@@ -8,7 +8,7 @@ A variant is a preset, optionally followed by config overrides after commas
 (train.seed; the same data and, with --epochs, the same number of epochs; else each preset's own),
 one run at a time, then is evaluated on val and testB (ssrvg-train / ssrvg-eval, as a user would).
 Prints one markdown table: per variant and seed, then mean ± standard deviation over the seeds
-(sample std; half-range for 2 seeds): val and testB Acc@0.5 / mIoU / oIoU, Prec@0.9, and Acc@0.5 on
+(sample std; half-range for 2 seeds; one seed: the value alone): val and testB Acc@0.5 / mIoU / oIoU, Prec@0.9, and Acc@0.5 on
 the relational and ordinal expressions (the embedded set names each expression's form), the same on
 val + testA + testB together ("all": ~1200 held-out expressions, a smaller evaluation noise), seconds
 per epoch, parameters. --paired VARIANT adds, per other variant, the mean ± std of its per-seed
@@ -58,11 +58,23 @@ def pooled(res: dict, splits=SPLITS, metrics=POOLED) -> dict:
     return out
 
 
-def spread(xs: list[float]) -> tuple[float, float, str]:
-    """(mean, sample std or half-range, its name) of the per-seed values."""
+def spread(xs: list[float]) -> tuple[float, float | None, str]:
+    """(mean, sample std or half-range, its name) of the per-seed values; one value has no spread (None)."""
     if len(xs) >= 3:
         return statistics.mean(xs), statistics.stdev(xs), "std"
+    if len(xs) == 1:
+        return xs[0], None, ""
     return statistics.mean(xs), (max(xs) - min(xs)) / 2, "half-range"
+
+
+def pm(mean: float, sd: float | None, sign: str = "") -> str:
+    """"mean ± spread" (the mean alone without a spread)."""
+    return f"{mean:{sign}.2f}" + ("" if sd is None else f" ± {sd:.2f}")
+
+
+def label(kind: str) -> str:
+    """The statistic a mean row reports: "mean ± std", "mean ± half-range", or "mean" (one seed)."""
+    return f"mean ± {kind}" if kind else "mean"
 
 
 def cell(r: dict, split: str, metric: str) -> float | None:
@@ -163,8 +175,8 @@ def table(rows: list[dict], paired: str | None = None, cols=COLS) -> str:
                 cells.append("-")
                 continue
             mean, sd, kind = spread(xs)
-            cells.append(f"{mean:.2f} ± {sd:.2f}")
-        lines.append(f"| **{v}** mean ± {kind} | {len(rs)} seeds | " + " | ".join(cells)
+            cells.append(pm(mean, sd))
+        lines.append(f"| **{v}** {label(kind)} | {len(rs)} seeds | " + " | ".join(cells)
                      + f" | {statistics.mean(r['s_per_epoch'] for r in rs):.0f} | {rs[0]['params_M']:.3f} |")
     if paired:
         base_name = paired
@@ -181,8 +193,8 @@ def table(rows: list[dict], paired: str | None = None, cols=COLS) -> str:
                     cells.append("-")
                     continue
                 mean, sd, kind = spread(xs)
-                cells.append(f"{mean:+.2f} ± {sd:.2f}")
-            lines.append(f"| {v} - {base_name}, paired, mean ± {kind} | {len(rs)} seeds | " + " | ".join(cells) + " | | |")
+                cells.append(pm(mean, sd, "+"))
+            lines.append(f"| {v} - {base_name}, paired, {label(kind)} | {len(rs)} seeds | " + " | ".join(cells) + " | | |")
     return "\n".join(lines)
 
 

@@ -36,6 +36,11 @@ def test_table_paired_differences(ablate):
     # two seeds: half-range; a seed the baseline lacks is left out of the paired row
     two = ablate.table(rows[:4] + [row("meth", 7, 99.0)], "base").splitlines()
     assert "± 1.50" in two[-1] and "2 seeds" in two[-1]  # (75 - 70, 76 - 74): +3.50 ± 1.50
+    # one seed: the value without a spread (not "± 0.00")
+    one = ablate.table([row("base", 0, 70.0), row("meth", 0, 75.0)], "base").splitlines()
+    cells = [c.strip() for c in one[-1].split("|")[1:-1]]
+    assert cells[0] == "meth - base, paired, mean" and cells[2] == "+5.00"
+    assert "±" not in "".join(cells[1:])
 
 
 def test_pooled_weighs_splits_by_their_counts(ablate):
