@@ -8,9 +8,9 @@ A variant is a preset, optionally followed by config overrides after commas
 (train.seed; the same data and, with --epochs, the same number of epochs; else each preset's own),
 one run at a time, then is evaluated on val and testB (ssrvg-train / ssrvg-eval, as a user would).
 Prints one markdown table: per variant and seed, then mean ± standard deviation over the seeds
-(sample std; half-range for 2 seeds; one seed: the value alone): val and testB Acc@0.5 / mIoU / oIoU, Prec@0.9, and Acc@0.5 on
-the relational and ordinal expressions (the embedded set names each expression's form), the same on
-val + testA + testB together ("all": ~1200 held-out expressions, a smaller evaluation noise), seconds
+(sample std; half-range for 2 seeds; one seed: the value alone): val and testB Acc@0.5 / mIoU /
+oIoU, Prec@0.9, and Acc@0.5 on the relational and ordinal expressions (the embedded set names each
+expression's form), the same on val + testA + testB together ("all": ~1200 held-out expressions, a smaller evaluation noise), seconds
 per epoch, parameters. --paired VARIANT adds, per other variant, the mean ± std of its per-seed
 difference from VARIANT (the same seed: the same data order and initial draws where the presets
 share parts). Runs already finished (their eval JSONs exist) are not repeated; an interrupted run

@@ -206,8 +206,8 @@ def test_kill_and_resume_matches_uninterrupted(data, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert checkpoint.load(os.path.join(killed, "last.pth"))["epoch"] < 2, "the run finished before it was killed"
     saved = checkpoint.load(os.path.join(killed, "last.pth"))
+    assert saved["epoch"] < 2, "the run finished before it was killed"
     t0 = time.time()
     r = run_tool(args + ["--out", killed, "--resume", "auto"], timeout=900)
     resumed_wall = time.time() - t0
