@@ -1,7 +1,7 @@
 """Where does a video model lose region J against boundary F? (embedded video set, or any ytvos-layout set)
 
-Replays a checkpoint on one split through :class:`ssrvg_ext.VideoPredictor`'s windows, keeps every
-frame's mask logits, and prints, over the frames that show the referred object:
+Predicts every expression of one split with :class:`ssrvg_ext.VideoPredictor` (once per mask
+threshold) and prints, over the frames that show the referred object:
 
 * J and F at several mask thresholds (is 0, the threshold the library uses, the best one?);
 * the frames where the wrong object or nothing was found (J < 0.1) against the rest, and the J and F
@@ -21,30 +21,9 @@ import torch
 from PIL import Image
 
 from ssrvg_ext import VideoPredictor
-from ssrvg_ext.data.clips import owned_windows
-from ssrvg_ext.engine.data import to_device
 from ssrvg_ext.evaluation.video_metrics import boundary_f, region_j
-from ssrvg_ext.models import postprocess
-from ssrvg_ext.predictor import as_image_tensor
 
 AREAS = (0, 100, 200, 400, 800, float("inf"))
-
-
-@torch.no_grad()
-def frame_logits(vp: VideoPredictor, imgs: list, text: str, thresholds) -> dict:
-    """{threshold: (T, H, W) bool masks} of one expression, each frame from the window that owns it."""
-    p, size = vp.image, tuple(imgs[0].shape[-2:])
-    out = {th: [None] * len(imgs) for th in thresholds}
-    for win, own in owned_windows(len(imgs), vp.clip_len):
-        samples = [p.transform({"image": imgs[t], "box": torch.zeros(4), "mask": torch.zeros(size, dtype=torch.uint8),
-                                "text": text, "meta": {"index": t, "orig_size": size}}) for t in win]
-        batch = to_device(p.collate(samples), p.device)
-        pred = p.model(batch["images"], batch["text_ids"], batch["text_mask"], clip_len=len(win))
-        for th in thresholds:
-            for t, mine, r in zip(win, own, postprocess(pred, batch["meta"], th)):
-                if mine:
-                    out[th][t] = r["mask"].cpu() > 0
-    return {th: torch.stack(m) for th, m in out.items()}
 
 
 def main():
@@ -62,13 +41,13 @@ def main():
     j = {th: [] for th in a.thresholds}
     f0, area, ratio = [], [], []
     for vid, v in videos.items():
-        imgs = [as_image_tensor(os.path.join(a.data, a.split, "JPEGImages", vid, fr + ".jpg")) for fr in v["frames"]]
+        frames = [os.path.join(a.data, a.split, "JPEGImages", vid, fr + ".jpg") for fr in v["frames"]]
         ann = np.stack([np.array(Image.open(os.path.join(a.data, a.split, "Annotations", vid, fr + ".png")))
                         for fr in v["frames"]])
         for e in v["expressions"].values():
             gt = torch.from_numpy(ann == int(e["obj_id"]))
             shown = gt.flatten(1).sum(1) > 0
-            masks = frame_logits(vp, imgs, e["exp"], a.thresholds)
+            masks = {th: vp.predict(frames, e["exp"], threshold=th)["masks"] > 0 for th in a.thresholds}
             for th, m in masks.items():
                 j[th] += region_j(m[shown], gt[shown]).tolist()
             m = masks[0.0][shown]
