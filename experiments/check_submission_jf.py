@@ -24,7 +24,6 @@ from PIL import Image
 
 def seg2bmap(m: np.ndarray) -> np.ndarray:
     """The toolkit's boundary map: a pixel differs from its east, south or south-east neighbour."""
-    h, w = m.shape
     e, s, se = np.zeros_like(m), np.zeros_like(m), np.zeros_like(m)
     e[:, :-1] = m[:, 1:]
     s[:-1, :] = m[1:, :]

@@ -3,7 +3,7 @@
 Predicts every expression of one split with :class:`ssrvg_ext.VideoPredictor` (once per mask
 threshold) and prints, over the frames that show the referred object:
 
-* J and F at several mask thresholds (is 0, the threshold the library uses, the best one?);
+* J at several mask thresholds (is 0, the threshold the library uses, the best one?);
 * the frames where the wrong object or nothing was found (J < 0.1) against the rest, and the J and F
   of the rest by the object's area in pixels (is the gap in the finding or in the pixels?);
 * the median ratio of predicted to true area where the object was found (too fat or too thin?).
