@@ -13,7 +13,10 @@ recorded again on 2026-12-02 when the SegVG preset interleaved its text encoder 
 the others then differing from their record in the last bits only (the mask loss became one op that
 combines its sums in double). The all-on preset was recorded again when it took SgMg's mask-loss weights
 (focal 2 + Dice 5) and CMPC's auxiliary weight against them, instead of SegVG's box-only focal 1 + dice 1.
-The video preset was recorded again when its masks moved to stride 2 (model.mask_stride).
+The video preset was recorded again when its masks moved to stride 2 (model.mask_stride). The presets
+built on tiny_synthetic were recorded again when their inference masks moved to the input's resolution by
+bilateral upsampling (model.mask_refine): only their eval-mode mask logits differed (SgMg's and the all-on
+preset's, at stride 1 already, did not).
 A change that means to change behaviour rewrites it on purpose:
 
     python python_tests/test_behaviour_pinned.py --write     # record the current code's values

@@ -26,6 +26,7 @@ from .grounding import MaskGrounding, mask_grounding_loss
 from .heads import PixelDecoder
 from .multigranularity import mask_head_from_config
 from .proposal import TokenProposals
+from .refine import MaskRefiner
 from .registry import COMPONENTS, LOSSES, BuildContext
 from .ssrvg import SSRVG, attr_classes, attr_head_from_config, level_embed_from_config
 from .temporal import QueryLink, TemporalEncoder
@@ -51,6 +52,7 @@ PARTS = [
     ("cal_text", AlignmentOutputs.from_config),         # MagNet's alignment loss
     ("fusion_align", FusionTripleAlignment.from_config),  # SegVG's triple alignment, interleaved
     ("clip_queries", ClipQueries.from_config),          # SgMg's clip-level queries (videos)
+    ("mask_refine", MaskRefiner.from_config),           # the final mask refined at full resolution from the image
 ]
 
 

@@ -63,6 +63,7 @@ HOOKS = (
     "refine_memory",     # (memory (B, S, d), state) -> memory: after the fusion encoder (clips: temporal layers)
     "refine_levels",     # (fused levels [(B, d, h, w)], state) -> levels: before the mask branch (CMPC)
     "refine_queries",    # (final queries (B, Q, d), state) -> queries: before the mask head (clips: query link)
+    "refine_masks",      # (final mask logits (B, h, w), state) -> logits: after the mask head (the full-res refiner)
     "training_outputs",  # (state) -> {output name: tensor}: extra outputs for a loss, training only (MagNet)
     "hypotheses",        # (decode, state) -> outputs: runs the heads (decode(offset)) once per hypothesis and
                          # combines them (SgMg's clip queries); at most one part
@@ -98,3 +99,5 @@ class ForwardState:
     pixels: Any = None              # the mask features the final mask was read from (B, C, h, w)
     extras: dict = field(default_factory=dict)  # what a part's hook hands to its own later hook (this pass only)
     init_queries: Any = None        # (B, Q, d) added to the decoder's starting queries (a part may set them)
+    images: Any = None              # (B_img, 3, S, S) the input images
+    image_index: Any = None         # (B,) int64: the image of each row; None: row i is image i

@@ -157,6 +157,8 @@ class SSRVG(nn.Module):
         for hook in self.hooks("refine_queries"):
             final = hook(final, st)
         mask_logits, coarse, st.pixels = self.masks(final, boxes[-1], features)
+        for hook in self.hooks("refine_masks"):
+            mask_logits = hook(mask_logits, st)
         out: ModelOutputs = {"boxes": boxes[-1], "aux_boxes": boxes[:-1], "mask_logits": mask_logits}
         st.extras["box_query"] = final[:, 0]
         if coarse is not None and self.training:
@@ -178,7 +180,8 @@ class SSRVG(nn.Module):
         rows are clips of T consecutive frames (clip-major, each frame with its clip's expression),
         which the temporal parts connect; None: independent images. Returns
         :class:`~ssrvg_ext.structures.ModelOutputs` (which keys, their shapes, when present)."""
-        st = ForwardState(text_ids, text_mask, ~text_mask, clip_len, masks if self.training else None)
+        st = ForwardState(text_ids, text_mask, ~text_mask, clip_len, masks if self.training else None,
+                          images=images, image_index=image_index)
         # clips with parts on the memory (the temporal layers): the object labels are read after them
         late_labels = bool(clip_len) and bool(self.hook_parts["refine_memory"])
         fine, maps, words, sentence, aligned, attr_logits, raw = self.encode(images, text_ids, text_mask, image_index,
