@@ -14,7 +14,8 @@ expression's form), the same on val + testA + testB together ("all": ~1200 held-
 per epoch, parameters. --paired VARIANT adds, per other variant, the mean ± std of its per-seed
 difference from VARIANT (the same seed: the same data order and initial draws where the presets
 share parts). Runs already finished (their eval JSONs exist) are not repeated; an interrupted run
-resumes from its last checkpoint. --jobs N trains N runs side by side, each on cpu_count / N threads
+resumes from its last checkpoint. --eval-overrides evaluates every run with config changes (into a
+folder of the run named by them). --jobs N trains N runs side by side, each on cpu_count / N threads
 (on 2 cores, two one-thread runs finish ~1.5x sooner than one two-thread run after another; seconds
 per epoch are then those of a shared machine), each run's output in <out>/<run>.log.
 
@@ -106,13 +107,15 @@ def one(spec: str, seed: int, a) -> dict:
     if not os.path.isfile(os.path.join(out, "eval_testB.json")):
         run([sys.executable, "-m", "ssrvg_ext.cli.train", "--config", variant, "--out", out, "--resume", "auto",
              *([f"train.epochs={a.epochs}"] if a.epochs else []), f"train.seed={seed}", *data, *sets], log, threads)
-    missing = [s for s in splits if not os.path.isfile(os.path.join(out, f"eval_{s}.json"))]
+    # --eval-overrides: the evaluations of that setting in their own folder, beside the plain ones
+    ev = os.path.join(out, "eval+" + "+".join(a.eval_overrides).replace("=", "-")) if a.eval_overrides else out
+    missing = [s for s in splits if not os.path.isfile(os.path.join(ev, f"eval_{s}.json"))]
     if missing:  # a run made before testA was evaluated gets only that
         run([sys.executable, "-m", "ssrvg_ext.cli.eval", "--checkpoint", os.path.join(out, "last.pth"),
-             "--split", *missing, "--out-dir", out], log, threads)
+             "--split", *missing, "--out-dir", ev, *a.eval_overrides], log, threads)
     res = {"variant": name, "seed": seed}
     for split in splits:
-        with open(os.path.join(out, f"eval_{split}.json")) as f:
+        with open(os.path.join(ev, f"eval_{split}.json")) as f:
             res[split] = json.load(f)["metrics"]
     res["all"] = pooled(res, splits, VIDEO_POOLED if a.video else POOLED)
     with open(os.path.join(out, "log.jsonl")) as f:
@@ -131,6 +134,10 @@ def main():
     p.add_argument("--variants", nargs="+", required=True)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--epochs", type=int, default=None, help="train.epochs of every run (default: each preset's own)")
+    p.add_argument("--eval-overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config changes for the evaluation only (e.g. model.mask_refine.enabled=true: runs trained "
+                        "before a preset switched an inference option on, evaluated as it is now); the results go "
+                        "to <run>/eval+<overrides>/")
     p.add_argument("--data", default=None, help="the embedded set's folder (default data/synthetic, "
                    "with --video data/synthetic_video); generated when missing")
     p.add_argument("--video", action="store_true", help="video presets on the embedded video set: J&F")

@@ -1,10 +1,14 @@
 """benchmarks/ablate.py: the table it prints (per run, per variant, paired differences) and its
 argument checks; the training it drives is the CLI's, tested elsewhere."""
 
+import argparse
+import json
+import os
 import statistics
 import sys
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +82,37 @@ def test_video_pooled_and_columns(ablate):
     cells = dict(zip(names, (c.strip() for c in line.split("|")[1:-1])))
     assert cells["valid J&F"] == "70.00" and cells["all J&F"] == "55.00" and cells["valid J&F[appearance]"] == "-"
     assert not any(n.startswith("val ") for n in names)
+
+
+def test_eval_overrides_evaluate_into_their_own_folder(ablate, monkeypatch, tmp_path):
+    """--eval-overrides: a finished run is not trained again; its evaluation with the changes runs once,
+    into <run>/eval+<changes>/, and the row reads those results, not the plain ones."""
+    calls = []
+
+    def fake_run(cmd, log=None, threads=None):
+        calls.append(cmd)
+        if "ssrvg_ext.cli.eval" in cmd:
+            out = cmd[cmd.index("--out-dir") + 1]
+            os.makedirs(out, exist_ok=True)
+            for s in cmd[cmd.index("--split") + 1:cmd.index("--out-dir")]:
+                with open(os.path.join(out, f"eval_{s}.json"), "w") as f:
+                    json.dump({"metrics": {"n": 10, "Acc@0.5": 0.9, "mIoU": 0.8}}, f)
+
+    run_dir = tmp_path / "tiny_s0"
+    run_dir.mkdir()
+    for s in ablate.SPLITS:  # the plain evaluation, made when the run finished
+        (run_dir / f"eval_{s}.json").write_text(json.dumps({"metrics": {"n": 10, "Acc@0.5": 0.5, "mIoU": 0.4}}))
+    (run_dir / "log.jsonl").write_text(json.dumps({"epoch": 0, "time_s": 10.0}) + "\n")
+    torch.save({"model": {"w": torch.zeros(3)}}, run_dir / "last.pth")
+    monkeypatch.setattr(ablate, "run", fake_run)
+    a = argparse.Namespace(out=str(tmp_path), video=False, data="d", jobs=1, epochs=None,
+                           eval_overrides=["model.mask_refine.enabled=true"])
+    res = ablate.one("configs/tiny.yaml", 0, a)
+    assert [c[2] for c in calls] == ["ssrvg_ext.cli.eval"]  # evaluated, not trained
+    assert calls[0][-1] == "model.mask_refine.enabled=true"
+    assert (run_dir / "eval+model.mask_refine.enabled-true" / "eval_val.json").is_file()
+    assert res["val"]["mIoU"] == 0.8
+    calls.clear()
+    assert ablate.one("configs/tiny.yaml", 0, a)["val"]["mIoU"] == 0.8 and not calls  # done once
+    a.eval_overrides = []
+    assert ablate.one("configs/tiny.yaml", 0, a)["val"]["mIoU"] == 0.4 and not calls

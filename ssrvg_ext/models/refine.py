@@ -79,7 +79,8 @@ class MaskRefiner(nn.Module):
         images = st.images if st.image_index is None else st.images[st.image_index]
         if logits.shape[-2:] == images.shape[-2:]:
             return logits  # at the input's resolution already (SgMg's head): nothing to upsample
-        return bilateral_upsample(logits, images, self.sigma_color, self.sigma_space)
+        # in float32 whatever autocast gives the logits: the weights are exponentials of squared colour differences
+        return bilateral_upsample(logits.float(), images.float(), self.sigma_color, self.sigma_space)
 
     def extra_repr(self) -> str:
         return f"sigma_color={self.sigma_color}, sigma_space={self.sigma_space}, training={self.in_training}"
