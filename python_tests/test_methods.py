@@ -74,7 +74,8 @@ def test_component_trains_and_evaluates(name):
         ev = model.eval()(batch["images"], batch["text_ids"], batch["text_mask"])
     assert not {"mg_logits", "mg_targets", "cal_pixels", "cal_text", "aux_mask_logits", "coarse_mask_logits"} & set(ev)
     s = cfg["data"]["input_size"]
-    stride = 1 if cfg["model"]["segment_optimizer"] else 4  # SgMg's refined mask is at stride 1
+    # SgMg's refined mask is at stride 1, and so is every mask the guided upsampling (mask_refine) brings to the input
+    stride = 1 if cfg["model"]["segment_optimizer"] or cfg["model"]["mask_refine"]["enabled"] else 4
     assert ev["boxes"].shape == (4, 4) and ev["mask_logits"].shape == (4, s // stride, s // stride)
 
 
