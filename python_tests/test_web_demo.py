@@ -52,7 +52,9 @@ def export_untrained(tmp, config, seed=0):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return export_untrained(str(tmp_path_factory.mktemp("web")), "configs/tiny_synthetic.yaml")
+    # seed 7: untrained masks that cover part of the test image (68 % and 75 %; many seeds' cover nearly all
+    # of it or nothing, and the drawn overlay would then tell nothing)
+    return export_untrained(str(tmp_path_factory.mktemp("web")), "configs/tiny_synthetic.yaml", seed=7)
 
 
 class Served:
