@@ -98,7 +98,7 @@ def test_eval_overrides_evaluate_into_their_own_folder(ablate, monkeypatch, tmp_
                 with open(os.path.join(out, f"eval_{s}.json"), "w") as f:
                     json.dump({"metrics": {"n": 10, "Acc@0.5": 0.9, "mIoU": 0.8}}, f)
 
-    run_dir = tmp_path / "tiny_s0"
+    run_dir = tmp_path / "tiny_synthetic_s0"
     run_dir.mkdir()
     for s in ablate.SPLITS:  # the plain evaluation, made when the run finished
         (run_dir / f"eval_{s}.json").write_text(json.dumps({"metrics": {"n": 10, "Acc@0.5": 0.5, "mIoU": 0.4}}))
@@ -107,12 +107,12 @@ def test_eval_overrides_evaluate_into_their_own_folder(ablate, monkeypatch, tmp_
     monkeypatch.setattr(ablate, "run", fake_run)
     a = argparse.Namespace(out=str(tmp_path), video=False, data="d", jobs=1, epochs=None,
                            eval_overrides=["model.mask_refine.enabled=true"])
-    res = ablate.one("configs/tiny.yaml", 0, a)
+    res = ablate.one("configs/tiny_synthetic.yaml", 0, a)
     assert [c[2] for c in calls] == ["ssrvg_ext.cli.eval"]  # evaluated, not trained
     assert calls[0][-1] == "model.mask_refine.enabled=true"
     assert (run_dir / "eval+model.mask_refine.enabled-true" / "eval_val.json").is_file()
     assert res["val"]["mIoU"] == 0.8
     calls.clear()
-    assert ablate.one("configs/tiny.yaml", 0, a)["val"]["mIoU"] == 0.8 and not calls  # done once
+    assert ablate.one("configs/tiny_synthetic.yaml", 0, a)["val"]["mIoU"] == 0.8 and not calls  # done once
     a.eval_overrides = []
-    assert ablate.one("configs/tiny.yaml", 0, a)["val"]["mIoU"] == 0.4 and not calls
+    assert ablate.one("configs/tiny_synthetic.yaml", 0, a)["val"]["mIoU"] == 0.4 and not calls
