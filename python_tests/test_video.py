@@ -141,6 +141,31 @@ def test_temporal_modules_stay_inside_each_clip():
         enc(mem[:5], shapes, words[:5], pad[:5], 3)
 
 
+def test_temporal_first_level_leaves_the_finer_levels_untouched():
+    """first_level=1: the finest level passes through bit for bit, and the coarser levels are what the
+    same layers make of them alone (the finest level's tokens do not reach them)."""
+    torch.manual_seed(0)
+    enc = TemporalEncoder(16, 2, 2, 32, first_level=1).eval()
+    for p in enc.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    full = TemporalEncoder(16, 2, 2, 32).eval()
+    full.load_state_dict(enc.state_dict())
+    shapes = [(4, 4), (2, 2), (1, 1)]
+    mem, words = torch.randn(6, 21, 16), torch.randn(6, 5, 16)
+    pad = torch.zeros(6, 5, dtype=torch.bool)
+    out = enc(mem, shapes, words, pad, 3)
+    assert torch.equal(out[:, :16], mem[:, :16])
+    assert torch.allclose(out[:, 16:], full(mem[:, 16:], shapes[1:], words, pad, 3), atol=1e-6)
+    assert not torch.allclose(out[:, 16:], mem[:, 16:])
+    mem2 = mem.clone()
+    mem2[:, :16] = torch.randn(6, 16, 16)
+    assert torch.equal(enc(mem2, shapes, words, pad, 3)[:, 16:], out[:, 16:])
+    with pytest.raises(ValueError, match="leaves none"):
+        TemporalEncoder(16, 1, 2, 32, first_level=3)(mem, shapes, words, pad, 3)
+    with pytest.raises(ValueError, match=">= 0"):
+        TemporalEncoder(16, 1, 2, 32, first_level=-1)
+
+
 def test_clip_model_trains_and_absent_frames_have_no_box_loss(data):
     cfg = small_cfg(data)
     torch.manual_seed(0)

@@ -66,17 +66,26 @@ class TemporalLayer(nn.Module):
 
 
 class TemporalEncoder(nn.Module):
-    """``layers`` :class:`TemporalLayer` s after the fusion encoder."""
+    """``layers`` :class:`TemporalLayer` s after the fusion encoder, on the memory's levels from
+    ``first_level`` on (0: every level; 1: not the finest, stride 4, which holds 3/4 of the tokens);
+    the levels before it pass through unchanged."""
 
-    def __init__(self, d: int, layers: int, heads: int, ffn: int):
+    def __init__(self, d: int, layers: int, heads: int, ffn: int, first_level: int = 0):
         super().__init__()
+        if first_level < 0:
+            raise ValueError(f"first_level must be >= 0, got {first_level}")
+        self.first_level = first_level
         self.layers = nn.ModuleList(TemporalLayer(d, heads, ffn) for _ in range(layers))
 
     @classmethod
     def from_config(cls, cfg: dict, ctx=None) -> "TemporalEncoder | None":
-        """model.temporal.layers (0: None, the per-frame model)."""
+        """model.temporal.layers (0: None, the per-frame model), model.temporal.first_level."""
         tm = cfg["model"]["temporal"]
-        return cls(cfg["model"]["d_model"], tm["layers"], tm["heads"], tm["ffn"]) if tm["layers"] else None
+        if tm["first_level"] >= cfg["model"]["levels"]:
+            raise ValueError(f"model.temporal.first_level {tm['first_level']} leaves none of the "
+                             f"{cfg['model']['levels']} levels to the temporal layers")
+        return (cls(cfg["model"]["d_model"], tm["layers"], tm["heads"], tm["ffn"], tm["first_level"])
+                if tm["layers"] else None)
 
     def refine_memory(self, memory, st):
         """Hook (after the fusion encoder): the memory mixed across the frames of each clip (clips only)."""
@@ -86,9 +95,13 @@ class TemporalEncoder(nn.Module):
         """shapes: the levels' (h, w) as Python ints (no device round trip per layer)."""
         if memory.shape[0] % t:
             raise ValueError(f"{memory.shape[0]} frames are not whole clips of {t}")
+        if self.first_level >= len(shapes):
+            raise ValueError(f"first_level {self.first_level} leaves none of the {len(shapes)} levels")
+        skip = sum(h * w for h, w in shapes[: self.first_level])
+        kept, shapes = memory[:, skip:], shapes[self.first_level:]
         for layer in self.layers:
-            memory = layer(memory, shapes, words, word_pad, t)
-        return memory
+            kept = layer(kept, shapes, words, word_pad, t)
+        return torch.cat([memory[:, :skip], kept], 1) if skip else kept
 
 
 class QueryLink(nn.Module):
