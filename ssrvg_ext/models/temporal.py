@@ -81,9 +81,6 @@ class TemporalEncoder(nn.Module):
     def from_config(cls, cfg: dict, ctx=None) -> "TemporalEncoder | None":
         """model.temporal.layers (0: None, the per-frame model), model.temporal.first_level."""
         tm = cfg["model"]["temporal"]
-        if tm["first_level"] >= cfg["model"]["levels"]:
-            raise ValueError(f"model.temporal.first_level {tm['first_level']} leaves none of the "
-                             f"{cfg['model']['levels']} levels to the temporal layers")
         return (cls(cfg["model"]["d_model"], tm["layers"], tm["heads"], tm["ffn"], tm["first_level"])
                 if tm["layers"] else None)
 
@@ -96,7 +93,8 @@ class TemporalEncoder(nn.Module):
         if memory.shape[0] % t:
             raise ValueError(f"{memory.shape[0]} frames are not whole clips of {t}")
         if self.first_level >= len(shapes):
-            raise ValueError(f"first_level {self.first_level} leaves none of the {len(shapes)} levels")
+            raise ValueError(f"first_level (model.temporal.first_level) {self.first_level} leaves none of the "
+                             f"{len(shapes)} levels to the temporal layers")
         skip = sum(h * w for h, w in shapes[: self.first_level])
         kept, shapes = memory[:, skip:], shapes[self.first_level:]
         for layer in self.layers:
