@@ -275,3 +275,34 @@ def test_config_overrides_and_inheritance():
     assert cfg["model"]["backbone"]["kwargs"] == {"img_size": 640}  # inherited from swin_t
     assert cfg["train"]["epochs"] == 2 and cfg["model"]["fusion"]["spectrum"] is True
     assert cfg["loss"]["giou"] == 2.0  # from base.yaml
+
+
+def test_second_training_into_a_busy_folder_stops_clearly(data, tmp_path):
+    """Two trainings into one folder would resume the same last.pth and overwrite each other's checkpoints:
+    the second stops with a message naming the first's process, having written nothing; a killed holder
+    leaves nothing to clean up (the next run trains)."""
+    from ssrvg_ext.engine.trainer import RunFolderBusy, run_lock
+
+    out = str(tmp_path / "run")
+    with run_lock(out):  # in one process too: a second lock on the folder is refused, a later one taken
+        with pytest.raises(RunFolderBusy, match=f"pid {os.getpid()}"):
+            with run_lock(out):
+                pass
+    with run_lock(out):
+        pass
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ssrvg_ext.engine.trainer import run_lock\n"
+                               f"with run_lock({out!r}):\n    print('held', flush=True)\n    time.sleep(600)\n"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["-m", "ssrvg_ext.cli.train", "--config", "configs/tiny_synthetic.yaml", *overrides(data),
+                "train.epochs=1", "--out", out, "--resume", "auto", "--max-steps", "2"]
+        r = run_tool(args, timeout=600)
+        assert r.returncode != 0 and f"is being trained into by pid {holder.pid}" in r.stderr
+        assert "Traceback" not in r.stderr and sorted(os.listdir(out)) == [".train.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    r = run_tool(args, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert os.path.isfile(os.path.join(out, "last.pth"))

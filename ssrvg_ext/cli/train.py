@@ -11,7 +11,7 @@ import sys
 
 
 from ssrvg_ext.config import load_config
-from ssrvg_ext.engine.trainer import train
+from ssrvg_ext.engine.trainer import RunFolderBusy, train
 
 
 def main():
@@ -24,7 +24,10 @@ def main():
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
     out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
-    train(cfg, out, args.resume, args.max_steps, command="ssrvg-train " + shlex.join(sys.argv[1:]))
+    try:
+        train(cfg, out, args.resume, args.max_steps, command="ssrvg-train " + shlex.join(sys.argv[1:]))
+    except RunFolderBusy as e:
+        sys.exit(f"ssrvg-train: {e}")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
+import socket
 import time
 
 import numpy as np
@@ -35,12 +37,56 @@ def score(metrics: dict) -> float:
     return metrics["Acc@0.5"] + metrics.get("mIoU", 0.0)
 
 
+class RunFolderBusy(RuntimeError):
+    """Another training process is writing the same output folder."""
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str):
+    """Held by the main process while it trains into ``out_dir``: a second training started into the same
+    folder (the same command run twice, two ablations sharing a run) stops with :class:`RunFolderBusy`
+    instead of both resuming one last.pth and overwriting each other's checkpoints. An exclusive
+    ``flock`` on ``out_dir/.train.lock``, which the system releases when the holder ends, however it
+    ends (a killed run leaves nothing to clean up). Not taken where ``fcntl`` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock: no lock
+        fcntl = None
+    if fcntl is None or not dist.is_main():
+        yield
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    f = open(os.path.join(out_dir, ".train.lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunFolderBusy(f"{out_dir} is being trained into by {holder}; wait for that run, stop it, or "
+                            "train into another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
 def train(cfg: dict, out_dir: str, resume: str | None = None, max_steps: int | None = None,
           command: str | None = None) -> dict:
     """Returns the last validation metrics. ``resume``: a checkpoint path, or "auto" for out_dir/last.pth
     when it exists. ``max_steps`` stops early (tests). ``command``: the command line that started the
-    run, kept in its checkpoints (an exported model's card names it)."""
+    run, kept in its checkpoints (an exported model's card names it). Raises :class:`RunFolderBusy`
+    when another process is training into ``out_dir`` (:func:`run_lock`)."""
     rank, world, device = dist.init_from_env()
+    with run_lock(out_dir):
+        return _train(cfg, out_dir, resume, max_steps, command, rank, world, device)
+
+
+def _train(cfg, out_dir, resume, max_steps, command, rank, world, device) -> dict:
     t = cfg["train"]
     seed_all(t["seed"] + rank)
     if resume == "auto":
