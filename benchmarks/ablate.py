@@ -17,7 +17,8 @@ share parts). Runs already finished (their eval JSONs exist) are not repeated; a
 resumes from its last checkpoint. --eval-overrides evaluates every run with config changes (into a
 folder of the run named by them). --jobs N trains N runs side by side, each on cpu_count / N threads
 (on 2 cores, two one-thread runs finish ~1.5x sooner than one two-thread run after another; seconds
-per epoch are then those of a shared machine), each run's output in <out>/<run>.log.
+per epoch are then those of a shared machine), each run's output in <out>/<run>.log. A run that
+another process is training (another ablation sharing it) is waited for, then read or resumed.
 
 --video ablates video presets on the embedded video set (data/synthetic_video, generated when
 missing): J&F, J, F and J&F on the motion and the appearance expressions, on valid, testB and the two
@@ -32,6 +33,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 SPLITS = ("val", "testA", "testB")
 POOLED = ("Acc@0.5", "mIoU", "Prec@0.9", "Acc@0.5[rel]", "Acc@0.5[ordinal]")
@@ -97,10 +99,31 @@ def run(cmd: list[str], log: str | None = None, threads: int | None = None) -> N
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {r.returncode}); its output: {log}")
 
 
+WAIT_S = 30.0  # how often a run that another process trains is looked at again
+
+
+def wait_while_trained(out: str) -> None:
+    """Returns once no other process trains into ``out`` (ssrvg-train's folder lock, run_lock): two
+    ablations that share a run then take turns instead of the second failing."""
+    from ssrvg_ext.engine.trainer import RunFolderBusy, run_lock
+
+    said = False
+    while True:
+        try:
+            with run_lock(out):
+                return
+        except RunFolderBusy as e:
+            if not said:
+                print(f"waiting: {e}", flush=True)
+                said = True
+            time.sleep(WAIT_S)
+
+
 def one(spec: str, seed: int, a) -> dict:
     variant, *sets = spec.split(",")
     name = "+".join([os.path.splitext(os.path.basename(variant))[0]] + sets)
     out = os.path.join(a.out, f"{name}_s{seed}".replace("=", "-"))
+    wait_while_trained(out)
     splits = VIDEO_SPLITS if a.video else SPLITS
     data = [f"data.ann_dir={a.data}", f"data.image_dir={a.data if a.video else os.path.join(a.data, 'images')}"]
     log, threads = (None, None) if a.jobs == 1 else (out + ".log", max(1, (os.cpu_count() or 1) // a.jobs))

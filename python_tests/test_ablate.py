@@ -116,3 +116,29 @@ def test_eval_overrides_evaluate_into_their_own_folder(ablate, monkeypatch, tmp_
     assert ablate.one("configs/tiny_synthetic.yaml", 0, a)["val"]["mIoU"] == 0.8 and not calls  # done once
     a.eval_overrides = []
     assert ablate.one("configs/tiny_synthetic.yaml", 0, a)["val"]["mIoU"] == 0.4 and not calls
+
+
+def test_a_run_another_process_trains_is_waited_for(ablate, monkeypatch, tmp_path):
+    """Two ablations sharing a run: the second waits while the first trains it (its folder locked by
+    ssrvg-train), then reads the finished run instead of training it again or failing."""
+    import threading
+
+    from ssrvg_ext.engine.trainer import run_lock
+
+    calls = []
+    monkeypatch.setattr(ablate, "run", lambda cmd, log=None, threads=None: calls.append(cmd))
+    monkeypatch.setattr(ablate, "WAIT_S", 0.02)
+    run_dir = tmp_path / "tiny_synthetic_s0"
+    a = argparse.Namespace(out=str(tmp_path), video=False, data="d", jobs=1, epochs=None, eval_overrides=[])
+    result = {}
+    with run_lock(str(run_dir)):  # "another process" training the run
+        waiter = threading.Thread(target=lambda: result.update(ablate.one("configs/tiny_synthetic.yaml", 0, a)))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and not calls  # waiting, nothing started
+        for s in ablate.SPLITS:  # the run finishes and is evaluated while the lock is held
+            (run_dir / f"eval_{s}.json").write_text(json.dumps({"metrics": {"n": 10, "Acc@0.5": 0.5, "mIoU": 0.4}}))
+        (run_dir / "log.jsonl").write_text(json.dumps({"epoch": 0, "time_s": 10.0}) + "\n")
+        torch.save({"model": {"w": torch.zeros(3)}}, run_dir / "last.pth")
+    waiter.join(30)
+    assert not waiter.is_alive() and not calls and result["val"]["mIoU"] == 0.4
