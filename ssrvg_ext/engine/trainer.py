@@ -13,6 +13,11 @@ import numpy as np
 import torch
 import yaml
 
+try:
+    import fcntl  # run_lock's flock (POSIX)
+except ImportError:  # Windows: no run lock
+    fcntl = None
+
 from ..models import build_criterion, build_model
 from . import checkpoint, dist
 from .inference import without_pretrained
@@ -48,10 +53,6 @@ def run_lock(out_dir: str):
     instead of both resuming one last.pth and overwriting each other's checkpoints. An exclusive
     ``flock`` on ``out_dir/.train.lock``, which the system releases when the holder ends, however it
     ends (a killed run leaves nothing to clean up). Not taken where ``fcntl`` does not exist (Windows)."""
-    try:
-        import fcntl
-    except ImportError:  # no flock: no lock
-        fcntl = None
     if fcntl is None or not dist.is_main():
         yield
         return
