@@ -16,7 +16,8 @@ combines its sums in double). The all-on preset was recorded again when it took 
 The video preset was recorded again when its masks moved to stride 2 (model.mask_stride). The presets
 built on tiny_synthetic were recorded again when their inference masks moved to the input's resolution by
 bilateral upsampling (model.mask_refine): only their eval-mode mask logits differed (SgMg's and the all-on
-preset's, at stride 1 already, did not).
+preset's, at stride 1 already, did not). The MagNet preset was recorded again when its text encoder's
+layers were interleaved with the CAM stages (model.align.cam_text; its parameters unchanged).
 A change that means to change behaviour rewrites it on purpose:
 
     python python_tests/test_behaviour_pinned.py --write     # record the current code's values

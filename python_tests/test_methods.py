@@ -429,6 +429,66 @@ def test_cam_language_side_starts_closed_and_learns():
     assert not torch.allclose(opened[~pad], words[~pad]) and torch.equal(opened[pad], words[pad])
 
 
+def test_cam_language_side_reads_the_stage_output_not_the_trunk():
+    """MagNet (``test.py``: ``forward_pwam1(i1, l1, ...)`` before ``i1 = i1_temp``): the language side
+    reads the stage's output, not the trunk CAM hands the next stage (they differ once the gate opens)."""
+    cfg = load_config("configs/methods/magnet.yaml", ["data.input_size=64"])
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=40, mask_token_id=1).eval()
+    cam, side = model.align.cam["4"], model.align.cam_words["4"]
+    with torch.no_grad():
+        cam.gate[2].weight.normal_(0, 0.5)  # opened
+    seen = {}
+    cam.register_forward_hook(lambda m, args, out: seen.update(x=args[0], trunk=out[0]))
+    side.register_forward_pre_hook(lambda m, args: seen.update(read=args[2]))
+    b = batch_for(cfg)
+    with torch.no_grad():
+        model(b["images"], b["text_ids"], b["text_mask"])
+    assert seen["read"] is seen["x"] and not torch.allclose(seen["x"], seen["trunk"])
+
+
+def test_magnet_interleaves_the_text_encoder_with_the_stages():
+    """model.align.cam_text (MagNet's ``test.py`` forward): the text encoder's chunk j, then CAM stage j on
+    its hidden states (their width), then the language side, whose words the next chunk reads; gates
+    closed = the words of the whole text encoder."""
+    cfg = load_config("configs/methods/magnet.yaml", ["data.input_size=64", "model.align.cam_text=true",
+                                                      "model.text.hidden=48", "model.text.layers=4", "model.text.heads=2"])
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=40, mask_token_id=1).eval()
+    align = model.align
+    assert align.text_chunks == {"4": (0, 1), "8": (1, 2), "16": (2, 3), "32": (3, 4)}
+    assert align.cam["4"].full.key.in_features == 48 and align.cam_words["4"].query[0].in_features == 48
+    order, seen = [], {}
+    for j, layer in enumerate(model.text.bert.encoder.layer):
+        layer.register_forward_hook(lambda *a, j=j: order.append(f"text{j}"))
+        layer.register_forward_pre_hook(lambda m, args, j=j: seen.update({f"in{j}": args[0]}))
+    for s in ("4", "8", "16", "32"):
+        align.cam[s].register_forward_hook(lambda *a, s=s: order.append(f"cam{s}"))
+    for s in ("4", "8", "16"):
+        align.cam_words[s].register_forward_hook(lambda m, args, out, s=s: seen.update({f"side{s}": out}))
+    model.fusion.register_forward_pre_hook(lambda m, args: seen.update(words=args[2]))
+    b = batch_for(cfg)
+    ids, mask = b["text_ids"], b["text_mask"]
+    with torch.no_grad():
+        plain = model.text(ids, mask)[0]
+        order.clear()
+        model(b["images"], ids, mask)
+        words = seen["words"]
+    assert order[:8] == ["text0", "cam4", "text1", "cam8", "text2", "cam16", "text3", "cam32"]
+    assert seen["in1"] is seen["side4"] and seen["in2"] is seen["side8"]  # the language side feeds the next chunk
+    torch.testing.assert_close(words[mask], plain[mask])  # closed gates: the plain text encoder's words
+    with torch.no_grad():
+        for s in ("4", "8", "16"):
+            align.cam_words[s].gate[2].weight.normal_(0, 0.5)
+        model(b["images"], ids, mask)
+    assert not torch.allclose(seen["words"][mask], plain[mask])
+    tiny = build_model(load_config("configs/methods/magnet.yaml", ["model.align.cam_text=true"]), vocab_size=40,
+                       mask_token_id=1)
+    assert tiny.align.text_chunks == {"4": (0, 1), "8": (1, 1), "16": (1, 2), "32": (2, 2)}  # 2 layers, 4 stages
+    with pytest.raises(ValueError, match="model.align.cam"):
+        build_model(load_config(TINY, ["model.align.cam_text=true"]), vocab_size=40)
+
+
 def test_mask_grounding_cannot_read_the_masked_words():
     """MagNet preset (CAM fuses the expression into the backbone): changing the words that mask
     grounding masks out leaves its visual input unchanged (they cannot be read back from it), while

@@ -157,13 +157,21 @@ class StageAlignment(nn.Module):
     STRIDES = (4, 8, 16, 32)
 
     def __init__(self, d: int, channels: list[int], heads: int, triple: list[int], cam: list[int],
-                 cam_pools: list[int], num_queries: int, triple_pos: str = "input", cam_words: bool = False):
+                 cam_pools: list[int], num_queries: int, triple_pos: str = "input", cam_words: bool = False,
+                 text_layers: int = 0, text_width: int | None = None):
+        """``text_layers`` > 0: MagNet's interleaving (model.align.cam_text): the text encoder's
+        ``text_layers`` layers run in chunks, chunk j before CAM stage j, and CAM and the language side
+        read and update its hidden states (width ``text_width``) instead of the projected words."""
         super().__init__()
         for key, strides in (("triple", triple), ("cam", cam)):
             bad = [s for s in strides if s not in self.STRIDES]
             if bad:
                 raise ValueError(f"model.align.{key}: strides {bad} are not backbone stages (choose from {self.STRIDES})")
-        self.cam = nn.ModuleDict({str(s): CrossModalAlignment(c, d, cam_pools, gate=s != self.STRIDES[-1])
+        if text_layers and (triple or not cam):
+            raise ValueError("model.align.cam_text interleaves the text encoder with the CAM stages: it needs model.align.cam "
+                             "and cannot be combined with model.align.triple")
+        t = text_width if text_layers else d  # the words' width: the text encoder's (MagNet: BERT's 768) or d_model
+        self.cam = nn.ModuleDict({str(s): CrossModalAlignment(c, t, cam_pools, gate=s != self.STRIDES[-1])
                                   for s, c in zip(self.STRIDES, channels) if s in cam})
         if triple_pos not in ("input", "projected"):
             raise ValueError(f"model.align.triple_pos must be input or projected; got {triple_pos!r}")
@@ -174,27 +182,43 @@ class StageAlignment(nn.Module):
             self.query_pos = nn.Embedding(num_queries, d)
             self.query_proj = nn.Linear(d, d)
         # MagNet's language side: after each CAM stage but the last, the words read that stage's pixels
-        self.cam_words = nn.ModuleDict({str(s): WordPixelAttention(c, d) for s, c in zip(self.STRIDES, channels)
+        self.cam_words = nn.ModuleDict({str(s): WordPixelAttention(c, t) for s, c in zip(self.STRIDES, channels)
                                         if cam_words and s in cam and s != self.STRIDES[-1]})
+        # MagNet's chunks (BERT's 12 layers: 3 before each of the 4 stages): the layers [start, stop) that run
+        # before each CAM stage, all of them by the last (rounded up: the first stage never reads bare embeddings)
+        k = len(self.cam)
+        bounds = [0] + [-(-j * text_layers // k) for j in range(1, k)] + [text_layers]
+        self.text_chunks = {s: (bounds[j], bounds[j + 1]) for j, s in enumerate(sorted(self.cam, key=int))} \
+            if text_layers else {}
 
     @classmethod
     def from_config(cls, cfg: dict, ctx) -> "StageAlignment | None":
-        """model.align (None when it puts nothing in the backbone); the stages' channels and the number
-        of queries come from the backbone and the decoder built before it."""
+        """model.align (None when it puts nothing in the backbone); the stages' channels, the number
+        of queries and (model.align.cam_text) the text encoder's depth and width come from the parts
+        built before it."""
         m = cfg["model"]
         a = m["align"]
+        if a["cam_text"] and not a["cam"]:
+            raise ValueError("model.align.cam_text interleaves the text encoder with MagNet's CAM stages: set model.align.cam")
         if not (a["triple"] or a["cam"]):
             return None
         if cfg["data"]["exprs_per_image"] != 1:
             raise ValueError("model.align puts language inside the backbone, which then runs once per expression: "
                              f"set data.exprs_per_image=1 (it is {cfg['data']['exprs_per_image']})")
+        bert = ctx.parts["text"].bert.config
         return cls(m["d_model"], ctx.parts["backbone"].stage_channels, m["fusion"]["heads"], a["triple"], a["cam"],
-                   a["cam_pools"], ctx.parts["decoder"].num_queries, a["triple_pos"], a["cam_words"])
+                   a["cam_pools"], ctx.parts["decoder"].num_queries, a["triple_pos"], a["cam_words"],
+                   text_layers=bert.num_hidden_layers if a["cam_text"] else 0, text_width=bert.hidden_size)
 
-    def begin(self, words: torch.Tensor, word_pad: torch.Tensor) -> dict:
-        """The state of one forward pass: the words, their padding and the queries (triple alignment)."""
+    def begin(self, words: torch.Tensor, word_pad: torch.Tensor, text=None, layer_mask=None) -> dict:
+        """The state of one forward pass: the words, their padding and the queries (triple alignment).
+        With model.align.cam_text, ``words`` are the text encoder ``text``'s embeddings (its
+        ``embed``, with the ``layer_mask`` its layers take): its layers run between the stages."""
+        if bool(self.text_chunks) != (text is not None):
+            raise ValueError("StageAlignment.begin: the text encoder and its embeddings are needed exactly when "
+                             "model.align.cam_text interleaves it with the stages")
         q = self.query_embed.weight[None].expand(words.shape[0], -1, -1) if self.triple else None
-        return {"words": words, "pad": word_pad, "queries": q}
+        return {"words": words, "pad": word_pad, "queries": q, "text": text, "layer_mask": layer_mask}
 
     def stage(self, st: dict, i: int, x: torch.Tensor):
         s = str(self.STRIDES[i])
@@ -206,14 +230,21 @@ class StageAlignment(nn.Module):
                                                              x.flatten(2).transpose(1, 2), pos)
             x = pix.transpose(1, 2).reshape(b, c, h, w)
         if s in self.cam:  # after the triple alignment of the same stage: its feature reads the aligned pixels
+            if s in self.text_chunks:  # MagNet: the text encoder's next layers first
+                st["words"] = st["text"].run_layers(st["words"], st["layer_mask"], *self.text_chunks[s])
             trunk, feature = self.cam[s](x, st["words"], st["pad"])
-            if s in self.cam_words:  # the words the next stages (and the rest of the model) read
-                st["words"] = self.cam_words[s](st["words"], st["pad"], trunk)
+            if s in self.cam_words:  # the words the next stages (and the rest of the model) read; as MagNet,
+                st["words"] = self.cam_words[s](st["words"], st["pad"], x)  # from the stage's output, not the trunk
             return trunk, feature
         return x, x
 
     def end(self, st: dict):
+        """The words the rest of the model reads and the aligned queries (None without triple
+        alignment); with model.align.cam_text the hidden states projected, and ``st["sentence"]``."""
         q = self.query_proj(st["queries"]) if self.triple else None
+        if self.text_chunks:
+            words, st["sentence"] = st["text"].finish(st["words"], ~st["pad"])
+            return words, q
         return st["words"], q
 
 

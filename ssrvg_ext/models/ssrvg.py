@@ -100,12 +100,17 @@ class SSRVG(nn.Module):
         if self.align is not None:  # language enters the backbone: the text goes first
             if image_index is not None:
                 raise ValueError("alignment inside the backbone needs one image per expression (data.exprs_per_image=1)")
-            words, sentence = self.text(text_ids, text_mask)
-            state = self.align.begin(words, ~text_mask)  # the words and queries the stages update
+            if self.align.text_chunks:  # MagNet: the text encoder's layers run between the stages
+                hidden, layer_mask = self.text.embed(text_ids, text_mask)
+                state = self.align.begin(hidden, ~text_mask, self.text, layer_mask)
+            else:
+                words, sentence = self.text(text_ids, text_mask)
+                state = self.align.begin(words, ~text_mask)  # the words and queries the stages update
             rewrite = partial(self.align.stage, state)  # the backbone calls rewrite(i, stage i's output)
         fine, maps, raw = self.backbone(images, rewrite, raw=self.multigranularity)
         if self.align is not None:
             words, queries = self.align.end(state)
+            sentence = state.get("sentence", sentence)
         attr_logits = None
         if self.attr_head is not None and self.training and labels:
             attr_logits = torch.cat([self.attr_head(m).flatten(2) for m in maps[:2]], 2).transpose(1, 2)
