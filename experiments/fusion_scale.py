@@ -67,7 +67,7 @@ def ours(spec: str, data: str, checkpoint: str | None) -> None:
     print(f"  words' mean pairwise cosine {word_similarity(seen['words'], seen['pad']):.2f}; "
           f"positions' RMS {rms(seen['pos']):.2f}")
     for i, (a, b) in enumerate(zip(seen["maps"], seen["out"])):
-        print(f"  level {i} ({a.shape[-2]}x{a.shape[-1]}): RMS {rms(a):.3f} -> {rms(b):.3f} ({rms(a) / rms(b):.1f}x smaller)")
+        print(f"  level {i} ({a.shape[-2]}x{a.shape[-1]}): RMS {rms(a):.3f} -> {rms(b):.3f} (x {rms(b) / rms(a):.2f})")
 
 
 def sgmg_standin(similarities=(0.0, 0.5, 0.9), words: int = 10, seed: int = 0) -> None:
@@ -84,7 +84,7 @@ def sgmg_standin(similarities=(0.0, 0.5, 0.9), words: int = 10, seed: int = 0) -
             fused = visual * mha(visual, text, text)[0]
         cos = word_similarity(text.transpose(0, 1), torch.zeros(2, words, dtype=torch.bool))
         print(f"  words' mean pairwise cosine {cos:.2f}: RMS {rms(visual):.3f} -> {rms(fused):.3f} "
-              f"({rms(visual) / rms(fused):.1f}x smaller)")
+              f"(x {rms(fused) / rms(visual):.2f})")
 
 
 def main() -> None:
