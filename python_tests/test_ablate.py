@@ -26,25 +26,46 @@ def test_table_paired_differences(ablate):
     base, meth = [70.0, 74.0, 72.0], [75.0, 76.0, 80.0]
     rows = [r for s in range(3) for r in (row("base", s, base[s], 50.0), row("meth", s, meth[s]))]
     lines = ablate.table(rows, "base").splitlines()
-    assert len(lines) == 2 + 6 + 2 + 1
+    assert len(lines) == 2 + 6 + 2 + 1 + 2  # header, runs, means, paired, the note on bold
+    assert lines[-1].startswith("Bold paired differences")
     mean_row = next(x for x in lines if x.startswith("| **meth**"))
     cells = [c.strip() for c in mean_row.split("|")[1:-1]]
     assert cells[1] == "3 seeds"
     assert cells[2] == f"{statistics.mean(meth):.2f} ± {statistics.stdev(meth):.2f}"
     assert cells[3] == "-"  # meth has no mIoU
     diff = [m - b for m, b in zip(meth, base)]
-    paired = [c.strip() for c in lines[-1].split("|")[1:-1]]
+    paired = [c.strip() for c in lines[-3].split("|")[1:-1]]
     assert paired[0] == "meth - base, paired, mean ± std"
+    # +5.00 ± 3.00 over 3 seeds: t = 2.89 < 4.30, within the spread (not bold)
     assert paired[2] == f"{statistics.mean(diff):+.2f} ± {statistics.stdev(diff):.2f}"
     assert paired[3] == "-"
     # two seeds: half-range; a seed the baseline lacks is left out of the paired row
     two = ablate.table(rows[:4] + [row("meth", 7, 99.0)], "base").splitlines()
-    assert "± 1.50" in two[-1] and "2 seeds" in two[-1]  # (75 - 70, 76 - 74): +3.50 ± 1.50
+    assert "± 1.50" in two[-3] and "2 seeds" in two[-3]  # (75 - 70, 76 - 74): +3.50 ± 1.50
     # one seed: the value without a spread (not "± 0.00")
     one = ablate.table([row("base", 0, 70.0), row("meth", 0, 75.0)], "base").splitlines()
-    cells = [c.strip() for c in one[-1].split("|")[1:-1]]
+    cells = [c.strip() for c in one[-3].split("|")[1:-1]]
     assert cells[0] == "meth - base, paired, mean" and cells[2] == "+5.00"
     assert "±" not in "".join(cells[1:])
+
+
+def test_paired_differences_beyond_the_spread_are_bold(ablate):
+    # per-seed differences +5, +6, +7 (t = 10.4 > 4.30 at 2 degrees of freedom) on val, and on testB
+    # (half of val's accuracy) +2.5, +3, +3.5: both beyond the spread
+    rows = [r for s in range(3) for r in (row("base", s, 70.0 + s), row("meth", s, 75.0 + 2 * s))]
+    paired = [c.strip() for c in ablate.table(rows, "base").splitlines()[-3].split("|")[1:-1]]
+    assert paired[2] == "**+6.00 ± 1.00**"
+    assert paired[2 + ablate.COLS.index(("testB", "Acc@0.5"))] == "**+3.00 ± 0.50**"
+    # the critical value: |mean| > t x std / sqrt(n), just inside and just outside
+    t3 = ablate.T975[1] / 3 ** 0.5
+    xs = [-1.0, 0.0, 1.0]  # std 1
+    assert not ablate.beyond_spread([x + 0.999 * t3 for x in xs])
+    assert ablate.beyond_spread([x + 1.001 * t3 for x in xs])
+    assert ablate.beyond_spread([-x - 1.001 * t3 for x in xs])  # either sign
+    # two seeds: 12.71 half-ranges; one seed never; no spread: any mean but zero
+    assert not ablate.beyond_spread([10.0, 12.0]) and ablate.beyond_spread([100.0, 102.0])
+    assert not ablate.beyond_spread([50.0])
+    assert ablate.beyond_spread([2.0, 2.0, 2.0]) and not ablate.beyond_spread([0.0, 0.0, 0.0])
 
 
 def test_pooled_weighs_splits_by_their_counts(ablate):
