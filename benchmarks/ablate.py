@@ -144,12 +144,14 @@ def one(spec: str, seed: int, a) -> dict:
     splits = VIDEO_SPLITS if a.video else SPLITS
     data = [f"data.ann_dir={a.data}", f"data.image_dir={a.data if a.video else os.path.join(a.data, 'images')}"]
     log, threads = (None, None) if a.jobs == 1 else (out + ".log", max(1, (os.cpu_count() or 1) // a.jobs))
-    if not os.path.isfile(os.path.join(out, "eval_testB.json")):
-        run([sys.executable, "-m", "ssrvg_ext.cli.train", "--config", variant, "--out", out, "--resume", "auto",
-             *([f"train.epochs={a.epochs}"] if a.epochs else []), f"train.seed={seed}", *data, *sets], log, threads)
     # --eval-overrides: the evaluations of that setting in their own folder, beside the plain ones
     ev = os.path.join(out, "eval+" + "+".join(a.eval_overrides).replace("=", "-")) if a.eval_overrides else out
     missing = [s for s in splits if not os.path.isfile(os.path.join(ev, f"eval_{s}.json"))]
+    # a run evaluated (plainly, or with these overrides) has finished: not started again, which would
+    # rewrite its config.yaml with the current code's view of the preset
+    if missing and not os.path.isfile(os.path.join(out, "eval_testB.json")):
+        run([sys.executable, "-m", "ssrvg_ext.cli.train", "--config", variant, "--out", out, "--resume", "auto",
+             *([f"train.epochs={a.epochs}"] if a.epochs else []), f"train.seed={seed}", *data, *sets], log, threads)
     if missing:  # a run made before testA was evaluated gets only that
         run([sys.executable, "-m", "ssrvg_ext.cli.eval", "--checkpoint", os.path.join(out, "last.pth"),
              "--split", *missing, "--out-dir", ev, *a.eval_overrides], log, threads)

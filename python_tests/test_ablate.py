@@ -137,6 +137,11 @@ def test_eval_overrides_evaluate_into_their_own_folder(ablate, monkeypatch, tmp_
     assert ablate.one("configs/tiny_synthetic.yaml", 0, a)["val"]["mIoU"] == 0.8 and not calls  # done once
     a.eval_overrides = []
     assert ablate.one("configs/tiny_synthetic.yaml", 0, a)["val"]["mIoU"] == 0.4 and not calls
+    # a run evaluated only with the overrides (no plain evaluation): read, not trained again
+    for s in ablate.SPLITS:
+        (run_dir / f"eval_{s}.json").unlink()
+    a.eval_overrides = ["model.mask_refine.enabled=true"]
+    assert ablate.one("configs/tiny_synthetic.yaml", 0, a)["val"]["mIoU"] == 0.8 and not calls
 
 
 def test_a_run_another_process_trains_is_waited_for(ablate, monkeypatch, tmp_path):
