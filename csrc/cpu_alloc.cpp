@@ -20,7 +20,7 @@ namespace ssrvg {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
 namespace {
 
-constexpr size_t kHuge = size_t(2) << 20, kMin = size_t(32) << 20;
+constexpr size_t kHuge = size_t(2) << 20, kMin = size_t(1) << 20;  // cpu_alloc.h: from 1 MiB up
 
 constexpr int kSlots = 2;  // a gradient and its narrower copy (bfloat16 value) both recur
 

@@ -153,12 +153,13 @@ def test_bfloat16_value_forward_and_backward(rng, d):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_large_value_gradient_reused_blocks(rng, dtype):
-    """A value gradient of >= 32 MiB comes from a kept block (cpu_alloc.h): a second backward while
+@pytest.mark.parametrize("side", [256, 64])
+def test_large_value_gradient_reused_blocks(rng, dtype, side):
+    """A value gradient of >= 1 MiB comes from a kept block (cpu_alloc.h): a second backward while
     the first gradient is alive gets other memory, and one after it was freed gets the freed block,
     cleared: every gradient equals the reference, zero where no query reads."""
-    shapes, starts = torch.tensor([[256, 256]]), torch.tensor([0])
-    value = torch.randn(1, 256 * 256, 4, 32, generator=rng).to(dtype)  # 32 MiB of float32
+    shapes, starts = torch.tensor([[side, side]]), torch.tensor([0])
+    value = torch.randn(1, side * side, 4, 32, generator=rng).to(dtype)  # 32 MiB / 2 MiB of float32
     ref_value = value.double()
     results, freed = [], set()
     for k in range(3):
