@@ -7,12 +7,12 @@
 // ~15 ms for 70 MB on the 2-core CPU machine; below it, whether glibc reuses its heap or faults
 // pages in again depends on the process's allocation history (the Swin-T decoder's 8.7 MB gradient:
 // ~200 faults per forward + backward, none with a kept block). From 1 MiB up, empty_large keeps one
-// such block when its tensor is freed and hands it out again, contents stale (the caller writes every element: the deformable
-// attention's backward zero-fills it where its tasks do not write it whole); a first block comes
-// from mmap with transparent huge pages asked for (one fault per 2 MiB), touched here so that no
-// cost is deferred to the tensor's first writer. Memory held: at most two freed blocks (the
-// largest; a gradient and its bfloat16 copy both recur); SSRVG_CPU_SPARE_BLOCK=0 turns the keeping
-// off. Smaller tensors, other platforms or a failed mmap: at::empty.
+// such block when its tensor is freed and hands it out again, contents stale (the caller writes
+// every element: the deformable attention's backward zero-fills it where its tasks do not write it
+// whole); a first block comes from mmap with transparent huge pages asked for (one fault per 2 MiB),
+// touched here so that no cost is deferred to the tensor's first writer. Memory held: at most two
+// freed blocks (the largest; a gradient and its bfloat16 copy both recur); SSRVG_CPU_SPARE_BLOCK=0
+// turns the keeping off. Smaller tensors, other platforms or a failed mmap: at::empty.
 #pragma once
 
 #include <ATen/core/Tensor.h>
