@@ -569,3 +569,22 @@ def test_over_long_expressions_keep_the_closing_token():
     sep = tok.tok.token_to_id("[SEP]")
     assert ids[0].tolist()[-1] == sep and ids[0].tolist()[0] == tok.tok.token_to_id("[CLS]") and bool(mask[0].all())
     assert ids[1].tolist()[:4] == [tok.tok.token_to_id(t) for t in ("[CLS]", "a", "b", "[SEP]")]
+
+
+def test_resize_pad_of_an_input_sized_frame_is_the_frame():
+    """A frame already size x size (the video preset's) skips the resize: the same values as resizing it
+    (bilinear image, nearest labels) to its own size, without the work; the outputs are copies."""
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (3, 24, 24), generator=g, dtype=torch.uint8)
+    mask = (torch.rand(24, 24, generator=g) < 0.4).to(torch.uint8)
+    inst = torch.randint(0, 5, (24, 24), generator=g, dtype=torch.uint8)
+    s = {"image": img, "mask": mask, "instances": inst, "box": torch.tensor([2.0, 3.0, 20.0, 17.0])}
+    out = ResizePad(24)(s)
+    ref_img = F.interpolate(img[None].float(), size=(24, 24), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(out["image"], ref_img) and out["image"].dtype == torch.float32
+    for k in ("mask", "instances"):
+        assert torch.equal(out[k], s[k]) and out[k].dtype == torch.uint8 and out[k].data_ptr() != s[k].data_ptr()
+    assert out["meta"]["scale"] == (1.0, 1.0) and out["meta"]["valid"] == (24, 24)
+    # a frame of another size still goes the resizing way
+    big = ResizePad(32)(s)
+    assert big["image"].shape == (3, 32, 32) and big["mask"].shape == (32, 32) and big["meta"]["scale"] == (32 / 24,) * 2

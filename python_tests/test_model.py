@@ -394,3 +394,40 @@ def test_mask_stride_2_reads_the_stride_2_map():
         build_model(merge(cfg, {"model": {"segment_optimizer": True}}), vocab_size=40)
     with pytest.raises(ValueError, match="4 or 2"):
         build_model(merge(cfg, {"model": {"mask_stride": 8}}), vocab_size=40)
+
+
+def test_channels_last_backbone_equals_the_default_layout():
+    """model.backbone.channels_last: the body's convolutions from the first with >= 16 input channels hold
+    channels-last weights, so its features come out channels-last; the model's outputs, loss and every
+    gradient equal those of the default layout up to float rounding (the same seed builds the same weights).
+    A body that is NHWC already (Swin) is left as it is."""
+    cfg = merge(load_config(TINY), {"model": {"mask_stride": 2}})
+    outs, grads = [], []
+    for cl in (False, True):
+        torch.manual_seed(0)
+        model = build_model(merge(cfg, {"model": {"backbone": {"channels_last": cl}}}), vocab_size=40,
+                            aux_classes=AUX["object_labels"]).train()
+        convs = [m for m in model.backbone.body.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert any(m.in_channels < 16 for m in convs) and any(m.in_channels >= 16 for m in convs)
+        for m in convs:  # the weight's strides are those of its layout
+            w = m.weight
+            want = torch.channels_last if cl and m.in_channels >= 16 else torch.contiguous_format
+            assert w.stride() == torch.empty(w.shape, memory_format=want).stride(), m
+        batch = batch_for(cfg, with_labels=True)
+        fine, levels, _ = model.backbone(batch["images"])
+        assert all(f.is_contiguous(memory_format=torch.channels_last) == cl for f in levels[:1] + fine[:1])
+        out = model(batch["images"], batch["text_ids"], batch["text_mask"])
+        loss = build_criterion(cfg, AUX["object_labels"])(out, batch)["total"]
+        loss.backward()
+        outs.append({k: out[k].detach() for k in ("boxes", "mask_logits")} | {"loss": loss.detach()})
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    for k in outs[0]:
+        torch.testing.assert_close(outs[1][k], outs[0][k], rtol=1e-4, atol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        # to the gradient's own scale (the keys' biases get none: rounding alone there)
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=0, atol=2e-3 * float(grads[0][n].abs().max()) + 1e-7,
+                                   msg=n)
+    swin = build_model(merge(load_config(TINY), {"model": {"backbone": {"name": "swin_tiny_patch4_window7_224",
+                                                                        "channels_last": True}}}), vocab_size=40)
+    assert all(m.weight.is_contiguous() for m in swin.backbone.body.modules() if isinstance(m, torch.nn.Conv2d))

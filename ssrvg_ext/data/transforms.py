@@ -126,12 +126,18 @@ class ResizePad:
         h, w = s["image"].shape[-2:]
         scale = self.size / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        img = F.interpolate(s["image"][None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
-                            antialias=scale < 1)[0]
-        out_img = torch.zeros(3, self.size, self.size)
-        out_img[:, :nh, :nw] = img
+        same = (nh, nw) == (h, w) == (self.size, self.size)  # already the input: nothing to resize or pad
+        if same:
+            out_img = s["image"].float()
+        else:
+            img = F.interpolate(s["image"][None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
+                                antialias=scale < 1)[0]
+            out_img = torch.zeros(3, self.size, self.size)
+            out_img[:, :nh, :nw] = img
 
         def resize_pad(m):  # nearest: labels stay labels; (H, W) or (k, H, W)
+            if same:
+                return m.to(torch.uint8, copy=True)
             out = torch.zeros(*m.shape[:-2], self.size, self.size, dtype=torch.uint8)
             small = F.interpolate(m.reshape(1, -1, h, w).float(), size=(nh, nw), mode="nearest")[0]
             out[..., :nh, :nw] = small.reshape(*m.shape[:-2], nh, nw).to(torch.uint8)
