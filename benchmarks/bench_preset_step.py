@@ -2,8 +2,11 @@
 
     python benchmarks/bench_preset_step.py [--presets refcoco_swin_t refcoco_swin_b] [--batch 1] [--steps 3]
     python benchmarks/bench_preset_step.py --presets tiny_synthetic methods/sgmg methods/all --batch 16 --steps 5
+    python benchmarks/bench_preset_step.py --batch 16 --steps 5 --presets tiny_synthetic \
+        tiny_synthetic,model.backbone.channels_last=true tiny_synthetic tiny_synthetic,model.backbone.channels_last=true
 
-A preset is a config under configs/ without its .yaml (methods/<name> for the method presets).
+A preset is a config under configs/ without its .yaml (methods/<name> for the method presets), optionally
+followed by comma-separated config overrides (a variant; list variants twice to alternate them).
 
 Each preset is built with random weights (model.backbone.pretrained=false, model.text.pretrained=false:
 the same architecture, BERT-base-sized text encoder), in a fresh child process; one step = forward,
@@ -30,7 +33,9 @@ def child(preset: str, batch: int, steps: int) -> dict:
     from ssrvg_ext.engine.optim import param_groups
     from ssrvg_ext.models import build_criterion, build_model
 
-    cfg = load_config(f"configs/{preset}.yaml", ["model.backbone.pretrained=false", "model.text.pretrained=false"])
+    name, *overrides = preset.split(",")
+    cfg = load_config(f"configs/{name}.yaml", ["model.backbone.pretrained=false", "model.text.pretrained=false",
+                                               *overrides])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = build_model(cfg, vocab_size=30522, mask_token_id=103).to(device)  # BERT's [MASK]
@@ -76,7 +81,7 @@ def main():
         out = subprocess.run([sys.executable, __file__, "--child", preset, "--batch", str(a.batch), "--steps", str(a.steps)],
                              cwd=root, capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {r['preset']} | {r['device']} | {r['params_M']:.1f} | {r['input']} | {r['s_per_step']:.2f} | "
+        print(f"| {r['preset']} | {r['device']} | {r['params_M']:.1f} | {r['input']} | {r['s_per_step']:.3f} | "
               f"{r['peak_MiB']:.0f} |")
 
 
