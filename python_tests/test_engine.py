@@ -1,5 +1,6 @@
 """Training, evaluation and demo end to end on CPU with a tiny synthetic dataset and model."""
 
+import copy
 import json
 import os
 import signal
@@ -306,3 +307,29 @@ def test_second_training_into_a_busy_folder_stops_clearly(data, tmp_path):
     r = run_tool(args, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.path.isfile(os.path.join(out, "last.pth"))
+
+
+def test_resumed_moments_take_their_parameters_layout():
+    """AdamW moments saved in the default layout (a run before model.backbone.channels_last), resumed into
+    a channels-last weight: load_optimizer_state lays them out as the weight, and the steps after equal the
+    default-layout run's (the fused kernel reads a weight and its moments as flat arrays: moments in
+    another layout would update the wrong elements)."""
+    from ssrvg_ext.engine.optim import fused_if_supported, load_optimizer_state
+    g = torch.Generator().manual_seed(0)
+    w0, grad = torch.randn(32, 16, 3, 3, generator=g), torch.randn(32, 16, 3, 3, generator=g)
+    ref = torch.nn.Parameter(w0.clone())
+    ref_opt = torch.optim.AdamW([ref], lr=0.1, **fused_if_supported())
+    ref.grad = grad.clone()
+    ref_opt.step()
+    saved = copy.deepcopy(ref_opt.state_dict())
+    p = torch.nn.Parameter(ref.detach().clone().contiguous(memory_format=torch.channels_last))
+    opt = torch.optim.AdamW([p], lr=0.1, **fused_if_supported())
+    load_optimizer_state(opt, saved)
+    moments = [v for v in opt.state[p].values() if torch.is_tensor(v) and v.shape == p.shape]
+    assert len(moments) == 2 and all(v.stride() == p.stride() for v in moments)
+    for _ in range(2):
+        ref.grad = grad.clone()
+        ref_opt.step()
+        p.grad = grad.clone().contiguous(memory_format=torch.channels_last)
+        opt.step()
+    torch.testing.assert_close(p.detach(), ref.detach(), rtol=1e-6, atol=1e-6)

@@ -62,6 +62,20 @@ class EMA:
         self.shadow = {k: v.clone() for k, v in s.items()}
 
 
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict(state)``, then every per-parameter state tensor laid out as its parameter
+    (a channels-last weight's moments channels-last): a checkpoint's tensors keep the layout they were
+    saved in, and the fused AdamW kernel reads a parameter and its moments as flat arrays, so moments in
+    another layout than their parameter's (a run resumed with model.backbone.channels_last switched on)
+    would update the wrong elements, silently."""
+    opt.load_state_dict(state)
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    opt.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def fused_if_supported() -> dict:
     """The fused AdamW kernel (CPU and CUDA in recent torch): one op for all parameters per step."""
     try:

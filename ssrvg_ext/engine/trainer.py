@@ -25,7 +25,7 @@ from .data import (label_classes, load_records, load_train_instances, make_datas
                    task_of, tokenizer_state)
 from .evaluation import inference_on_dataset
 from .loops import TrainState, train_one_epoch, write_jsonl
-from .optim import EMA, amp_setup, fused_if_supported, lr_factor, param_groups
+from .optim import EMA, amp_setup, fused_if_supported, load_optimizer_state, lr_factor, param_groups
 
 
 def seed_all(seed: int):
@@ -179,7 +179,7 @@ def _restore(state: TrainState, ckpt: dict, t: dict, rank: int, world: int) -> t
     """Weights, optimizer, schedule, scaler, EMA, step and this rank's RNG from a checkpoint; returns
     (the epoch to start at, the best score so far)."""
     state.model.load_state_dict(ckpt["model"])
-    state.opt.load_state_dict(ckpt["optimizer"])
+    load_optimizer_state(state.opt, ckpt["optimizer"])
     state.sched.load_state_dict(ckpt["scheduler"])
     if state.scaler is not None and ckpt.get("scaler"):
         state.scaler.load_state_dict(ckpt["scaler"])
