@@ -43,8 +43,8 @@ def set_channels_last(body: nn.Module, min_channels: int = 16) -> None:
     channels-last: a convolution whose weight is channels-last gives a channels-last output, which the
     layers after it keep, so the body runs channels-last from its first such convolution on (its
     features come out channels-last; the values are those of the default layout up to float rounding).
-    On CPUs, depthwise convolutions' backward is ~3x faster so; the narrow stem stays as it is (batch
-    norm's backward over 8 channels-last channels is slower than the default layout's)."""
+    So laid out, depthwise convolutions' backward runs ~3x faster on CPUs; the narrow stem stays as it
+    is (batch norm's backward over 8 channels is slower channels-last than in the default layout)."""
     for m in body.modules():
         if isinstance(m, nn.Conv2d) and m.in_channels >= min_channels:
             m.to(memory_format=torch.channels_last)
