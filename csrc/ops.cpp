@@ -11,9 +11,18 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// Importing ssrvg_ext._C runs the static registrations below; it needs a module init.
+namespace ssrvg::msda {
+PyObject* ms_deform_attn_fastcall(PyObject*, PyObject* const*, Py_ssize_t);  // ms_deform_attn_python.cpp
+}
+
+// Importing ssrvg_ext._C runs the static registrations below; it needs a module init. Its one
+// function is the direct entry to ms_deform_attn for plain tensors (see ms_deform_attn_python.cpp).
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"ms_deform_attn", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&ssrvg::msda::ms_deform_attn_fastcall)),
+       METH_FASTCALL, "ssrvg::ms_deform_attn for plain tensors; NotImplemented for anything torch.ops must handle"},
+      {nullptr, nullptr, 0, nullptr}};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 

@@ -228,6 +228,57 @@ def test_bad_inputs_raise(rng):
         ms_deform_attn(value, torch.tensor([[0, 4], [2, 2]]), starts, loc, attn)
 
 
+@pytest.mark.skipif(getattr(extension._C, "ms_deform_attn", None) is None, reason="compiled ops not built")
+def test_direct_entry_equals_torch_ops_and_defers_the_rest(rng):
+    """The wrapper's direct call (csrc/ms_deform_attn/ms_deform_attn_python.cpp) gives torch.ops'
+    results bit for bit, gradients included, and hands everything torch.ops must see to it."""
+    from torch.overrides import TorchFunctionMode
+
+    direct = extension._C.ms_deform_attn
+    value, shapes, starts, loc, attn = make(rng, 2, 5, 2, 8, 2, 2)
+    grad = torch.randn(2, 5, 16, generator=rng)
+    out, grads = run(ms_deform_attn, value, shapes, starts, loc, attn, grad)
+    out_ops, grads_ops = run(torch.ops.ssrvg.ms_deform_attn.default, value, shapes, starts, loc, attn, grad)
+    assert torch.equal(out, out_ops) and all(torch.equal(a, b) for a, b in zip(grads, grads_ops))
+    assert isinstance(direct(value, shapes, starts, loc, attn), torch.Tensor)
+    assert direct(torch.nn.Parameter(value), shapes, starts, loc, attn) is not NotImplemented
+
+    class Logged(torch.Tensor):  # a subclass: torch.ops hands it to __torch_function__
+        seen = []
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            cls.seen.append(func)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    sub = value.as_subclass(Logged)
+    assert direct(sub, shapes, starts, loc, attn) is NotImplemented
+    torch.testing.assert_close(ms_deform_attn(sub, shapes, starts, loc, attn).as_subclass(torch.Tensor), out)
+    assert torch.ops.ssrvg.ms_deform_attn.default in Logged.seen
+
+    class Mode(TorchFunctionMode):
+        seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Mode():
+        assert direct(value, shapes, starts, loc, attn) is NotImplemented
+        ms_deform_attn(value, shapes, starts, loc, attn)
+    assert torch.ops.ssrvg.ms_deform_attn.default in Mode.seen
+    # on the meta device (no kernel here, only the fake one) and with a wrong argument: torch.ops answers
+    assert direct(value.to("meta"), shapes, starts, loc.to("meta"), attn.to("meta")) is NotImplemented
+    assert ms_deform_attn(value.to("meta"), shapes, starts, loc.to("meta"), attn.to("meta")).shape == out.shape
+    assert direct(value, shapes.tolist(), starts, loc, attn) is NotImplemented
+    with pytest.raises(RuntimeError):
+        ms_deform_attn(value, shapes.tolist(), starts, loc, attn)
+    with pytest.raises(TypeError):
+        direct(value, shapes, starts, loc)  # not five arguments: a clear error, as for any function
+    with extension.force_reference():  # the switch still reaches the reference
+        torch.testing.assert_close(ms_deform_attn(value, shapes, starts, loc, attn), out, rtol=1e-5, atol=1e-6)
+
+
 # ---- the module ----
 def module_inputs(rng, n=2, lq=7, c=32, nl=3):
     shapes = torch.tensor([[8, 10], [4, 5], [2, 3]])[:nl]
