@@ -27,16 +27,20 @@ struct Corners {
     const T x = loc_x * static_cast<T>(W) - static_cast<T>(0.5);
     const T y = loc_y * static_cast<T>(H) - static_cast<T>(0.5);
     const T xf = ::floor(x), yf = ::floor(y);
-    // Far-away points (or NaN) are clamped to a position whose corners are all outside.
-    x0 = (xf > static_cast<T>(-2) && xf < static_cast<T>(W + 1)) ? static_cast<int64_t>(xf) : -2;
-    y0 = (yf > static_cast<T>(-2) && yf < static_cast<T>(H + 1)) ? static_cast<int64_t>(yf) : -2;
+    // Far-away points (or NaN) are clamped to a position whose corners are all outside. The tests
+    // are combined with & and selected in float, not branched on: near a small level's border they
+    // are unpredictable, and mispredicted branches were most of an encoder call's time on the CPU.
+    const bool in_x = (xf > static_cast<T>(-2)) & (xf < static_cast<T>(W + 1));
+    const bool in_y = (yf > static_cast<T>(-2)) & (yf < static_cast<T>(H + 1));
+    x0 = static_cast<int64_t>(in_x ? xf : static_cast<T>(-2));
+    y0 = static_cast<int64_t>(in_y ? yf : static_cast<T>(-2));
     fx = x - xf;
     fy = y - yf;
   }
   // Corner k in 0..3: (dy, dx) = (k / 2, k % 2).
-  C10_HOST_DEVICE bool inside(int k, int64_t H, int64_t W) const {
+  C10_HOST_DEVICE bool inside(int k, int64_t H, int64_t W) const {  // 0 <= yy < H and 0 <= xx < W
     const int64_t yy = y0 + k / 2, xx = x0 + k % 2;
-    return yy >= 0 && yy < H && xx >= 0 && xx < W;
+    return (static_cast<uint64_t>(yy) < static_cast<uint64_t>(H)) & (static_cast<uint64_t>(xx) < static_cast<uint64_t>(W));
   }
   C10_HOST_DEVICE int64_t offset(int k, int64_t W) const { return (y0 + k / 2) * W + x0 + k % 2; }
   C10_HOST_DEVICE T weight(int k) const {

@@ -209,7 +209,7 @@ SSRVG_INLINE void forward_queries(const R* rows, int64_t rs, bool in_place, int6
         const Corners<T> c(loc[2 * sidx], loc[2 * sidx + 1], H, W);
         for (int k = 0; k < 4; ++k) {
           const bool in = c.inside(k, H, W);
-          acc.add_if(in, a * c.weight(k), vbase + (in ? c.offset(k, W) : 0) * rs);
+          acc.add_if(in, a * c.weight(k), vbase + (c.offset(k, W) & -static_cast<int64_t>(in)) * rs);
         }
       }
     }
