@@ -8,7 +8,9 @@
 // few queries (the decoder: 32 queries on maps of thousands of pixels) the copy would cost more than
 // the sampling, so the task reads value and writes grad_value in place, rows M*D apart. Both orders
 // of arithmetic are the same: the results are bit-identical either way.
-// The sampling math is done once per (query, head, level, point) and shared by the D channels.
+// The sampling math is done once per (query, head, level, point) and shared by the D channels; the
+// float forward with D in registers does it for eight samples at once (Corners8), bit for bit the
+// same as Corners does one by one.
 // For D = 8, 16, 32 or 64 (float math) a query's channels stay in registers (Acc / GradRow below);
 // other D loop over memory. float16/bfloat16 inputs are computed in float32. Small calls run on
 // one thread (grain), and a large value gradient comes from cpu_alloc.h's kept blocks.
@@ -153,6 +155,12 @@ struct Acc<float, DC, std::enable_if_t<(DC > 0)>> {
     const f8 wv = splat8(w);
     for (int j = 0; j < DC / 8; ++j) a[j] += reinterpret_cast<f8>(reinterpret_cast<i8>(wv * load8(v + 8 * j)) & keep);
   }
+  template <typename V>
+  SSRVG_INLINE void add_keep(int32_t keep, float w, const V* v) {  // add_if with the test as a mask
+    const i8 k = i8{} + keep;
+    const f8 wv = splat8(w);
+    for (int j = 0; j < DC / 8; ++j) a[j] += reinterpret_cast<f8>(reinterpret_cast<i8>(wv * load8(v + 8 * j)) & k);
+  }
   SSRVG_INLINE void store(float* out) const {
     for (int j = 0; j < DC / 8; ++j) store8(out + 8 * j, a[j]);
   }
@@ -175,6 +183,64 @@ struct GradRow<float, DC, std::enable_if_t<(DC > 0)>> {
     for (int j = 0; j < DC / 8; ++j) store8(gv + 8 * j, load8(gv + 8 * j) + wv * g[j]);
   }
 };
+// The level of each of a query's L*P samples, as eight-lane rows (sample s = l * P + p in lane
+// s % 8 of row s / 8): W and H as float and int32, and the level's first row; padding lanes get an
+// empty level (H = W = 0), so that every corner there is outside.
+struct LaneLevels {
+  std::vector<float> wf, hf, wf1, hf1;  // W, H, W + 1, H + 1
+  std::vector<int32_t> w, h, start;
+  LaneLevels(const std::vector<int64_t>& lv, const Dims& d) {
+    const size_t n = 8 * static_cast<size_t>((d.L * d.P + 7) / 8);
+    wf.assign(n, 0.f), hf.assign(n, 0.f), wf1.assign(n, 0.f), hf1.assign(n, 0.f);
+    w.assign(n, 0), h.assign(n, 0), start.assign(n, 0);
+    for (int64_t s = 0; s < d.L * d.P; ++s) {
+      const int64_t l = s / d.P, H = lv[3 * l], W = lv[3 * l + 1];
+      wf[s] = static_cast<float>(W), hf[s] = static_cast<float>(H);
+      wf1[s] = static_cast<float>(W + 1), hf1[s] = static_cast<float>(H + 1);
+      w[s] = static_cast<int32_t>(W), h[s] = static_cast<int32_t>(H), start[s] = static_cast<int32_t>(lv[3 * l + 2]);
+    }
+  }
+};
+SSRVG_INLINE i8 load8(const int32_t* p) {
+  i8 r;
+  __builtin_memcpy(&r, p, sizeof r);
+  return r;
+}
+// Int32 lane arithmetic covers the rows only below this many (else the scalar Corners path runs).
+constexpr int64_t kLaneRows = int64_t(1) << 29;
+
+// The corners of eight samples at once, one per lane: exactly Corners<float> (the same float
+// operations, lane by lane), floor by truncation (exact where |x| < 2^29; beyond, and for NaN, the
+// lane is clamped outside as Corners does). For corner k: keep[k] all ones where it is inside,
+// w[k] = attention weight * bilinear weight, row[k] its row (start + y * W + x; 0 outside).
+struct Corners8 {
+  f8 w[4];
+  i8 keep[4], row[4];
+  SSRVG_INLINE static f8 floor8(f8 x, i8& ok) {
+    const f8 lim = f8{} + static_cast<float>(kLaneRows);
+    ok = (x > -lim) & (x < lim);
+    const f8 x_ok = reinterpret_cast<f8>(reinterpret_cast<i8>(x) & ok);  // (a NaN or huge lane: 0)
+    const f8 t = __builtin_convertvector(__builtin_convertvector(x_ok, i8), f8);
+    return t - reinterpret_cast<f8>(reinterpret_cast<i8>(f8{} + 1.0f) & (t > x_ok));
+  }
+  SSRVG_INLINE Corners8(f8 lx, f8 ly, f8 a, f8 wf, f8 hf, f8 wf1, f8 hf1, i8 wi, i8 hi, i8 start) {
+    const f8 half = f8{} + 0.5f, one = f8{} + 1.0f, m2 = f8{} - 2.0f;  // (as Corners' casts)
+    const f8 x = lx * wf - half, y = ly * hf - half;
+    i8 okx, oky;
+    const f8 xf = floor8(x, okx), yf = floor8(y, oky);
+    const i8 in_x = okx & (xf > m2) & (xf < wf1), in_y = oky & (yf > m2) & (yf < hf1);
+    const i8 x0 = (__builtin_convertvector(xf, i8) & in_x) | ((i8{} - 2) & ~in_x);
+    const i8 y0 = (__builtin_convertvector(yf, i8) & in_y) | ((i8{} - 2) & ~in_y);
+    const f8 fx = x - xf, fy = y - yf, gx = one - fx, gy = one - fy;
+    const i8 ry0 = (y0 >= 0) & (y0 < hi), ry1 = (y0 >= -1) & (y0 + 1 < hi);
+    const i8 cx0 = (x0 >= 0) & (x0 < wi), cx1 = (x0 >= -1) & (x0 + 1 < wi);
+    keep[0] = ry0 & cx0, keep[1] = ry0 & cx1, keep[2] = ry1 & cx0, keep[3] = ry1 & cx1;
+    w[0] = a * (gy * gx), w[1] = a * (gy * fx), w[2] = a * (fy * gx), w[3] = a * (fy * fx);
+    const i8 r = start + y0 * wi + x0;
+    row[0] = r & keep[0], row[1] = (r + 1) & keep[1], row[2] = (r + wi) & keep[2], row[3] = (r + wi + 1) & keep[3];
+  }
+};
+
 // The channel counts with register kernels (float math, value float32 or bfloat16); others: any D.
 #define SSRVG_MSDA_SWITCH_D(D, CALL) \
   switch (D) {                       \
@@ -217,6 +283,44 @@ SSRVG_INLINE void forward_queries(const R* rows, int64_t rs, bool in_place, int6
   }
 }
 
+#if SSRVG_VEC8
+// forward_queries for float math with D in registers: each group of eight samples' corners at once
+// (Corners8), then their rows summed in the same order as forward_queries does.
+template <typename R, int DC>
+SSRVG_INLINE void forward_queries8(const R* rows, int64_t rs, bool in_place, int64_t n, int64_t m, const float* loc,
+                                   const float* attn, const std::vector<int64_t>& lv, const LaneLevels& ll,
+                                   const Dims& d, float* out) {
+  const int64_t LP = d.L * d.P;
+  if (in_place && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
+  for (int64_t q = 0; q < d.Lq; ++q) {
+    Acc<float, DC> acc(nullptr, d.D);
+    const int64_t qm = (n * d.Lq + q) * d.M + m;
+    if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
+    if (in_place && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+    const float* ql = loc + 2 * qm * LP;
+    const float* qa = attn + qm * LP;
+    for (int64_t c8 = 0; 8 * c8 < LP; ++c8) {
+      const int64_t s0 = 8 * c8, nl = std::min<int64_t>(8, LP - s0);
+      f8 lx, ly, la;
+      if (nl == 8) {  // (x, y) pairs split into x and y lanes
+        const f8 v0 = load8(ql + 2 * s0), v1 = load8(ql + 2 * s0 + 8);
+        lx = __builtin_shuffle(v0, v1, i8{0, 2, 4, 6, 8, 10, 12, 14});
+        ly = __builtin_shuffle(v0, v1, i8{1, 3, 5, 7, 9, 11, 13, 15});
+        la = load8(qa + s0);
+      } else {
+        lx = ly = la = f8{};
+        for (int64_t i = 0; i < nl; ++i) lx[i] = ql[2 * (s0 + i)], ly[i] = ql[2 * (s0 + i) + 1], la[i] = qa[s0 + i];
+      }
+      const Corners8 c(lx, ly, la, load8(&ll.wf[s0]), load8(&ll.hf[s0]), load8(&ll.wf1[s0]), load8(&ll.hf1[s0]),
+                       load8(&ll.w[s0]), load8(&ll.h[s0]), load8(&ll.start[s0]));
+      for (int64_t i = 0; i < nl; ++i)
+        for (int k = 0; k < 4; ++k) acc.add_keep(c.keep[k][i], c.w[k][i], rows + c.row[k][i] * rs);
+    }
+    acc.store(out + qm * d.D);
+  }
+}
+#endif
+
 // Tasks [s, e) of the forward. T: the math type (float, double); V: value's storage (T, or
 // bfloat16 / half: read as stored and widened sample by sample in place; a copied slice is
 // widened once, as it is copied).
@@ -226,6 +330,24 @@ SSRVG_INLINE void forward_tasks(int64_t s, int64_t e, const V* value, const T* l
   const bool copy = copies_slice(d);
   std::vector<T> scratch(DC > 0 ? 0 : d.D);
   std::vector<T> slice(copy ? d.S * d.D : 0);
+#if SSRVG_VEC8
+  if constexpr (DC > 0 && std::is_same_v<T, float>) {
+    if (d.S < kLaneRows) {
+      const LaneLevels ll(lv, d);
+      for (int64_t task = s; task < e; ++task) {
+        const int64_t n = task / d.M, m = task % d.M;
+        if (copy) {
+          copy_slice(value, d, n, m, slice.data());
+          forward_queries8<T, DC>(slice.data(), d.D, false, n, m, loc, attn, lv, ll, d, out);
+        } else {
+          forward_queries8<V, DC>(value + (n * d.S * d.M + m) * d.D, d.M * d.D, true, n, m, loc, attn, lv, ll, d,
+                                  out);
+        }
+      }
+      return;
+    }
+  }
+#endif
   for (int64_t task = s; task < e; ++task) {
     const int64_t n = task / d.M, m = task % d.M;
     if (copy) {
