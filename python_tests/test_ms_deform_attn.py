@@ -113,6 +113,25 @@ def test_in_place_and_copied_value_paths_agree_bitwise(rng):
     torch.testing.assert_close(grads[0], grads_big[0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("d", [8, 16, 32, 64])
+def test_register_kernels_equal_the_generic_one_bitwise(rng, d):
+    """D = 8, 16, 32, 64 (float) run the register kernels, whose forward computes eight samples'
+    corners at once (Corners8 in ms_deform_attn_cpu.cpp); any other D runs the generic kernel, one
+    corner at a time. Channels are independent: the first d of a wider value give the same bits,
+    with locations far outside, NaN, on borders and on pixel centres."""
+    for n_levels, points, lq in ((4, 2, 5), (3, 3, 60), (1, 1, 7)):  # 8, 9 and 1 samples per query
+        value, shapes, starts, loc, attn = make(rng, 2, lq, 3, d + 8, n_levels, points)
+        loc.view(-1)[::11] *= 1e9  # far outside (and beyond int32 once scaled)
+        loc.view(-1)[5::23] = float("nan")
+        for dtype in (torch.float32, torch.bfloat16):
+            v = value.to(dtype)
+            wide = ms_deform_attn(v, shapes, starts, loc, attn).view(2, lq, 3, d + 8)[..., :d]
+            narrow = ms_deform_attn(v[..., :d].contiguous(), shapes, starts, loc, attn).view(2, lq, 3, d)
+            assert torch.equal(wide.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                               narrow.view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
+            assert narrow.abs().sum() > 0
+
+
 def test_gradcheck_float64(rng):
     for d, nl, p in [(3, 2, 2), (5, 1, 3), (2, 3, 1)]:
         value, shapes, starts, _, attn = make(rng, 2, 3, 2, d, nl, p, dtype=torch.float64)
