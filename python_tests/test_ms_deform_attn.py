@@ -116,20 +116,31 @@ def test_in_place_and_copied_value_paths_agree_bitwise(rng):
 @pytest.mark.parametrize("d", [8, 16, 32, 64])
 def test_register_kernels_equal_the_generic_one_bitwise(rng, d):
     """D = 8, 16, 32, 64 (float) run the register kernels, whose forward computes eight samples'
-    corners at once (Corners8 in ms_deform_attn_cpu.cpp); any other D runs the generic kernel, one
-    corner at a time. Channels are independent: the first d of a wider value give the same bits,
-    with locations far outside, NaN, on borders and on pixel centres."""
+    and backward compute eight samples' corners at once (Corners8 in ms_deform_attn_cpu.cpp); any
+    other D runs the generic kernel, one corner at a time. The first d channels of a wider value
+    (the rest zero, in value and in the output gradient) give the same bits, with locations far
+    outside, NaN, on borders and on pixel centres; both value paths (few and many queries)."""
+    def bits(t):
+        return t.view(torch.int16 if t.dtype == torch.bfloat16 else torch.int32)
+
+    backward = torch.ops.ssrvg.ms_deform_attn_backward.default
+    x = 16 if d == 8 else 8  # extra channels: d + x is not a register width
     for n_levels, points, lq in ((4, 2, 5), (3, 3, 60), (1, 1, 7)):  # 8, 9 and 1 samples per query
-        value, shapes, starts, loc, attn = make(rng, 2, lq, 3, d + 8, n_levels, points)
+        value, shapes, starts, loc, attn = make(rng, 2, lq, 3, d, n_levels, points)
         loc.view(-1)[::11] *= 1e9  # far outside (and beyond int32 once scaled)
         loc.view(-1)[5::23] = float("nan")
+        grad = torch.randn(2, lq, 3, d, generator=rng)
+        wide_value = torch.cat([value, torch.zeros(2, value.shape[1], 3, x)], -1)
+        wide_grad = torch.cat([grad, torch.zeros(2, lq, 3, x)], -1).view(2, lq, -1)
         for dtype in (torch.float32, torch.bfloat16):
-            v = value.to(dtype)
-            wide = ms_deform_attn(v, shapes, starts, loc, attn).view(2, lq, 3, d + 8)[..., :d]
-            narrow = ms_deform_attn(v[..., :d].contiguous(), shapes, starts, loc, attn).view(2, lq, 3, d)
-            assert torch.equal(wide.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
-                               narrow.view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
-            assert narrow.abs().sum() > 0
+            v, wv = value.to(dtype), wide_value.to(dtype)
+            narrow = ms_deform_attn(v, shapes, starts, loc, attn)
+            wide = ms_deform_attn(wv, shapes, starts, loc, attn).view(2, lq, 3, d + x)[..., :d]
+            assert torch.equal(bits(wide.reshape(narrow.shape)), bits(narrow)) and narrow.abs().sum() > 0
+            g_narrow = backward(grad.view(2, lq, -1).to(dtype), v, shapes, starts, loc, attn)
+            g_wide = backward(wide_grad.to(dtype), wv, shapes, starts, loc, attn)
+            assert torch.equal(bits(g_wide[0][..., :d].contiguous()), bits(g_narrow[0]))
+            assert torch.equal(bits(g_wide[1]), bits(g_narrow[1])) and torch.equal(bits(g_wide[2]), bits(g_narrow[2]))
 
 
 def test_gradcheck_float64(rng):

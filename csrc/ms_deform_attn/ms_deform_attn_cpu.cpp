@@ -212,9 +212,11 @@ constexpr int64_t kLaneRows = int64_t(1) << 29;
 // The corners of eight samples at once, one per lane: exactly Corners<float> (the same float
 // operations, lane by lane), floor by truncation (exact where |x| < 2^29; beyond, and for NaN, the
 // lane is clamped outside as Corners does). For corner k: keep[k] all ones where it is inside,
-// w[k] = attention weight * bilinear weight, row[k] its row (start + y * W + x; 0 outside).
+// bil[k] its bilinear weight, w[k] = attention weight * bil[k], row[k] its row (start + y * W + x;
+// 0 outside).
 struct Corners8 {
-  f8 w[4];
+  f8 fx, fy, gx, gy;  // fractional parts and 1 - them
+  f8 bil[4], w[4];    // bilinear weights (Corners::weight), times the attention weight
   i8 keep[4], row[4];
   SSRVG_INLINE static f8 floor8(f8 x, i8& ok) {
     const f8 lim = f8{} + static_cast<float>(kLaneRows);
@@ -231,11 +233,12 @@ struct Corners8 {
     const i8 in_x = okx & (xf > m2) & (xf < wf1), in_y = oky & (yf > m2) & (yf < hf1);
     const i8 x0 = (__builtin_convertvector(xf, i8) & in_x) | ((i8{} - 2) & ~in_x);
     const i8 y0 = (__builtin_convertvector(yf, i8) & in_y) | ((i8{} - 2) & ~in_y);
-    const f8 fx = x - xf, fy = y - yf, gx = one - fx, gy = one - fy;
+    fx = x - xf, fy = y - yf, gx = one - fx, gy = one - fy;
     const i8 ry0 = (y0 >= 0) & (y0 < hi), ry1 = (y0 >= -1) & (y0 + 1 < hi);
     const i8 cx0 = (x0 >= 0) & (x0 < wi), cx1 = (x0 >= -1) & (x0 + 1 < wi);
     keep[0] = ry0 & cx0, keep[1] = ry0 & cx1, keep[2] = ry1 & cx0, keep[3] = ry1 & cx1;
-    w[0] = a * (gy * gx), w[1] = a * (gy * fx), w[2] = a * (fy * gx), w[3] = a * (fy * fx);
+    bil[0] = gy * gx, bil[1] = gy * fx, bil[2] = fy * gx, bil[3] = fy * fx;
+    for (int k = 0; k < 4; ++k) w[k] = a * bil[k];
     const i8 r = start + y0 * wi + x0;
     row[0] = r & keep[0], row[1] = (r + 1) & keep[1], row[2] = (r + wi) & keep[2], row[3] = (r + wi + 1) & keep[3];
   }
@@ -284,6 +287,23 @@ SSRVG_INLINE void forward_queries(const R* rows, int64_t rs, bool in_place, int6
 }
 
 #if SSRVG_VEC8
+// Samples [s0, s0 + 8) of one (query, head) whose samples start at ql (locations) and qa (weights):
+// their corners, lanes past LP empty.
+SSRVG_INLINE Corners8 corners8(const float* ql, const float* qa, int64_t s0, int64_t LP, const LaneLevels& ll) {
+  f8 lx, ly, la;
+  if (s0 + 8 <= LP) {  // (x, y) pairs split into x and y lanes
+    const f8 v0 = load8(ql + 2 * s0), v1 = load8(ql + 2 * s0 + 8);
+    lx = __builtin_shuffle(v0, v1, i8{0, 2, 4, 6, 8, 10, 12, 14});
+    ly = __builtin_shuffle(v0, v1, i8{1, 3, 5, 7, 9, 11, 13, 15});
+    la = load8(qa + s0);
+  } else {
+    lx = ly = la = f8{};
+    for (int64_t i = 0; s0 + i < LP; ++i) lx[i] = ql[2 * (s0 + i)], ly[i] = ql[2 * (s0 + i) + 1], la[i] = qa[s0 + i];
+  }
+  return Corners8(lx, ly, la, load8(&ll.wf[s0]), load8(&ll.hf[s0]), load8(&ll.wf1[s0]), load8(&ll.hf1[s0]),
+                  load8(&ll.w[s0]), load8(&ll.h[s0]), load8(&ll.start[s0]));
+}
+
 // forward_queries for float math with D in registers: each group of eight samples' corners at once
 // (Corners8), then their rows summed in the same order as forward_queries does.
 template <typename R, int DC>
@@ -299,21 +319,9 @@ SSRVG_INLINE void forward_queries8(const R* rows, int64_t rs, bool in_place, int
     if (in_place && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
     const float* ql = loc + 2 * qm * LP;
     const float* qa = attn + qm * LP;
-    for (int64_t c8 = 0; 8 * c8 < LP; ++c8) {
-      const int64_t s0 = 8 * c8, nl = std::min<int64_t>(8, LP - s0);
-      f8 lx, ly, la;
-      if (nl == 8) {  // (x, y) pairs split into x and y lanes
-        const f8 v0 = load8(ql + 2 * s0), v1 = load8(ql + 2 * s0 + 8);
-        lx = __builtin_shuffle(v0, v1, i8{0, 2, 4, 6, 8, 10, 12, 14});
-        ly = __builtin_shuffle(v0, v1, i8{1, 3, 5, 7, 9, 11, 13, 15});
-        la = load8(qa + s0);
-      } else {
-        lx = ly = la = f8{};
-        for (int64_t i = 0; i < nl; ++i) lx[i] = ql[2 * (s0 + i)], ly[i] = ql[2 * (s0 + i) + 1], la[i] = qa[s0 + i];
-      }
-      const Corners8 c(lx, ly, la, load8(&ll.wf[s0]), load8(&ll.hf[s0]), load8(&ll.wf1[s0]), load8(&ll.hf1[s0]),
-                       load8(&ll.w[s0]), load8(&ll.h[s0]), load8(&ll.start[s0]));
-      for (int64_t i = 0; i < nl; ++i)
+    for (int64_t s0 = 0; s0 < LP; s0 += 8) {
+      const Corners8 c = corners8(ql, qa, s0, LP, ll);
+      for (int64_t i = 0; i < std::min<int64_t>(8, LP - s0); ++i)
         for (int k = 0; k < 4; ++k) acc.add_keep(c.keep[k][i], c.w[k][i], rows + c.row[k][i] * rs);
     }
     acc.store(out + qm * d.D);
@@ -397,6 +405,49 @@ SSRVG_INLINE void backward_queries(const R* rows, T* grows, int64_t rs, bool in_
   }
 }
 
+#if SSRVG_VEC8
+// backward_queries for float math with D in registers, the corners as in forward_queries8; every
+// sum in the same order as backward_queries.
+template <typename R, int DC>
+SSRVG_INLINE void backward_queries8(const R* rows, float* grows, int64_t rs, bool in_place, int64_t n, int64_t m,
+                                    const float* loc, const float* attn, const float* grad_out,
+                                    const std::vector<int64_t>& lv, const LaneLevels& ll, const Dims& d,
+                                    float* grad_loc, float* grad_attn) {
+  const int64_t LP = d.L * d.P;
+  if (in_place && d.Lq > 0) prefetch_query(rows, rs, loc, lv, d, n * d.Lq * d.M + m);
+  for (int64_t q = 0; q < d.Lq; ++q) {
+    const int64_t qm = (n * d.Lq + q) * d.M + m;
+    const GradRow<float, DC> g(grad_out + qm * d.D, d.D);
+    if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
+    if (in_place && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+    const float* ql = loc + 2 * qm * LP;
+    const float* qa = attn + qm * LP;
+    for (int64_t s0 = 0; s0 < LP; s0 += 8) {
+      const Corners8 c = corners8(ql, qa, s0, LP, ll);
+      for (int64_t i = 0; i < std::min<int64_t>(8, LP - s0); ++i) {
+        // Corners::dweight_dx / dweight_dy of corners 0..3
+        const float dx[4] = {-c.gy[i], c.gy[i], -c.fy[i], c.fy[i]}, dy[4] = {-c.gx[i], -c.fx[i], c.gx[i], c.fx[i]};
+        float g_attn = 0, g_x = 0, g_y = 0;
+        for (int k = 0; k < 4; ++k) {
+          if (!c.keep[k][i]) continue;
+          const int64_t off = c.row[k][i] * rs;
+          const float dot = g.dot(rows + off);
+          g.axpy(c.w[k][i], grows + off);
+          g_attn += c.bil[k][i] * dot;
+          g_x += dx[k] * dot;
+          g_y += dy[k] * dot;
+        }
+        const int64_t sidx = qm * LP + s0 + i;
+        const float a = qa[s0 + i];
+        grad_attn[sidx] = g_attn;
+        grad_loc[2 * sidx] = a * g_x * ll.wf[s0 + i];
+        grad_loc[2 * sidx + 1] = a * g_y * ll.hf[s0 + i];
+      }
+    }
+  }
+}
+#endif
+
 // Tasks [s, e) of the backward; as forward_tasks.
 template <typename T, typename V, int DC>
 SSRVG_INLINE void backward_tasks(int64_t s, int64_t e, const V* value, const T* loc, const T* attn, const T* grad_out,
@@ -405,17 +456,42 @@ SSRVG_INLINE void backward_tasks(int64_t s, int64_t e, const V* value, const T* 
   const bool copy = copies_slice(d);
   std::vector<T> slice(copy ? d.S * d.D : 0);
   std::vector<T> gslice(copy ? d.S * d.D : 0);
+#if SSRVG_VEC8
+  constexpr bool kLanes = DC > 0 && std::is_same_v<T, float>;
+  const bool lanes = kLanes && d.S < kLaneRows;
+  const LaneLevels ll(lv, lanes ? d : Dims{0, 0, 0, 0, 0, 0, 0});
+#endif
   for (int64_t task = s; task < e; ++task) {
     const int64_t n = task / d.M, m = task % d.M;
     if (copy) {
       copy_slice(value, d, n, m, slice.data());
       std::fill(gslice.begin(), gslice.end(), T(0));
+#if SSRVG_VEC8
+      if constexpr (kLanes) {
+        if (lanes) {
+          backward_queries8<T, DC>(slice.data(), gslice.data(), d.D, false, n, m, loc, attn, grad_out, lv, ll, d,
+                                   grad_loc, grad_attn);
+        } else {
+          backward_queries<T, T, DC>(slice.data(), gslice.data(), d.D, false, n, m, loc, attn, grad_out, lv, d,
+                                     grad_loc, grad_attn);
+        }
+      } else
+#endif
       backward_queries<T, T, DC>(slice.data(), gslice.data(), d.D, false, n, m, loc, attn, grad_out, lv, d, grad_loc,
                                  grad_attn);
       for (int64_t r = 0; r < d.S; ++r)  // this task owns grad_value[n, :, m, :]
         std::copy(gslice.data() + r * d.D, gslice.data() + (r + 1) * d.D, grad_value + ((n * d.S + r) * d.M + m) * d.D);
     } else {  // grad_value zero-filled by the caller (zero_value_grad)
       const int64_t first = (n * d.S * d.M + m) * d.D;
+#if SSRVG_VEC8
+      if constexpr (kLanes) {
+        if (lanes) {
+          backward_queries8<V, DC>(value + first, grad_value + first, d.M * d.D, true, n, m, loc, attn, grad_out, lv,
+                                   ll, d, grad_loc, grad_attn);
+          continue;
+        }
+      }
+#endif
       backward_queries<T, V, DC>(value + first, grad_value + first, d.M * d.D, true, n, m, loc, attn, grad_out, lv, d,
                                  grad_loc, grad_attn);
     }
