@@ -29,7 +29,7 @@ struct Corners {
     const T xf = ::floor(x), yf = ::floor(y);
     // Far-away points (or NaN) are clamped to a position whose corners are all outside. The tests
     // are combined with & and selected in float, not branched on: near a small level's border they
-    // are unpredictable, and mispredicted branches were most of an encoder call's time on the CPU.
+    // are unpredictable (as branches they cost the tiny preset's encoder forward ~13% on the CPU).
     const bool in_x = (xf > static_cast<T>(-2)) & (xf < static_cast<T>(W + 1));
     const bool in_y = (yf > static_cast<T>(-2)) & (yf < static_cast<T>(H + 1));
     x0 = static_cast<int64_t>(in_x ? xf : static_cast<T>(-2));

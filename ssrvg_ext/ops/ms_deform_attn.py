@@ -22,8 +22,8 @@ from ._dispatch import call, register_fake
 __all__ = ["ms_deform_attn"]
 
 # The direct entry for plain tensors (csrc/ms_deform_attn/ms_deform_attn_python.cpp): the same
-# dispatcher call as torch.ops.ssrvg.ms_deform_attn without its ~2.5 us of argument boxing, which is
-# a quarter of the decoder's few-query call. It answers NotImplemented where torch.ops must decide.
+# dispatcher call as torch.ops.ssrvg.ms_deform_attn without its ~2.5 us of argument boxing, close to
+# half of a few-query decoder call. It answers NotImplemented where torch.ops must decide.
 _direct = getattr(extension._C, "ms_deform_attn", None) if extension.AVAILABLE else None
 
 
