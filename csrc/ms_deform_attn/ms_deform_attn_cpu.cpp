@@ -92,6 +92,15 @@ SSRVG_INLINE void prefetch_samples(const T* loc, const T* attn, const Dims& d, i
 }
 constexpr int64_t kSampleLead = 4;  // queries ahead
 
+// At query q (qm: its (n, q, m) index) of a task: the samples of the query kSampleLead ahead and, in
+// place, the rows of the next one are requested.
+template <typename T, typename R>
+SSRVG_INLINE void prefetch_ahead(const R* rows, int64_t rs, bool in_place, const T* loc, const T* attn,
+                                 const std::vector<int64_t>& lv, const Dims& d, int64_t q, int64_t qm) {
+  if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
+  if (in_place && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+}
+
 // The D channels of one query: an accumulator of sampled rows (forward) and its output gradient
 // (backward). Any D: loops over memory. D a multiple of 8 known at compile time (float math): the
 // channels stay in registers (f8 vectors). Both compute each channel in the same order.
@@ -267,8 +276,7 @@ SSRVG_INLINE void forward_queries(const R* rows, int64_t rs, bool in_place, int6
   for (int64_t q = 0; q < d.Lq; ++q) {
     Acc<T, DC> acc(scratch, d.D);
     const int64_t qm = (n * d.Lq + q) * d.M + m;  // index of (n, q, m)
-    if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
-    if (in_place && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+    prefetch_ahead(rows, rs, in_place, loc, attn, lv, d, q, qm);
     for (int64_t l = 0; l < d.L; ++l) {
       const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
       const R* vbase = rows + start * rs;
@@ -315,8 +323,7 @@ SSRVG_INLINE void forward_queries8(const R* rows, int64_t rs, bool in_place, int
   for (int64_t q = 0; q < d.Lq; ++q) {
     Acc<float, DC> acc(nullptr, d.D);
     const int64_t qm = (n * d.Lq + q) * d.M + m;
-    if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
-    if (in_place && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+    prefetch_ahead(rows, rs, in_place, loc, attn, lv, d, q, qm);
     const float* ql = loc + 2 * qm * LP;
     const float* qa = attn + qm * LP;
     for (int64_t s0 = 0; s0 < LP; s0 += 8) {
@@ -378,8 +385,7 @@ SSRVG_INLINE void backward_queries(const R* rows, T* grows, int64_t rs, bool in_
   for (int64_t q = 0; q < d.Lq; ++q) {
     const int64_t qm = (n * d.Lq + q) * d.M + m;
     const GradRow<T, DC> g(grad_out + qm * d.D, d.D);
-    if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
-    if (in_place && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+    prefetch_ahead(rows, rs, in_place, loc, attn, lv, d, q, qm);
     for (int64_t l = 0; l < d.L; ++l) {
       const int64_t H = lv[3 * l], W = lv[3 * l + 1], start = lv[3 * l + 2];
       const int64_t base = start * rs;
@@ -418,8 +424,7 @@ SSRVG_INLINE void backward_queries8(const R* rows, float* grows, int64_t rs, boo
   for (int64_t q = 0; q < d.Lq; ++q) {
     const int64_t qm = (n * d.Lq + q) * d.M + m;
     const GradRow<float, DC> g(grad_out + qm * d.D, d.D);
-    if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
-    if (in_place && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+    prefetch_ahead(rows, rs, in_place, loc, attn, lv, d, q, qm);
     const float* ql = loc + 2 * qm * LP;
     const float* qa = attn + qm * LP;
     for (int64_t s0 = 0; s0 < LP; s0 += 8) {
