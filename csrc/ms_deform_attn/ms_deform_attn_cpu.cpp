@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -99,6 +100,35 @@ SSRVG_INLINE void prefetch_ahead(const R* rows, int64_t rs, bool in_place, const
                                  const std::vector<int64_t>& lv, const Dims& d, int64_t q, int64_t qm) {
   if (q + kSampleLead < d.Lq) prefetch_samples(loc, attn, d, qm + kSampleLead * d.M);
   if (in_place && q + 1 < d.Lq) prefetch_query(rows, rs, loc, lv, d, qm + d.M);
+}
+
+// The level of each of a query's L*P samples, as eight-lane rows (sample s = l * P + p in lane
+// s % 8 of row s / 8): W and H as float and int32, and the level's first row; padding lanes get an
+// empty level (H = W = 0), so that every corner there is outside.
+struct LaneLevels {
+  std::vector<float> wf, hf, wf1, hf1;  // W, H, W + 1, H + 1
+  std::vector<int32_t> w, h, start;
+  LaneLevels(const std::vector<int64_t>& lv, const Dims& d) {
+    const size_t n = 8 * static_cast<size_t>((d.L * d.P + 7) / 8);
+    wf.assign(n, 0.f), hf.assign(n, 0.f), wf1.assign(n, 0.f), hf1.assign(n, 0.f);
+    w.assign(n, 0), h.assign(n, 0), start.assign(n, 0);
+    for (int64_t s = 0; s < d.L * d.P; ++s) {
+      const int64_t l = s / d.P, H = lv[3 * l], W = lv[3 * l + 1];
+      wf[s] = static_cast<float>(W), hf[s] = static_cast<float>(H);
+      wf1[s] = static_cast<float>(W + 1), hf1[s] = static_cast<float>(H + 1);
+      w[s] = static_cast<int32_t>(W), h[s] = static_cast<int32_t>(H), start[s] = static_cast<int32_t>(lv[3 * l + 2]);
+    }
+  }
+};
+// Int32 lane arithmetic covers the rows only below this many (else the scalar Corners path runs).
+constexpr int64_t kLaneRows = int64_t(1) << 29;
+
+// The lane tables where the eight-lane code applies (float math, D in registers, rows within int32
+// lanes); none elsewhere (the one-corner-at-a-time code runs).
+template <typename T, int DC>
+std::optional<LaneLevels> lane_levels(const std::vector<int64_t>& lv, const Dims& d) {
+  if (SSRVG_VEC8 && DC > 0 && std::is_same_v<T, float> && d.S < kLaneRows) return LaneLevels(lv, d);
+  return std::nullopt;
 }
 
 // The D channels of one query: an accumulator of sampled rows (forward) and its output gradient
@@ -192,32 +222,11 @@ struct GradRow<float, DC, std::enable_if_t<(DC > 0)>> {
     for (int j = 0; j < DC / 8; ++j) store8(gv + 8 * j, load8(gv + 8 * j) + wv * g[j]);
   }
 };
-// The level of each of a query's L*P samples, as eight-lane rows (sample s = l * P + p in lane
-// s % 8 of row s / 8): W and H as float and int32, and the level's first row; padding lanes get an
-// empty level (H = W = 0), so that every corner there is outside.
-struct LaneLevels {
-  std::vector<float> wf, hf, wf1, hf1;  // W, H, W + 1, H + 1
-  std::vector<int32_t> w, h, start;
-  LaneLevels(const std::vector<int64_t>& lv, const Dims& d) {
-    const size_t n = 8 * static_cast<size_t>((d.L * d.P + 7) / 8);
-    wf.assign(n, 0.f), hf.assign(n, 0.f), wf1.assign(n, 0.f), hf1.assign(n, 0.f);
-    w.assign(n, 0), h.assign(n, 0), start.assign(n, 0);
-    for (int64_t s = 0; s < d.L * d.P; ++s) {
-      const int64_t l = s / d.P, H = lv[3 * l], W = lv[3 * l + 1];
-      wf[s] = static_cast<float>(W), hf[s] = static_cast<float>(H);
-      wf1[s] = static_cast<float>(W + 1), hf1[s] = static_cast<float>(H + 1);
-      w[s] = static_cast<int32_t>(W), h[s] = static_cast<int32_t>(H), start[s] = static_cast<int32_t>(lv[3 * l + 2]);
-    }
-  }
-};
 SSRVG_INLINE i8 load8(const int32_t* p) {
   i8 r;
   __builtin_memcpy(&r, p, sizeof r);
   return r;
 }
-// Int32 lane arithmetic covers the rows only below this many (else the scalar Corners path runs).
-constexpr int64_t kLaneRows = int64_t(1) << 29;
-
 // The corners of eight samples at once, one per lane: exactly Corners<float> (the same float
 // operations, lane by lane), floor by truncation (exact where |x| < 2^29; beyond, and for NaN, the
 // lane is clamped outside as Corners does). For corner k: keep[k] all ones where it is inside,
@@ -336,6 +345,19 @@ SSRVG_INLINE void forward_queries8(const R* rows, int64_t rs, bool in_place, int
 }
 #endif
 
+// forward_queries8 where lane tables are given (lane_levels), else forward_queries.
+template <typename T, typename R, int DC>
+SSRVG_INLINE void forward_queries_any(const R* rows, int64_t rs, bool in_place, int64_t n, int64_t m, const T* loc,
+                                      const T* attn, const std::vector<int64_t>& lv,
+                                      const std::optional<LaneLevels>& ll, const Dims& d, T* scratch, T* out) {
+#if SSRVG_VEC8
+  if constexpr (DC > 0 && std::is_same_v<T, float>) {
+    if (ll) return forward_queries8<R, DC>(rows, rs, in_place, n, m, loc, attn, lv, *ll, d, out);
+  }
+#endif
+  forward_queries<T, R, DC>(rows, rs, in_place, n, m, loc, attn, lv, d, scratch, out);
+}
+
 // Tasks [s, e) of the forward. T: the math type (float, double); V: value's storage (T, or
 // bfloat16 / half: read as stored and widened sample by sample in place; a copied slice is
 // widened once, as it is copied).
@@ -345,32 +367,15 @@ SSRVG_INLINE void forward_tasks(int64_t s, int64_t e, const V* value, const T* l
   const bool copy = copies_slice(d);
   std::vector<T> scratch(DC > 0 ? 0 : d.D);
   std::vector<T> slice(copy ? d.S * d.D : 0);
-#if SSRVG_VEC8
-  if constexpr (DC > 0 && std::is_same_v<T, float>) {
-    if (d.S < kLaneRows) {
-      const LaneLevels ll(lv, d);
-      for (int64_t task = s; task < e; ++task) {
-        const int64_t n = task / d.M, m = task % d.M;
-        if (copy) {
-          copy_slice(value, d, n, m, slice.data());
-          forward_queries8<T, DC>(slice.data(), d.D, false, n, m, loc, attn, lv, ll, d, out);
-        } else {
-          forward_queries8<V, DC>(value + (n * d.S * d.M + m) * d.D, d.M * d.D, true, n, m, loc, attn, lv, ll, d,
-                                  out);
-        }
-      }
-      return;
-    }
-  }
-#endif
+  const std::optional<LaneLevels> ll = lane_levels<T, DC>(lv, d);
   for (int64_t task = s; task < e; ++task) {
     const int64_t n = task / d.M, m = task % d.M;
     if (copy) {
       copy_slice(value, d, n, m, slice.data());
-      forward_queries<T, T, DC>(slice.data(), d.D, false, n, m, loc, attn, lv, d, scratch.data(), out);
+      forward_queries_any<T, T, DC>(slice.data(), d.D, false, n, m, loc, attn, lv, ll, d, scratch.data(), out);
     } else {  // row r of value[n, :, m, :] at rows + r * M * D
-      forward_queries<T, V, DC>(value + (n * d.S * d.M + m) * d.D, d.M * d.D, true, n, m, loc, attn, lv, d,
-                                scratch.data(), out);
+      forward_queries_any<T, V, DC>(value + (n * d.S * d.M + m) * d.D, d.M * d.D, true, n, m, loc, attn, lv, ll, d,
+                                    scratch.data(), out);
     }
   }
 }
@@ -453,6 +458,21 @@ SSRVG_INLINE void backward_queries8(const R* rows, float* grows, int64_t rs, boo
 }
 #endif
 
+// backward_queries8 where lane tables are given (lane_levels), else backward_queries.
+template <typename T, typename R, int DC>
+SSRVG_INLINE void backward_queries_any(const R* rows, T* grows, int64_t rs, bool in_place, int64_t n, int64_t m,
+                                       const T* loc, const T* attn, const T* grad_out, const std::vector<int64_t>& lv,
+                                       const std::optional<LaneLevels>& ll, const Dims& d, T* grad_loc,
+                                       T* grad_attn) {
+#if SSRVG_VEC8
+  if constexpr (DC > 0 && std::is_same_v<T, float>) {
+    if (ll) return backward_queries8<R, DC>(rows, grows, rs, in_place, n, m, loc, attn, grad_out, lv, *ll, d, grad_loc,
+                                            grad_attn);
+  }
+#endif
+  backward_queries<T, R, DC>(rows, grows, rs, in_place, n, m, loc, attn, grad_out, lv, d, grad_loc, grad_attn);
+}
+
 // Tasks [s, e) of the backward; as forward_tasks.
 template <typename T, typename V, int DC>
 SSRVG_INLINE void backward_tasks(int64_t s, int64_t e, const V* value, const T* loc, const T* attn, const T* grad_out,
@@ -461,44 +481,20 @@ SSRVG_INLINE void backward_tasks(int64_t s, int64_t e, const V* value, const T* 
   const bool copy = copies_slice(d);
   std::vector<T> slice(copy ? d.S * d.D : 0);
   std::vector<T> gslice(copy ? d.S * d.D : 0);
-#if SSRVG_VEC8
-  constexpr bool kLanes = DC > 0 && std::is_same_v<T, float>;
-  const bool lanes = kLanes && d.S < kLaneRows;
-  const LaneLevels ll(lv, lanes ? d : Dims{0, 0, 0, 0, 0, 0, 0});
-#endif
+  const std::optional<LaneLevels> ll = lane_levels<T, DC>(lv, d);
   for (int64_t task = s; task < e; ++task) {
     const int64_t n = task / d.M, m = task % d.M;
     if (copy) {
       copy_slice(value, d, n, m, slice.data());
       std::fill(gslice.begin(), gslice.end(), T(0));
-#if SSRVG_VEC8
-      if constexpr (kLanes) {
-        if (lanes) {
-          backward_queries8<T, DC>(slice.data(), gslice.data(), d.D, false, n, m, loc, attn, grad_out, lv, ll, d,
-                                   grad_loc, grad_attn);
-        } else {
-          backward_queries<T, T, DC>(slice.data(), gslice.data(), d.D, false, n, m, loc, attn, grad_out, lv, d,
+      backward_queries_any<T, T, DC>(slice.data(), gslice.data(), d.D, false, n, m, loc, attn, grad_out, lv, ll, d,
                                      grad_loc, grad_attn);
-        }
-      } else
-#endif
-      backward_queries<T, T, DC>(slice.data(), gslice.data(), d.D, false, n, m, loc, attn, grad_out, lv, d, grad_loc,
-                                 grad_attn);
       for (int64_t r = 0; r < d.S; ++r)  // this task owns grad_value[n, :, m, :]
         std::copy(gslice.data() + r * d.D, gslice.data() + (r + 1) * d.D, grad_value + ((n * d.S + r) * d.M + m) * d.D);
-    } else {  // grad_value zero-filled by the caller (zero_value_grad)
+    } else {  // grad_value zeroed by backward_kernel (zero_value_grad)
       const int64_t first = (n * d.S * d.M + m) * d.D;
-#if SSRVG_VEC8
-      if constexpr (kLanes) {
-        if (lanes) {
-          backward_queries8<V, DC>(value + first, grad_value + first, d.M * d.D, true, n, m, loc, attn, grad_out, lv,
-                                   ll, d, grad_loc, grad_attn);
-          continue;
-        }
-      }
-#endif
-      backward_queries<T, V, DC>(value + first, grad_value + first, d.M * d.D, true, n, m, loc, attn, grad_out, lv, d,
-                                 grad_loc, grad_attn);
+      backward_queries_any<T, V, DC>(value + first, grad_value + first, d.M * d.D, true, n, m, loc, attn, grad_out, lv,
+                                     ll, d, grad_loc, grad_attn);
     }
   }
 }
